@@ -1,0 +1,7 @@
+//! Authentication: JWTs into an [`Identity`] for sockets, API keys into a [`Caller`] for HTTP.
+
+pub mod api_key;
+pub mod jwt;
+
+pub use api_key::{ApiKeys, Caller};
+pub use jwt::{AuthError, Identity, JwtVerifier, TokenClaims};

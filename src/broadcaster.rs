@@ -1,0 +1,167 @@
+//! [`EventBroadcaster`]: the single publish path. The HTTP API, and any Rust code embedding
+//! Roomcast, publish through it; history, idempotency, limits and metrics attach here.
+
+use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::events::*;
+use crate::metrics::Counters;
+use crate::rooms::{RoomName, Tenant};
+
+/// Hands one serialized event to the sockets of some adapter-level rooms. Implemented for
+/// socketioxide's `SocketIo<A>` over any adapter, so the broadcaster needs no generics.
+pub trait Deliver: Send + Sync + 'static {
+    /// Emits `payload` as `event` to every socket in any of `rooms`, once per socket.
+    /// Returns how many sockets could not be reached.
+    fn deliver<'a>(
+        &'a self,
+        rooms: Vec<Cow<'static, str>>,
+        event: &'a str,
+        payload: &'a RawValue,
+    ) -> BoxFuture<'a, u64>;
+}
+
+/// What a publish produced; the body of a `202` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub room: RoomName,
+    pub rooms: Vec<RoomName>,
+    pub tenant: Tenant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid payload: {0}")]
+    InvalidPayload(FieldError),
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+}
+
+/// A cloneable handle that publishes typed events into one tenant (see [`Self::with_tenant`]).
+#[derive(Clone)]
+pub struct EventBroadcaster {
+    io: Arc<dyn Deliver>,
+    counters: Arc<Counters>,
+    tenant: Tenant,
+}
+
+static GLOBAL: RwLock<Option<EventBroadcaster>> = RwLock::new(None);
+
+macro_rules! broadcast_methods {
+    ($(($variant:ident, $name:literal, $payload:ident, $method:ident)),* $(,)?) => {
+        impl EventBroadcaster {
+            $(
+                #[doc = concat!("Publishes a `", $name, "` event.")]
+                pub async fn $method(&self, event: $payload) -> Result<Published, PublishError> {
+                    self.publish(Event::$variant(event)).await
+                }
+            )*
+        }
+    };
+}
+crate::for_each_event!(broadcast_methods);
+
+impl EventBroadcaster {
+    pub fn new(io: Arc<dyn Deliver>, counters: Arc<Counters>) -> Self {
+        Self {
+            io,
+            counters,
+            tenant: Tenant::default_tenant(),
+        }
+    }
+
+    /// The broadcaster of the running server, once [`crate::Roomcast::serve`] has started.
+    pub fn global() -> Option<EventBroadcaster> {
+        GLOBAL.read().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn install_global(&self) {
+        if let Ok(mut g) = GLOBAL.write() {
+            *g = Some(self.clone());
+        }
+    }
+
+    /// The same broadcaster, publishing into `tenant`.
+    pub fn with_tenant(&self, tenant: Tenant) -> Self {
+        Self {
+            tenant,
+            ..self.clone()
+        }
+    }
+
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    /// Validates and publishes a typed event to the rooms it routes to.
+    pub async fn publish(&self, event: Event) -> Result<Published, PublishError> {
+        event.validate().map_err(PublishError::InvalidPayload)?;
+        let target = event.target();
+        self.deliver(event.event_type().as_str(), target.rooms(), &event)
+            .await
+    }
+
+    /// Publishes a custom event with any JSON data to `rooms` (non-empty; duplicates dropped).
+    pub async fn publish_custom(
+        &self,
+        name: &EventName,
+        rooms: Vec<RoomName>,
+        data: &serde_json::Value,
+    ) -> Result<Published, PublishError> {
+        let mut unique = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            if !unique.contains(&room) {
+                unique.push(room);
+            }
+        }
+        if unique.is_empty() {
+            return Err(PublishError::InvalidPayload(FieldError::new(
+                "rooms",
+                "at least one room is required",
+            )));
+        }
+        self.deliver(name.as_str(), unique, data).await
+    }
+
+    /// Wraps `data` in an envelope, serializes it once, and hands it to the adapter.
+    async fn deliver<T: Serialize + ?Sized>(
+        &self,
+        event_type: &str,
+        rooms: Vec<RoomName>,
+        data: &T,
+    ) -> Result<Published, PublishError> {
+        let id = Uuid::now_v7();
+        let room = rooms[0].clone();
+        let envelope = Envelope {
+            id,
+            event_type,
+            room: &room,
+            timestamp: Timestamp::now(),
+            data,
+        };
+        let payload = serde_json::value::to_raw_value(&envelope)
+            .map_err(|e| PublishError::Encode(e.to_string()))?;
+        let scoped = rooms.iter().map(|r| r.scoped(&self.tenant)).collect();
+        let failed = self.io.deliver(scoped, event_type, &payload).await;
+        Counters::incr(&self.counters.events_published, 1);
+        if failed > 0 {
+            Counters::incr(&self.counters.delivery_failures, failed);
+            tracing::debug!(event_type, failed, "event not delivered to some sockets");
+        }
+        Ok(Published {
+            id,
+            event_type: event_type.to_owned(),
+            room,
+            rooms,
+            tenant: self.tenant.clone(),
+        })
+    }
+}

@@ -1,0 +1,375 @@
+//! The whole configuration schema: defaults, the TOML file, `ROOMCAST_<SECTION>__<KEY>`
+//! environment overrides and validation. Every setting is documented in `config.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::rooms::Tenant;
+
+/// The JWT secret shipped in `config.toml` and used when none is configured.
+pub const DEV_JWT_SECRET: &str = "roomcast-dev-secret-do-not-use-in-production";
+/// The API key shipped in `config.toml` and used when no key is configured.
+pub const DEV_API_KEY: &str = "roomcast-dev-key";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP + Socket.IO listener binds to.
+    pub bind: SocketAddr,
+    /// Name of this node in stats and `connection.established`; random when unset.
+    pub node_id: Option<String>,
+    /// Engine.IO ping interval and timeout, in milliseconds.
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// How long a client may take to send the Socket.IO CONNECT packet after the transport opened.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret: tokens are HS256/HS384/HS512.
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA, EC P-256/P-384, Ed25519): tokens use the matching asymmetric algorithm.
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// The key in plain text (convenient in development)...
+    pub key: Option<String>,
+    /// ...or its SHA-256 as hex, so the config file does not hold the secret.
+    pub key_sha256: Option<String>,
+    /// A key bound to a tenant may publish only into that tenant.
+    pub tenant: Option<String>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `POST /api/v1/events`, `POST /api/v1/broadcast`.
+    Publish,
+    /// Stats, presence and history endpoints.
+    Read,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Publish]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Rooms one socket may be in, counting `global` and its own `user:` room.
+    pub max_rooms_per_socket: usize,
+    /// Largest HTTP request body accepted by the API (bytes); larger is `413 payload_too_large`.
+    pub max_http_body_bytes: usize,
+    /// Largest WebSocket message / frame a client may send (bytes).
+    pub ws_max_message_bytes: usize,
+    pub ws_max_frame_bytes: usize,
+    /// Largest HTTP long-polling payload a client may send (bytes).
+    pub polling_max_payload_bytes: u64,
+    /// Packets buffered per socket before further emits to it are dropped (and counted).
+    pub socket_buffer_packets: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `roomcast=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            api_keys: vec![ApiKeyConfig {
+                name: "dev".into(),
+                key: Some(DEV_API_KEY.into()),
+                key_sha256: None,
+                tenant: None,
+                scopes: vec![Scope::Publish, Scope::Read],
+            }],
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            node_id: None,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            connect_timeout_ms: 45_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            // Filled with the dev secret by `with_fallbacks` only when no key is configured, so
+            // a file that sets `jwt_public_key_file` does not end up with both.
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms_per_socket: 100,
+            max_http_body_bytes: 256 * 1024,
+            ws_max_message_bytes: 64 * 1024,
+            ws_max_frame_bytes: 64 * 1024,
+            polling_max_payload_bytes: 64 * 1024,
+            socket_buffer_packets: 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where a configuration comes from.
+pub enum Source<'a> {
+    /// `--config PATH` given explicitly: the file must exist.
+    Explicit(&'a Path),
+    /// The default `./config.toml`: used when present, defaults otherwise.
+    Default(&'a Path),
+}
+
+impl Config {
+    /// Loads defaults, then the file, then `ROOMCAST_<SECTION>__<KEY>` environment variables,
+    /// and validates the result.
+    pub fn load(source: Source<'_>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match source {
+            Source::Explicit(path) if !path.exists() => {
+                return Err(ConfigError::Missing(path.into()));
+            }
+            Source::Explicit(path) | Source::Default(path) => {
+                if path.exists() {
+                    // A file that lists API keys replaces the default dev key instead of
+                    // merging with it, so the dev key never lingers beside real ones.
+                    figment = figment.merge(Toml::file_exact(path));
+                }
+            }
+        }
+        // Only keys with a section separator are settings: `ROOMCAST_CONFIG` and friends are not.
+        figment = figment.merge(
+            Env::prefixed("ROOMCAST_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        let config = figment.extract::<Config>().map_err(Box::new)?.with_fallbacks();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string on top of the defaults (no environment); for tests and embedding.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract::<Config>()
+            .map_err(Box::new)?
+            .with_fallbacks();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Uses the development JWT secret when no verification key is configured at all.
+    pub fn with_fallbacks(mut self) -> Self {
+        if self.auth.jwt_secret.is_none() && self.auth.jwt_public_key_file.is_none() {
+            self.auth.jwt_secret = Some(DEV_JWT_SECRET.into());
+        }
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        match (&self.auth.jwt_secret, &self.auth.jwt_public_key_file) {
+            (None, None) => {
+                return invalid("auth: set jwt_secret or jwt_public_key_file".into());
+            }
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "auth: set only one of jwt_secret and jwt_public_key_file (the key type pins the algorithm)"
+                        .into(),
+                );
+            }
+            (Some(secret), None) if secret.len() < 16 => {
+                return invalid("auth.jwt_secret must be at least 16 bytes".into());
+            }
+            _ => {}
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            match (&key.key, &key.key_sha256) {
+                (None, None) | (Some(_), Some(_)) => {
+                    return invalid(format!(
+                        "api_keys[{i}] ({}): set exactly one of key and key_sha256",
+                        key.name
+                    ));
+                }
+                (Some(k), None) if k.len() < 8 => {
+                    return invalid(format!(
+                        "api_keys[{i}] ({}): key must be at least 8 characters",
+                        key.name
+                    ));
+                }
+                (None, Some(h)) if h.len() != 64 || hex::decode(h).is_err() => {
+                    return invalid(format!(
+                        "api_keys[{i}] ({}): key_sha256 must be 64 hex digits",
+                        key.name
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(tenant) = &key.tenant
+                && Tenant::parse(tenant).is_none()
+            {
+                return invalid(format!(
+                    "api_keys[{i}] ({}): tenant {tenant:?} is not a valid tenant id",
+                    key.name
+                ));
+            }
+        }
+        if let Some(node_id) = &self.server.node_id
+            && (node_id.is_empty() || node_id.len() > 128)
+        {
+            return invalid("server.node_id must be 1 to 128 characters".into());
+        }
+        if self.limits.max_rooms_per_socket < 2 {
+            return invalid(
+                "limits.max_rooms_per_socket must be at least 2 (global and the user's own room)"
+                    .into(),
+            );
+        }
+        if self.dev_secrets_in_use() && !self.server.bind.ip().is_loopback() {
+            return invalid(format!(
+                "the development JWT secret or API key is in use and server.bind ({}) is not a loopback address; \
+                 set auth.jwt_secret and api_keys (see `roomcast check-config`)",
+                self.server.bind
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when the shipped development secret or API key is configured.
+    pub fn dev_secrets_in_use(&self) -> bool {
+        self.auth.jwt_secret.as_deref() == Some(DEV_JWT_SECRET)
+            || self
+                .api_keys
+                .iter()
+                .any(|k| k.key.as_deref() == Some(DEV_API_KEY))
+    }
+
+    /// The configuration as TOML with every secret replaced by `"***"`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        let mask = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("***".into());
+            }
+        };
+        mask(&mut masked.auth.jwt_secret);
+        for key in &mut masked.api_keys {
+            mask(&mut key.key);
+        }
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_on_loopback() {
+        let config = Config::default().with_fallbacks();
+        config.validate().unwrap();
+        assert!(config.dev_secrets_in_use());
+    }
+
+    #[test]
+    fn dev_secrets_refused_off_loopback() {
+        let err = Config::from_toml("[server]\nbind = \"0.0.0.0:8000\"").unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+    }
+
+    #[test]
+    fn real_secrets_allowed_off_loopback() {
+        Config::from_toml(
+            "[server]\nbind = \"0.0.0.0:8000\"\n[auth]\njwt_secret = \"0123456789abcdef0123\"\n\
+             [[api_keys]]\nname = \"b\"\nkey_sha256 = \"8d969eef6ecad3c29a3a629280e686cf0c3f5d5a86aff3ca12020c923adc6c92\"",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let text = Config::default().with_fallbacks().to_masked_toml();
+        assert!(!text.contains(DEV_JWT_SECRET));
+        assert!(!text.contains(DEV_API_KEY));
+        assert!(text.contains("***"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("[server]\nbnid = \"x\"").is_err());
+    }
+}

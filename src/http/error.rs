@@ -1,0 +1,103 @@
+//! [`ApiError`]: every HTTP failure with its status and stable code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broadcaster::PublishError;
+use crate::events::{EventError, FieldError};
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden(String),
+    MalformedJson(String),
+    UnknownEventType(String),
+    InvalidPayload(FieldError),
+    InvalidEventName(String),
+    InvalidRoom(FieldError),
+    PayloadTooLarge,
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String, Option<&str>) {
+        use StatusCode as S;
+        match self {
+            Self::Unauthorized => (
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is required in Authorization: Bearer <key> or X-API-Key".into(),
+                None,
+            ),
+            Self::Forbidden(m) => (S::FORBIDDEN, "forbidden", m.clone(), None),
+            Self::MalformedJson(m) => (
+                S::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {m}"),
+                None,
+            ),
+            Self::UnknownEventType(t) => (
+                S::UNPROCESSABLE_ENTITY,
+                "unknown_event_type",
+                format!("unknown event type {t:?}; the known types are listed in WEBSOCKET_API.md"),
+                None,
+            ),
+            Self::InvalidPayload(f) => (
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_payload",
+                f.message.clone(),
+                Some(&f.field),
+            ),
+            Self::InvalidEventName(m) => (
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_event_name",
+                m.clone(),
+                Some("event"),
+            ),
+            Self::InvalidRoom(f) => (
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_room",
+                f.message.clone(),
+                Some(&f.field),
+            ),
+            Self::PayloadTooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body exceeds limits.max_http_body_bytes".into(),
+                None,
+            ),
+            Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, field) = self.parts();
+        let mut error = json!({"code": code, "message": message});
+        if let Some(field) = field {
+            error["field"] = field.into();
+        }
+        (status, Json(json!({"error": error}))).into_response()
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        match e {
+            EventError::UnknownType(t) => Self::UnknownEventType(t),
+            EventError::InvalidPayload(f) => Self::InvalidPayload(f),
+        }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::InvalidPayload(f) => Self::InvalidPayload(f),
+            PublishError::Encode(m) => Self::Internal(m),
+        }
+    }
+}

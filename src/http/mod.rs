@@ -1,0 +1,111 @@
+//! The HTTP API: one file per endpoint group. Handlers take extractors ([`ApiCaller`],
+//! [`JsonBody`], `State`) and return `Result<_, ApiError>`; the error's mapping to a status
+//! and a `{error: {code, message, field?}}` body is written once, in [`ApiError`].
+
+mod error;
+mod events;
+mod health;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::auth::{ApiKeys, Caller};
+use crate::broadcaster::EventBroadcaster;
+use crate::config::Scope;
+use crate::metrics::Counters;
+use crate::socket::Census;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub api_keys: Arc<ApiKeys>,
+    pub broadcaster: EventBroadcaster,
+    pub census: Arc<dyn Census>,
+    pub counters: Arc<Counters>,
+    pub node_id: Arc<str>,
+    pub started: Instant,
+    /// True while the server accepts work; `/ready` answers 503 otherwise.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .route("/api/v1/events", post(events::publish_event))
+        .route("/api/v1/broadcast", post(events::publish_custom))
+        .route("/api/v1/websocket/stats", get(stats::stats))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The caller of an API endpoint, authenticated by `Authorization: Bearer <key>` or `X-API-Key`.
+pub struct ApiCaller(pub Caller);
+
+impl ApiCaller {
+    pub fn require(&self, scope: Scope) -> Result<&Caller, ApiError> {
+        if self.0.has_scope(scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this API key lacks the {:?} scope",
+                format!("{scope:?}").to_lowercase()
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ApiCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = |name| parts.headers.get(name).and_then(|h| h.to_str().ok());
+        let presented = header(axum::http::header::AUTHORIZATION)
+            .and_then(|h| {
+                let (scheme, key) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+            })
+            .or_else(|| header(axum::http::header::HeaderName::from_static("x-api-key")));
+        presented
+            .and_then(|key| state.api_keys.verify(key))
+            .map(|caller| ApiCaller(caller.clone()))
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// A JSON body: syntax errors are `400 malformed_json`, shape errors `422 invalid_payload`
+/// with the field, an oversized body `413 payload_too_large`. Any content type is read.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::MalformedJson(rejection.body_text()),
+            })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(de).map_err(|e| {
+            if e.inner().is_syntax() || e.inner().is_eof() || e.inner().is_io() {
+                ApiError::MalformedJson(e.inner().to_string())
+            } else {
+                ApiError::InvalidPayload(crate::events::FieldError::from_serde(e))
+            }
+        })?;
+        Ok(JsonBody(value))
+    }
+}

@@ -1,0 +1,211 @@
+//! Socket.IO side: the connect middleware, the connect handler and one file per client
+//! command. Everything here is generic over the socketioxide adapter, so the same code serves
+//! a single node (in-memory adapter) and a cluster.
+
+mod auth;
+mod ping;
+mod reply;
+mod subscribe;
+mod unsubscribe;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide::extract::{SocketRef, State};
+use socketioxide::handler::ConnectHandler;
+use socketioxide_core::adapter::errors::BroadcastError;
+
+use crate::auth::{Identity, JwtVerifier};
+use crate::broadcaster::Deliver;
+use crate::events::Timestamp;
+use crate::metrics::Counters;
+use crate::rooms::RoomName;
+
+pub use reply::CommandError;
+
+/// Namespaces that carry the same handlers: `/`, and `/ws` for clients written against the
+/// original API document.
+pub const NAMESPACES: [&str; 2] = ["/", "/ws"];
+
+/// What socket handlers share, installed as socketioxide state.
+#[derive(Clone)]
+pub struct SocketCtx(Arc<SocketCtxInner>);
+
+pub struct SocketCtxInner {
+    pub verifier: JwtVerifier,
+    pub max_rooms: usize,
+    pub node_id: Arc<str>,
+    pub counters: Arc<Counters>,
+}
+
+impl SocketCtx {
+    pub fn new(inner: SocketCtxInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for SocketCtx {
+    type Target = SocketCtxInner;
+    fn deref(&self) -> &SocketCtxInner {
+        &self.0
+    }
+}
+
+/// Registers the handlers on every namespace of `io`. With a remote adapter each result is
+/// a future that completes once the namespace is attached to the cluster.
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> Vec<A::InitRes> {
+    NAMESPACES
+        .iter()
+        .map(|ns| io.ns(*ns, on_connect::<A>.with(auth::authenticate::<A>)))
+        .collect()
+}
+
+/// The identity the connect middleware stored on the socket.
+pub fn identity_of<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Identity>> {
+    s.extensions.get::<Arc<Identity>>()
+}
+
+#[derive(Serialize)]
+struct Established<'a> {
+    sid: String,
+    user_id: &'a str,
+    tenant: &'a str,
+    rooms: [RoomName; 2],
+    server_time: Timestamp,
+    node_id: &'a str,
+}
+
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
+    let Some(identity) = identity_of(&s) else {
+        // The middleware always stores an identity; without one the socket must not stay.
+        let _ = s.disconnect();
+        return;
+    };
+    let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
+    s.join(rooms.iter().map(|r| r.scoped(&identity.tenant)).collect::<Vec<_>>());
+
+    s.on("subscribe", subscribe::handle::<A>);
+    s.on("unsubscribe", unsubscribe::handle::<A>);
+    s.on("ping", ping::handle::<A>);
+    s.on_fallback(reply::unknown_command::<A>);
+    s.on_disconnect(async |s: SocketRef<A>, reason: socketioxide::socket::DisconnectReason| {
+        tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
+    });
+
+    tracing::debug!(
+        sid = %s.id,
+        user_id = %identity.user_id,
+        tenant = %identity.tenant,
+        ns = s.ns(),
+        "socket connected"
+    );
+    let established = Established {
+        sid: s.id.to_string(),
+        user_id: identity.user_id.as_str(),
+        tenant: identity.tenant.as_str(),
+        rooms,
+        server_time: Timestamp::now(),
+        node_id: &ctx.node_id,
+    };
+    if let Err(e) = s.emit("connection.established", &established) {
+        tracing::debug!(sid = %s.id, "cannot send connection.established: {e}");
+    }
+}
+
+impl<A: Adapter> Deliver for SocketIo<A> {
+    fn deliver<'a>(
+        &'a self,
+        rooms: Vec<Cow<'static, str>>,
+        event: &'a str,
+        payload: &'a RawValue,
+    ) -> BoxFuture<'a, u64> {
+        Box::pin(async move {
+            let mut failed = 0;
+            for ns in NAMESPACES {
+                let Some(op) = self.of(ns) else { continue };
+                match op.to(rooms.clone()).emit(event, payload).await {
+                    Ok(()) => {}
+                    Err(BroadcastError::Socket(errors)) => failed += errors.len() as u64,
+                    Err(e) => tracing::warn!(ns, event, "broadcast failed: {e}"),
+                }
+            }
+            failed
+        })
+    }
+}
+
+/// Connected sockets as the stats endpoint reports them.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Snapshot {
+    pub connections: u64,
+    pub users: u64,
+    pub rooms: u64,
+    pub tenants: u64,
+    pub top_rooms: Vec<RoomMembers>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoomMembers {
+    pub tenant: String,
+    pub room: String,
+    pub members: u64,
+}
+
+/// Counts the sockets of this node. Computed on demand so connect and disconnect keep no
+/// bookkeeping of their own.
+pub trait Census: Send + Sync + 'static {
+    fn snapshot(&self, top: usize) -> Snapshot;
+}
+
+impl<A: Adapter> Census for SocketIo<A> {
+    fn snapshot(&self, top: usize) -> Snapshot {
+        let mut users = HashSet::new();
+        let mut tenants = HashSet::new();
+        let mut rooms: HashMap<Cow<'static, str>, u64> = HashMap::new();
+        let mut connections = 0;
+        for ns in NAMESPACES {
+            let Some(op) = self.of(ns) else { continue };
+            for s in op.sockets() {
+                connections += 1;
+                if let Some(id) = identity_of(&s) {
+                    tenants.insert(id.tenant.clone());
+                    users.insert((id.tenant.clone(), id.user_id.clone()));
+                }
+                for room in s.rooms() {
+                    *rooms.entry(room).or_default() += 1;
+                }
+            }
+        }
+        let mut top_rooms: Vec<RoomMembers> = rooms
+            .iter()
+            .filter_map(|(scoped, members)| {
+                let (tenant, room) = RoomName::unscope(scoped)?;
+                Some(RoomMembers {
+                    tenant: tenant.to_owned(),
+                    room: room.to_owned(),
+                    members: *members,
+                })
+            })
+            .collect();
+        top_rooms.sort_by(|a, b| {
+            b.members
+                .cmp(&a.members)
+                .then_with(|| (&a.tenant, &a.room).cmp(&(&b.tenant, &b.room)))
+        });
+        top_rooms.truncate(top);
+        Snapshot {
+            connections,
+            users: users.len() as u64,
+            rooms: rooms.len() as u64,
+            tenants: tenants.len() as u64,
+            top_rooms,
+        }
+    }
+}

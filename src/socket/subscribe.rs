@@ -1,0 +1,84 @@
+//! `subscribe` `{room}` or `{rooms: [...]}`: all-or-nothing, checked against the token.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{SocketRef, State, TryData};
+
+use super::reply::{CommandError, Responder};
+use super::{SocketCtx, identity_of};
+use crate::rooms::RoomName;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomsRequest {
+    room: Option<Value>,
+    rooms: Option<Vec<Value>>,
+}
+
+/// Parses `{room}` / `{rooms}` into room names, deduplicated, in request order.
+pub(super) fn parse_rooms(payload: Result<Value, impl std::fmt::Display>) -> Result<Vec<RoomName>, CommandError> {
+    let invalid = |m: &str| CommandError::InvalidPayload(m.to_owned());
+    let payload = payload.map_err(|e| CommandError::InvalidPayload(format!("unreadable payload: {e}")))?;
+    let request: RoomsRequest = serde_json::from_value(payload)
+        .map_err(|_| invalid("expected {\"room\": \"<name>\"} or {\"rooms\": [\"<name>\", ...]}"))?;
+    let raw = match (request.room, request.rooms) {
+        (Some(room), None) => vec![room],
+        (None, Some(rooms)) if !rooms.is_empty() => rooms,
+        (None, Some(_)) => return Err(invalid("rooms must not be empty")),
+        _ => return Err(invalid("give either room or rooms")),
+    };
+    let mut rooms = Vec::with_capacity(raw.len());
+    for value in raw {
+        let Value::String(name) = value else {
+            return Err(invalid("room names are strings"));
+        };
+        let room = RoomName::parse(&name).ok_or(CommandError::InvalidRoom(name))?;
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    Ok(rooms)
+}
+
+pub async fn handle<A: Adapter>(
+    s: SocketRef<A>,
+    State(ctx): State<SocketCtx>,
+    TryData(payload): TryData<Value>,
+    reply: Responder<A>,
+) {
+    reply.result(subscribe(&s, &ctx, payload));
+}
+
+fn subscribe<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<Value, CommandError> {
+    let rooms = parse_rooms(payload)?;
+    let identity = identity_of(s).ok_or_else(|| CommandError::Forbidden("*".into()))?;
+    if let Some(denied) = rooms.iter().find(|r| !r.allows(&identity)) {
+        return Err(CommandError::Forbidden(denied.to_string()));
+    }
+    let current: HashSet<_> = s.rooms().into_iter().collect();
+    let mut count = current.len();
+    let mut to_join = Vec::with_capacity(rooms.len());
+    for room in &rooms {
+        let scoped = room.scoped(&identity.tenant);
+        if current.contains(&scoped) {
+            continue;
+        }
+        count += 1;
+        if count > ctx.max_rooms {
+            return Err(CommandError::TooManyRooms {
+                room: room.to_string(),
+                limit: ctx.max_rooms,
+            });
+        }
+        to_join.push(scoped);
+    }
+    s.join(to_join);
+    Ok(json!({"ok": true, "rooms": rooms}))
+}
