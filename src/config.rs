@@ -216,7 +216,10 @@ impl Config {
                 .filter(|key| key.as_str().contains("__"))
                 .split("__"),
         );
-        let config = figment.extract::<Config>().map_err(Box::new)?.with_fallbacks();
+        let config = figment
+            .extract::<Config>()
+            .map_err(Box::new)?
+            .with_fallbacks();
         config.validate()?;
         Ok(config)
     }

@@ -53,7 +53,7 @@ use axum::Router;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 
-pub use broadcaster::{EventBroadcaster, Published, PublishError};
+pub use broadcaster::{EventBroadcaster, PublishError, Published};
 pub use config::Config;
 
 use auth::{ApiKeys, JwtVerifier};

@@ -10,7 +10,11 @@ use roomcast::config::{Config, LogFormat, Source};
 use roomcast::rooms::{Grant, Id};
 
 #[derive(Parser)]
-#[command(name = "roomcast", version, about = "A Socket.IO-compatible realtime server")]
+#[command(
+    name = "roomcast",
+    version,
+    about = "A Socket.IO-compatible realtime server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,9 +72,7 @@ fn parse_grant(flag: &str, value: Option<&str>) -> Result<Grant, String> {
         Some("*") => Ok(Grant::All),
         Some(list) => list
             .split(',')
-            .map(|s| {
-                Id::parse(s.trim()).ok_or_else(|| format!("--{flag}: invalid id {s:?}"))
-            })
+            .map(|s| Id::parse(s.trim()).ok_or_else(|| format!("--{flag}: invalid id {s:?}")))
             .collect::<Result<Vec<_>, _>>()
             .map(|ids| Grant::Some(ids.into())),
     }
@@ -81,7 +83,9 @@ fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
@@ -154,7 +158,10 @@ fn main() -> ExitCode {
                 iss: config.auth.issuer.clone(),
                 aud: config.auth.audience.clone(),
             };
-            println!("{}", sign_hs256(secret, &claims).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                sign_hs256(secret, &claims).map_err(|e| e.to_string())?
+            );
             Ok(())
         })(),
     };

@@ -116,7 +116,10 @@ impl JwtVerifier {
             validation.required_spec_claims.insert("iss".into());
         }
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
             None => validation.validate_aud = false,
         }
         Ok(Self { key, validation })
@@ -223,8 +226,11 @@ mod tests {
         let v = verifier();
         let old = sign_hs256(SECRET, &claims("alice", now_secs() - 3600)).unwrap();
         assert_eq!(v.verify(&old), Err(AuthError::TokenExpired));
-        let wrong = sign_hs256("another-secret-0123456789", &claims("alice", now_secs() + 60))
-            .unwrap();
+        let wrong = sign_hs256(
+            "another-secret-0123456789",
+            &claims("alice", now_secs() + 60),
+        )
+        .unwrap();
         assert_eq!(v.verify(&wrong), Err(AuthError::TokenInvalid));
         assert_eq!(v.verify("garbage"), Err(AuthError::TokenInvalid));
         let bad_sub = sign_hs256(SECRET, &claims("a b", now_secs() + 60)).unwrap();
@@ -232,9 +238,37 @@ mod tests {
     }
 
     #[test]
+    fn issuer_and_audience_are_required_when_configured() {
+        let v = JwtVerifier::from_config(&AuthConfig {
+            jwt_secret: Some(SECRET.into()),
+            issuer: Some("iss".into()),
+            audience: Some("aud".into()),
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let mut c = claims("alice", now_secs() + 60);
+        c.iss = Some("iss".into());
+        assert_eq!(
+            v.verify(&sign_hs256(SECRET, &c).unwrap()),
+            Err(AuthError::TokenInvalid)
+        );
+        c.aud = Some("aud".into());
+        assert!(v.verify(&sign_hs256(SECRET, &c).unwrap()).is_ok());
+        c.iss = None;
+        assert_eq!(
+            v.verify(&sign_hs256(SECRET, &c).unwrap()),
+            Err(AuthError::TokenInvalid)
+        );
+    }
+
+    #[test]
     fn alg_none_is_refused() {
         let header = base64_url("{\"alg\":\"none\",\"typ\":\"JWT\"}");
-        let body = base64_url(&format!("{{\"sub\":\"alice\",\"exp\":{}}}", now_secs() + 60));
+        let body = base64_url(&format!(
+            "{{\"sub\":\"alice\",\"exp\":{}}}",
+            now_secs() + 60
+        ));
         assert_eq!(
             verifier().verify(&format!("{header}.{body}.")),
             Err(AuthError::TokenInvalid)
@@ -246,7 +280,8 @@ mod tests {
         let bytes = s.as_bytes();
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32) << (8 * (3 - chunk.len()));
+            let n =
+                chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32) << (8 * (3 - chunk.len()));
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }

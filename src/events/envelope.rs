@@ -77,7 +77,9 @@ impl EventName {
             && b.len() <= 64
             && b[0].is_ascii_lowercase()
             && b.iter().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-')
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'_' | b'.' | b':' | b'-')
             });
         if !shape_ok {
             return Err("event names match ^[a-z][a-z0-9_.:-]{0,63}$");
@@ -115,8 +117,16 @@ mod tests {
         assert!(EventName::parse("deploy.finished").is_ok());
         assert!(EventName::parse("a").is_ok());
         for bad in [
-            "", "Deploy", "1abc", "a b", "connect", "error", "connection.established",
-            "auth.refresh", "project.updated", "a/b",
+            "",
+            "Deploy",
+            "1abc",
+            "a b",
+            "connect",
+            "error",
+            "connection.established",
+            "auth.refresh",
+            "project.updated",
+            "a/b",
         ] {
             assert!(EventName::parse(bad).is_err(), "{bad}");
         }

@@ -110,6 +110,10 @@ impl FieldError {
             .and_then(|rest| rest.split('`').next());
         let field = match (named, path.as_str()) {
             (Some(name), ".") => name.to_owned(),
+            // An unknown field is already in the path; a missing one is not.
+            (Some(name), path) if path == name || path.ends_with(&format!(".{name}")) => {
+                path.to_owned()
+            }
             (Some(name), parent) => format!("{parent}.{name}"),
             (None, ".") => "data".to_owned(),
             (None, path) => path.to_owned(),
@@ -245,20 +249,38 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(err("project.updated", json!({})), "project_id");
-        assert_eq!(err("project.updated", json!({"project_id": "a b"})), "project_id");
-        assert_eq!(err("project.updated", json!({"project_id": 1, "x": 1})), "x");
         assert_eq!(
-            err("workflow.progress", json!({"workflow_id": 1, "project_id": 1, "progress": 101})),
+            err("project.updated", json!({"project_id": "a b"})),
+            "project_id"
+        );
+        assert_eq!(
+            err("project.updated", json!({"project_id": 1, "x": 1})),
+            "x"
+        );
+        assert_eq!(
+            err(
+                "workflow.progress",
+                json!({"workflow_id": 1, "project_id": 1, "progress": 101})
+            ),
             "progress"
         );
         assert_eq!(
-            err("workflow.progress", json!({"workflow_id": 1, "project_id": 1, "progress": 1000})),
+            err(
+                "workflow.progress",
+                json!({"workflow_id": 1, "project_id": 1, "progress": 1000})
+            ),
             "progress"
         );
-        assert_eq!(err("ai.suggestion", json!({"suggestion_id": 1, "content": "x"})), "user_id");
+        assert_eq!(
+            err("ai.suggestion", json!({"suggestion_id": 1, "content": "x"})),
+            "user_id"
+        );
         assert_eq!(err("pr.created", json!(null)), "data");
         assert_eq!(
-            err("project.updated", json!({"project_id": 1, "project_name": 5})),
+            err(
+                "project.updated",
+                json!({"project_id": 1, "project_name": 5})
+            ),
             "project_name"
         );
     }
@@ -284,6 +306,9 @@ mod tests {
             json!({"suggestion_id": "s", "content": "c", "project_id": "p"}),
         )
         .unwrap();
-        assert_eq!(to_project.target().room, RoomName::parse("project:p").unwrap());
+        assert_eq!(
+            to_project.target().room,
+            RoomName::parse("project:p").unwrap()
+        );
     }
 }

@@ -77,7 +77,10 @@ impl Payload for WorkflowProgress {
     }
     fn validate(&self) -> Result<(), FieldError> {
         if self.progress > 100 {
-            return Err(FieldError::new("progress", "progress must be between 0 and 100"));
+            return Err(FieldError::new(
+                "progress",
+                "progress must be between 0 and 100",
+            ));
         }
         Ok(())
     }

@@ -17,9 +17,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
-use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
+use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide_core::adapter::errors::BroadcastError;
 
 use crate::auth::{Identity, JwtVerifier};
@@ -89,15 +89,22 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
         return;
     };
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    s.join(rooms.iter().map(|r| r.scoped(&identity.tenant)).collect::<Vec<_>>());
+    s.join(
+        rooms
+            .iter()
+            .map(|r| r.scoped(&identity.tenant))
+            .collect::<Vec<_>>(),
+    );
 
     s.on("subscribe", subscribe::handle::<A>);
     s.on("unsubscribe", unsubscribe::handle::<A>);
     s.on("ping", ping::handle::<A>);
     s.on_fallback(reply::unknown_command::<A>);
-    s.on_disconnect(async |s: SocketRef<A>, reason: socketioxide::socket::DisconnectReason| {
-        tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
-    });
+    s.on_disconnect(
+        async |s: SocketRef<A>, reason: socketioxide::socket::DisconnectReason| {
+            tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
+        },
+    );
 
     tracing::debug!(
         sid = %s.id,

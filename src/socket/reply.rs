@@ -119,6 +119,10 @@ impl<A: Adapter> Responder<A> {
     }
 }
 
-pub async fn unknown_command<A: Adapter>(_s: SocketRef<A>, Event(name): Event, reply: Responder<A>) {
+pub async fn unknown_command<A: Adapter>(
+    _s: SocketRef<A>,
+    Event(name): Event,
+    reply: Responder<A>,
+) {
     reply.fail(CommandError::UnknownCommand(name));
 }

@@ -19,11 +19,15 @@ struct RoomsRequest {
 }
 
 /// Parses `{room}` / `{rooms}` into room names, deduplicated, in request order.
-pub(super) fn parse_rooms(payload: Result<Value, impl std::fmt::Display>) -> Result<Vec<RoomName>, CommandError> {
+pub(super) fn parse_rooms(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<Vec<RoomName>, CommandError> {
     let invalid = |m: &str| CommandError::InvalidPayload(m.to_owned());
-    let payload = payload.map_err(|e| CommandError::InvalidPayload(format!("unreadable payload: {e}")))?;
-    let request: RoomsRequest = serde_json::from_value(payload)
-        .map_err(|_| invalid("expected {\"room\": \"<name>\"} or {\"rooms\": [\"<name>\", ...]}"))?;
+    let payload =
+        payload.map_err(|e| CommandError::InvalidPayload(format!("unreadable payload: {e}")))?;
+    let request: RoomsRequest = serde_json::from_value(payload).map_err(|_| {
+        invalid("expected {\"room\": \"<name>\"} or {\"rooms\": [\"<name>\", ...]}")
+    })?;
     let raw = match (request.room, request.rooms) {
         (Some(room), None) => vec![room],
         (None, Some(rooms)) if !rooms.is_empty() => rooms,

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every Roomcast test: formatting and lints, the Rust unit and behaviour tests, the
+# end-to-end suites with the real socket.io-client (Node) and python-socketio clients.
+# Installs the JS and Python test dependencies on first use (npm ci, a venv in .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo build (the binary the JS and Python suites start)"
+cargo build --locked
+export ROOMCAST_BIN="$root/target/debug/roomcast"
+
+step "cargo test"
+cargo test --locked
+
+step "JS end-to-end tests (socket.io-client)"
+(
+  cd tests/js
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+  npm test
+)
+
+step "Python end-to-end tests (python-socketio)"
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  echo "$want" > "$stamp"
+fi
+"$venv/bin/python" -m pytest tests/python -q
+
+step "all tests passed"

@@ -1,0 +1,358 @@
+//! A real server started in-process on an ephemeral port, and a minimal Engine.IO v4 /
+//! Socket.IO v5 client over a real WebSocket, for the behaviour tests.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast::auth::jwt::{TokenClaims, now_secs, sign_hs256};
+use roomcast::rooms::Grant;
+use roomcast::{Config, EventBroadcaster, Roomcast};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+pub const KEY: &str = "test-key-full";
+pub const ACME_KEY: &str = "test-key-acme";
+pub const READ_KEY: &str = "test-key-read";
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub broadcaster: EventBroadcaster,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts a server with the test keys plus `extra` TOML (sections not set here).
+    pub async fn start_with(extra: &str) -> Self {
+        let toml = format!(
+            r#"
+            [server]
+            bind = "127.0.0.1:0"
+            node_id = "test-node"
+            [auth]
+            jwt_secret = "{SECRET}"
+            leeway_secs = 0
+            [[api_keys]]
+            name = "full"
+            key = "{KEY}"
+            scopes = ["publish", "read"]
+            [[api_keys]]
+            name = "acme"
+            key = "{ACME_KEY}"
+            tenant = "acme"
+            scopes = ["publish"]
+            [[api_keys]]
+            name = "reader"
+            key = "{READ_KEY}"
+            scopes = ["read"]
+            {extra}
+            "#
+        );
+        let config = Config::from_toml(&toml).expect("test config");
+        let server = Roomcast::new(&config).expect("server");
+        let broadcaster = server.broadcaster();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            broadcaster,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `POST path` with the full-scope key; returns status and JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, Some(KEY), body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, key: Option<&str>, body: String) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = reqwest::Client::new().get(self.url(path));
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn claims(sub: &str) -> TokenClaims {
+    TokenClaims {
+        sub: sub.into(),
+        exp: now_secs() + 3600,
+        iat: None,
+        tenant: None,
+        projects: Grant::None,
+        agents: Grant::None,
+        role: None,
+        iss: None,
+        aud: None,
+    }
+}
+
+pub fn token(claims: &TokenClaims) -> String {
+    sign_hs256(SECRET, claims).unwrap()
+}
+
+/// A token for `sub` in `tenant` with the given project grant (`"*"`, or ids).
+pub fn token_for(sub: &str, tenant: &str, projects: &[&str]) -> String {
+    let mut c = claims(sub);
+    c.tenant = Some(tenant.into());
+    c.projects = match projects {
+        ["*"] => Grant::All,
+        ids => Grant::Some(
+            ids.iter()
+                .map(|i| roomcast::rooms::Id::parse(i).unwrap())
+                .collect(),
+        ),
+    };
+    token(&c)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A Socket.IO client speaking the protocol over one WebSocket.
+pub struct Client {
+    ws: Ws,
+    ns: String,
+    next_ack: u64,
+    /// Events received while waiting for something else: (name, payload).
+    pending: VecDeque<(String, Value)>,
+    pub established: Value,
+}
+
+/// How to present the token in the handshake.
+pub enum Auth<'a> {
+    None,
+    Payload(Value),
+    Header(&'a str),
+    Query(&'a str),
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, auth: Auth<'_>) -> Result<Self, String> {
+        Self::connect_ns(addr, "/", auth).await
+    }
+
+    /// Opens the transport and connects to `ns`; `Err` carries the `connect_error` message.
+    pub async fn connect_ns(addr: SocketAddr, ns: &str, auth: Auth<'_>) -> Result<Self, String> {
+        let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        if let Auth::Query(t) = &auth {
+            url.push_str(&format!("&token={t}"));
+        }
+        let mut req = url.into_client_request().unwrap();
+        if let Auth::Header(t) = &auth {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = Client {
+            ws,
+            ns: ns.to_owned(),
+            next_ack: 0,
+            pending: VecDeque::new(),
+            established: Value::Null,
+        };
+        let open = client.recv_text().await.ok_or("no open packet")?;
+        assert!(open.starts_with('0'), "engine.io open packet: {open}");
+        let prefix = client.prefix();
+        let connect = match &auth {
+            Auth::Payload(v) => format!("40{prefix}{v}"),
+            _ => format!("40{prefix}"),
+        };
+        client.send(connect).await;
+        loop {
+            let text = client.recv_text().await.ok_or("closed during connect")?;
+            let Some(sio) = text.strip_prefix('4') else {
+                continue;
+            };
+            match client.split(sio) {
+                ('0', rest) => {
+                    assert!(rest.contains("\"sid\""), "connect packet: {rest}");
+                    break;
+                }
+                ('4', rest) => {
+                    let v: Value = serde_json::from_str(rest).unwrap();
+                    return Err(v["message"].as_str().unwrap_or_default().to_owned());
+                }
+                _ => continue,
+            }
+        }
+        client.established = client.event("connection.established").await;
+        Ok(client)
+    }
+
+    fn prefix(&self) -> String {
+        if self.ns == "/" {
+            String::new()
+        } else {
+            format!("{},", self.ns)
+        }
+    }
+
+    /// Splits a Socket.IO packet into its type digit and its body after the namespace.
+    fn split<'a>(&self, packet: &'a str) -> (char, &'a str) {
+        let kind = packet.chars().next().unwrap_or('?');
+        let rest = &packet[kind.len_utf8()..];
+        let prefix = self.prefix();
+        (kind, rest.strip_prefix(prefix.as_str()).unwrap_or(rest))
+    }
+
+    async fn send(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.send(text.to_owned()).await;
+    }
+
+    /// Next engine.io text message, answering pings; `None` when closed or past the deadline.
+    async fn recv_text(&mut self) -> Option<String> {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => {
+                    if t.as_str() == "2" {
+                        self.send("3".into()).await;
+                        continue;
+                    }
+                    return Some(t.to_string());
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads packets until an EVENT or ACK arrives: returns (Some(name), args) or (None, ack).
+    async fn recv_packet(&mut self) -> Option<(Option<String>, u64, Value)> {
+        loop {
+            let text = self.recv_text().await?;
+            let Some(sio) = text.strip_prefix('4') else {
+                continue;
+            };
+            let (kind, rest) = self.split(sio);
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            let body: Value = serde_json::from_str(&rest[digits.len()..]).ok()?;
+            let id = digits.parse().unwrap_or(0);
+            match kind {
+                '2' => {
+                    let name = body[0].as_str()?.to_owned();
+                    return Some((Some(name), id, body[1].clone()));
+                }
+                '3' => return Some((None, id, body[0].clone())),
+                '1' => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for the event `name`, keeping others for later calls.
+    pub async fn event(&mut self, name: &str) -> Value {
+        self.try_event(name)
+            .await
+            .unwrap_or_else(|| panic!("no {name:?} event within {DEADLINE:?}"))
+    }
+
+    pub async fn try_event(&mut self, name: &str) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(|(n, _)| n == name) {
+            return self.pending.remove(i).map(|(_, v)| v);
+        }
+        loop {
+            match self.recv_packet().await? {
+                (Some(n), _, v) if n == name => return Some(v),
+                (Some(n), _, v) => self.pending.push_back((n, v)),
+                (None, _, _) => {}
+            }
+        }
+    }
+
+    /// Every event received so far and not yet consumed.
+    pub fn received(&self) -> Vec<String> {
+        self.pending.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub async fn emit_with_ack(&mut self, event: &str, data: Value) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let prefix = self.prefix();
+        self.send(format!("42{prefix}{id}{}", json!([event, data])))
+            .await;
+        loop {
+            match self.recv_packet().await {
+                Some((None, ack, v)) if ack == id => return v,
+                Some((Some(n), _, v)) => self.pending.push_back((n, v)),
+                Some(_) => {}
+                None => panic!("no ack for {event:?} within {DEADLINE:?}"),
+            }
+        }
+    }
+
+    pub async fn emit(&mut self, event: &str, data: Value) {
+        let prefix = self.prefix();
+        self.send(format!("42{prefix}{}", json!([event, data])))
+            .await;
+    }
+
+    pub async fn subscribe(&mut self, room: &str) -> Value {
+        self.emit_with_ack("subscribe", json!({ "room": room }))
+            .await
+    }
+
+    /// Asserts no event `name` arrived before `marker` (published after it) did.
+    pub async fn assert_not_before(&mut self, name: &str, marker: &str) {
+        self.event(marker).await;
+        assert!(
+            !self.pending.iter().any(|(n, _)| n == name),
+            "unexpected {name:?} event; received {:?}",
+            self.received()
+        );
+    }
+}
