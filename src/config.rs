@@ -74,6 +74,15 @@ pub enum Scope {
     Read,
 }
 
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Read => "read",
+        }
+    }
+}
+
 fn default_scopes() -> Vec<Scope> {
     vec![Scope::Publish]
 }

@@ -150,13 +150,13 @@ fn main() -> ExitCode {
             let claims = TokenClaims {
                 sub,
                 exp: now + ttl.as_secs(),
-                iat: Some(now),
+                iat: Some(now.into()),
                 tenant,
                 projects: parse_grant("projects", projects.as_deref())?,
                 agents: parse_grant("agents", agents.as_deref())?,
                 role,
                 iss: config.auth.issuer.clone(),
-                aud: config.auth.audience.clone(),
+                aud: config.auth.audience.clone().map(Into::into),
             };
             println!(
                 "{}",

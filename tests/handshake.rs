@@ -14,6 +14,8 @@ async fn token_is_accepted_from_auth_header_and_query() {
         Auth::Payload(json!({ "token": t })),
         Auth::Header(&t),
         Auth::Query(&t),
+        // An empty auth.token counts as absent: the search goes on.
+        Auth::EmptyPayloadThenQuery(&t),
     ] {
         let c = Client::connect(server.addr, auth).await.expect("connects");
         assert_eq!(c.established["user_id"], "alice");

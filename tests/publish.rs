@@ -186,6 +186,8 @@ async fn api_errors_have_codes() {
         (None, ok.clone(), 401, "unauthorized", None),
         (Some("wrong-key-123"), ok.clone(), 401, "unauthorized", None),
         (Some(READ_KEY), ok.clone(), 403, "forbidden", None),
+        // The scope is checked before the body is read.
+        (Some(READ_KEY), "{not json".into(), 403, "forbidden", None),
         (Some(ACME_KEY), json!({"type": "project.updated", "tenant": "globex", "data": {"project_id": 1}}).to_string(), 403, "forbidden", None),
         (Some(KEY), "{not json".into(), 400, "malformed_json", None),
         (Some(KEY), json!({"type": "nope", "data": {}}).to_string(), 422, "unknown_event_type", None),

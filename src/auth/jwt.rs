@@ -34,9 +34,11 @@ impl Identity {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenClaims {
     pub sub: String,
+    /// Seconds since the epoch; a fractional value (allowed by RFC 7519) is truncated.
+    #[serde(deserialize_with = "whole_seconds")]
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
+    pub iat: Option<serde_json::Number>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "is_none_grant")]
@@ -47,8 +49,16 @@ pub struct TokenClaims {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// A string or an array of strings (RFC 7519); `jsonwebtoken` checks it against the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
+}
+
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        .ok_or_else(|| serde::de::Error::custom("exp must be a non-negative number"))
 }
 
 fn is_none_grant(g: &Grant) -> bool {
@@ -254,6 +264,8 @@ mod tests {
             Err(AuthError::TokenInvalid)
         );
         c.aud = Some("aud".into());
+        assert!(v.verify(&sign_hs256(SECRET, &c).unwrap()).is_ok());
+        c.aud = Some(serde_json::json!(["other", "aud"]));
         assert!(v.verify(&sign_hs256(SECRET, &c).unwrap()).is_ok());
         c.iss = None;
         assert_eq!(

@@ -7,6 +7,7 @@ mod events;
 mod health;
 mod stats;
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -50,23 +51,27 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-/// The caller of an API endpoint, authenticated by `Authorization: Bearer <key>` or `X-API-Key`.
-pub struct ApiCaller(pub Caller);
-
-impl ApiCaller {
-    pub fn require(&self, scope: Scope) -> Result<&Caller, ApiError> {
-        if self.0.has_scope(scope) {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this API key lacks the {:?} scope",
-                format!("{scope:?}").to_lowercase()
-            )))
-        }
-    }
+/// A scope an endpoint requires, as a type, so the check runs before the body is read.
+pub trait RequiredScope {
+    const SCOPE: Scope;
 }
 
-impl FromRequestParts<AppState> for ApiCaller {
+pub struct Publish;
+impl RequiredScope for Publish {
+    const SCOPE: Scope = Scope::Publish;
+}
+
+pub struct Read;
+impl RequiredScope for Read {
+    const SCOPE: Scope = Scope::Read;
+}
+
+/// The caller of an API endpoint, authenticated by `Authorization: Bearer <key>` or
+/// `X-API-Key`, and holding scope `S`: `401 unauthorized` without a valid key,
+/// `403 forbidden` without the scope.
+pub struct ApiCaller<S>(pub Caller, PhantomData<S>);
+
+impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -77,10 +82,16 @@ impl FromRequestParts<AppState> for ApiCaller {
                 scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
             })
             .or_else(|| header(axum::http::header::HeaderName::from_static("x-api-key")));
-        presented
+        let caller = presented
             .and_then(|key| state.api_keys.verify(key))
-            .map(|caller| ApiCaller(caller.clone()))
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        if !caller.has_scope(S::SCOPE) {
+            return Err(ApiError::Forbidden(format!(
+                "this API key lacks the \"{}\" scope",
+                S::SCOPE.as_str()
+            )));
+        }
+        Ok(ApiCaller(caller.clone(), PhantomData))
     }
 }
 

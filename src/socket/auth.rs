@@ -12,25 +12,31 @@ use crate::metrics::Counters;
 
 /// The token, from (in order) the handshake `auth.token`, `Authorization: Bearer`, `?token=`.
 fn find_token(auth: Option<&serde_json::Value>, req: &http::request::Parts) -> Option<String> {
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    if let Some(t) = auth.and_then(|a| a.get("token")).and_then(|t| t.as_str()) {
-        return non_empty(t);
-    }
-    let bearer = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            let (scheme, token) = h.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    if let Some(t) = bearer {
-        return non_empty(t);
-    }
-    let query = req.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "token")
-        .and_then(|(_, v)| non_empty(&v))
+    // An empty value counts as absent, so the search goes on to the next place.
+    let from_auth = auth
+        .and_then(|a| a.get("token"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty());
+    let from_header = || {
+        req.headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .filter_map(|h| {
+                let (scheme, token) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .find(|t| !t.is_empty())
+    };
+    let from_query = || {
+        form_urlencoded::parse(req.uri.query()?.as_bytes())
+            .find(|(k, v)| k == "token" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    };
+    from_auth
+        .or_else(from_header)
+        .map(str::to_owned)
+        .or_else(from_query)
 }
 
 pub async fn authenticate<A: Adapter>(

@@ -83,6 +83,21 @@ fn subscribe<A: Adapter>(
         }
         to_join.push(scoped);
     }
-    s.join(to_join);
+    let Some(first_new) = to_join.first().cloned() else {
+        return Ok(json!({"ok": true, "rooms": rooms}));
+    };
+    s.join(to_join.clone());
+    // Commands of one socket run concurrently: two subscribes may both pass the check
+    // above. Re-count after joining and undo this one if together they went over.
+    if s.rooms().len() > ctx.max_rooms {
+        s.leave(to_join);
+        let room = RoomName::unscope(&first_new)
+            .map_or("", |(_, r)| r)
+            .to_owned();
+        return Err(CommandError::TooManyRooms {
+            room,
+            limit: ctx.max_rooms,
+        });
+    }
     Ok(json!({"ok": true, "rooms": rooms}))
 }

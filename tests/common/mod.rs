@@ -169,6 +169,8 @@ pub enum Auth<'a> {
     Payload(Value),
     Header(&'a str),
     Query(&'a str),
+    /// `auth: {token: ""}` in the handshake and the real token in the query.
+    EmptyPayloadThenQuery(&'a str),
 }
 
 impl Client {
@@ -179,7 +181,7 @@ impl Client {
     /// Opens the transport and connects to `ns`; `Err` carries the `connect_error` message.
     pub async fn connect_ns(addr: SocketAddr, ns: &str, auth: Auth<'_>) -> Result<Self, String> {
         let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        if let Auth::Query(t) = &auth {
+        if let Auth::Query(t) | Auth::EmptyPayloadThenQuery(t) = &auth {
             url.push_str(&format!("&token={t}"));
         }
         let mut req = url.into_client_request().unwrap();
@@ -202,6 +204,7 @@ impl Client {
         let prefix = client.prefix();
         let connect = match &auth {
             Auth::Payload(v) => format!("40{prefix}{v}"),
+            Auth::EmptyPayloadThenQuery(_) => format!("40{prefix}{}", json!({"token": ""})),
             _ => format!("40{prefix}"),
         };
         client.send(connect).await;
