@@ -148,8 +148,6 @@ fn main() -> ExitCode {
             }
             let now = now_secs();
             let claims = TokenClaims {
-                sub,
-                exp: now + ttl.as_secs(),
                 iat: Some(now.into()),
                 tenant,
                 projects: parse_grant("projects", projects.as_deref())?,
@@ -157,6 +155,7 @@ fn main() -> ExitCode {
                 role,
                 iss: config.auth.issuer.clone(),
                 aud: config.auth.audience.clone().map(Into::into),
+                ..TokenClaims::new(sub, now + ttl.as_secs())
             };
             println!(
                 "{}",

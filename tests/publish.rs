@@ -165,12 +165,7 @@ async fn a_socket_in_both_rooms_gets_an_agent_event_once() {
             json!({"type": "agent.connected", "data": {"agent_id": "a1", "project_id": "p1"}}),
         )
         .await;
-    server
-        .post(
-            "/api/v1/events",
-            json!({"type": "system.notification", "data": {"title": "t", "message": "m"}}),
-        )
-        .await;
+    server.publish_marker().await;
     c.event("agent.connected").await;
     c.assert_not_before("agent.connected", "system.notification")
         .await;
@@ -215,12 +210,7 @@ async fn api_errors_have_codes() {
     // None of those delivered anything; the acme key publishes into acme by default.
     let (status, body) = server.post_raw("/api/v1/events", Some(ACME_KEY), ok).await;
     assert_eq!((status, body["tenant"].as_str()), (202, Some("acme")));
-    server
-        .post(
-            "/api/v1/events",
-            json!({"type": "system.notification", "data": {"title": "t", "message": "m"}}),
-        )
-        .await;
+    server.publish_marker().await;
     c.assert_not_before("project.updated", "system.notification")
         .await;
     // X-API-Key works as well as Bearer.
@@ -288,12 +278,7 @@ async fn custom_broadcasts() {
         (422, Some("invalid_payload"))
     );
     // One delivery, not one per room.
-    server
-        .post(
-            "/api/v1/events",
-            json!({"type": "system.notification", "data": {"title": "t", "message": "m"}}),
-        )
-        .await;
+    server.publish_marker().await;
     c.assert_not_before("deploy.finished", "system.notification")
         .await;
 }

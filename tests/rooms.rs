@@ -148,12 +148,7 @@ async fn unsubscribe_stops_delivery() {
     c.emit_with_ack("unsubscribe", json!({"rooms": ["project:1"]}))
         .await;
     server.post("/api/v1/events", publish).await;
-    server
-        .post(
-            "/api/v1/events",
-            json!({"type": "system.notification", "data": {"title": "t", "message": "m"}}),
-        )
-        .await;
+    server.publish_marker().await;
     c.assert_not_before("project.updated", "system.notification")
         .await;
 }

@@ -61,6 +61,23 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error
         .ok_or_else(|| serde::de::Error::custom("exp must be a non-negative number"))
 }
 
+impl TokenClaims {
+    /// Claims for `sub` expiring at `exp`, with nothing else granted.
+    pub fn new(sub: impl Into<String>, exp: u64) -> Self {
+        Self {
+            sub: sub.into(),
+            exp,
+            iat: None,
+            tenant: None,
+            projects: Grant::None,
+            agents: Grant::None,
+            role: None,
+            iss: None,
+            aud: None,
+        }
+    }
+}
+
 fn is_none_grant(g: &Grant) -> bool {
     *g == Grant::None
 }
@@ -210,17 +227,7 @@ mod tests {
     }
 
     fn claims(sub: &str, exp: u64) -> TokenClaims {
-        TokenClaims {
-            sub: sub.into(),
-            exp,
-            iat: None,
-            tenant: None,
-            projects: Grant::None,
-            agents: Grant::None,
-            role: None,
-            iss: None,
-            aud: None,
-        }
+        TokenClaims::new(sub, exp)
     }
 
     #[test]

@@ -86,6 +86,18 @@ impl TestServer {
         self.post_raw(path, Some(KEY), body.to_string()).await
     }
 
+    /// Publishes `system.notification` to the default tenant's `global` room: a marker every
+    /// socket of that tenant receives, to prove that something else did not arrive before it.
+    pub async fn publish_marker(&self) {
+        let (status, body) = self
+            .post(
+                "/api/v1/events",
+                json!({"type": "system.notification", "data": {"title": "t", "message": "m"}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+
     pub async fn post_raw(&self, path: &str, key: Option<&str>, body: String) -> (u16, Value) {
         let mut req = reqwest::Client::new()
             .post(self.url(path))
@@ -119,17 +131,7 @@ impl Drop for TestServer {
 }
 
 pub fn claims(sub: &str) -> TokenClaims {
-    TokenClaims {
-        sub: sub.into(),
-        exp: now_secs() + 3600,
-        iat: None,
-        tenant: None,
-        projects: Grant::None,
-        agents: Grant::None,
-        role: None,
-        iss: None,
-        aud: None,
-    }
+    TokenClaims::new(sub, now_secs() + 3600)
 }
 
 pub fn token(claims: &TokenClaims) -> String {
