@@ -185,6 +185,8 @@ async fn api_errors_have_codes() {
         (Some(READ_KEY), "{not json".into(), 403, "forbidden", None),
         (Some(ACME_KEY), json!({"type": "project.updated", "tenant": "globex", "data": {"project_id": 1}}).to_string(), 403, "forbidden", None),
         (Some(KEY), "{not json".into(), 400, "malformed_json", None),
+        (Some(KEY), "{\"type\": \"project.updated\",".into(), 400, "malformed_json", None),
+        (Some(KEY), "[1, 2".into(), 400, "malformed_json", None),
         (Some(KEY), json!({"type": "nope", "data": {}}).to_string(), 422, "unknown_event_type", None),
         (Some(KEY), json!({"type": "project.updated", "data": {}}).to_string(), 422, "invalid_payload", Some("project_id")),
         (Some(KEY), json!({"type": "project.updated", "data": {"project_id": [1]}}).to_string(), 422, "invalid_payload", Some("project_id")),

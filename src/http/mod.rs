@@ -109,14 +109,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 _ => ApiError::MalformedJson(rejection.body_text()),
             }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(de).map_err(|e| {
-            if e.inner().is_syntax() || e.inner().is_eof() || e.inner().is_io() {
-                ApiError::MalformedJson(e.inner().to_string())
-            } else {
-                ApiError::InvalidPayload(crate::events::FieldError::from_serde(e))
-            }
-        })?;
+        // Syntax first, over the whole body, so a broken document is never reported as a
+        // shape error about whichever field came before the break.
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let value = serde_path_to_error::deserialize(value)
+            .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))?;
         Ok(JsonBody(value))
     }
 }

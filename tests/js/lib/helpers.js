@@ -39,6 +39,18 @@ export const DEFAULT_WAIT_MS = 5_000;
 
 const children = new Set();
 
+/**
+ * Registers a child process (a server, a redis-server, ...) so that it is SIGKILLed if this test
+ * process exits without stopping it; it is forgotten once it exits on its own.
+ */
+export function trackChild(child) {
+  children.add(child);
+  const forget = () => children.delete(child);
+  child.once("exit", forget);
+  child.once("error", forget);
+  return child;
+}
+
 function killAllChildrenSync() {
   for (const child of children) {
     try {
@@ -73,7 +85,7 @@ export function freePort() {
   });
 }
 
-function delay(ms) {
+export function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
@@ -117,6 +129,9 @@ export function buildConfigToml({
   issuer,
   audience,
   extraApiKeys = [],
+  transports,
+  cluster,
+  extraToml = "",
 }) {
   const keys = [
     { name: "backend", key: API_KEY, scopes: ["publish", "read"] },
@@ -129,6 +144,7 @@ export function buildConfigToml({
     "[server]",
     `bind = ${tomlString(`127.0.0.1:${port}`)}`,
     `node_id = ${tomlString(nodeId)}`,
+    ...(transports !== undefined ? [`transports = [${transports.map(tomlString).join(", ")}]`] : []),
     "",
     "[auth]",
     `jwt_secret = ${tomlString(JWT_SECRET)}`,
@@ -146,8 +162,24 @@ export function buildConfigToml({
     if (k.tenant) lines.push(`tenant = ${tomlString(k.tenant)}`);
     lines.push(`scopes = [${k.scopes.map(tomlString).join(", ")}]`, "");
   }
+  if (cluster) lines.push(...clusterToml(cluster), "");
   lines.push("[log]", 'level = "warn"', "");
+  if (extraToml) lines.push(extraToml, "");
   return lines.join("\n");
+}
+
+/**
+ * The [cluster] table. `redisUrl` is required; the rest are written only when given, except the
+ * test-speed defaults node_ttl_secs = 3 and presence_grace_secs = 1.
+ */
+function clusterToml({ redisUrl, keyPrefix, nodeTtlSecs = 3, presenceGraceSecs = 1, onUnavailable, mode }) {
+  const lines = ["[cluster]", `redis_url = ${tomlString(redisUrl)}`];
+  if (keyPrefix !== undefined) lines.push(`key_prefix = ${tomlString(keyPrefix)}`);
+  if (mode !== undefined) lines.push(`mode = ${tomlString(mode)}`);
+  if (nodeTtlSecs !== undefined) lines.push(`node_ttl_secs = ${nodeTtlSecs}`);
+  if (presenceGraceSecs !== undefined) lines.push(`presence_grace_secs = ${presenceGraceSecs}`);
+  if (onUnavailable !== undefined) lines.push(`on_unavailable = ${tomlString(onUnavailable)}`);
+  return lines;
 }
 
 /**
@@ -178,10 +210,13 @@ function tail(file, bytes = 4000) {
 /**
  * Starts `roomcast serve --config <tmp file>` on a free port and waits for GET /ready == 200.
  * Options: nodeId, maxRoomsPerSocket, maxHttpBodyBytes, leewaySecs, issuer, audience,
- * extraApiKeys, env (extra environment for the child), listenPort (when `env` moves the bind
- * address elsewhere: the port to probe and to hand out instead of the config's).
+ * extraApiKeys, transports ([server] transports), cluster ({redisUrl, keyPrefix, nodeTtlSecs,
+ * presenceGraceSecs, onUnavailable, mode} -> [cluster]), extraToml (appended verbatim),
+ * env (extra environment for the child), listenPort (when `env` moves the bind address
+ * elsewhere: the port to probe and to hand out instead of the config's), waitFor ("ready", the
+ * default: GET /ready == 200; "health": GET /health == 200, for a node expected to be unready).
  * Returns a handle: {url, port, configPort, nodeId, configPath, apiKey, acmeKey, stop(),
- * mintToken(claims), cliToken(args), logTail()}.
+ * kill(signal), alive(), mintToken(claims), cliToken(args), logTail()}.
  */
 export async function startServer(options = {}) {
   if (!fs.existsSync(ROOMCAST_BIN)) {
@@ -215,18 +250,16 @@ async function startOnce(options) {
     stdio: ["ignore", logFd, logFd],
   });
   fs.closeSync(logFd);
-  children.add(child);
+  trackChild(child);
 
   let exited = null;
   const exitPromise = new Promise((resolve) => {
     child.once("exit", (code, signal) => {
       exited = { code, signal };
-      children.delete(child);
       resolve(exited);
     });
     child.once("error", (err) => {
       exited = { code: null, signal: null, error: err };
-      children.delete(child);
       resolve(exited);
     });
   });
@@ -246,6 +279,13 @@ async function startOnce(options) {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 
+  /** Sends `signal` (default SIGKILL) and resolves once the process has exited. */
+  async function kill(signal = "SIGKILL") {
+    if (!exited) child.kill(signal);
+    return exitPromise;
+  }
+
+  const probePath = options.waitFor === "health" ? "/health" : "/ready";
   try {
     const deadline = Date.now() + READY_DEADLINE_MS;
     for (;;) {
@@ -255,14 +295,14 @@ async function startOnce(options) {
         );
       }
       try {
-        const res = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(1_000) });
+        const res = await fetch(`${url}${probePath}`, { signal: AbortSignal.timeout(1_000) });
         await res.arrayBuffer();
         if (res.status === 200) break;
       } catch {
         // not listening yet
       }
       if (Date.now() >= deadline) {
-        throw new Error(`roomcast did not answer GET /ready with 200 within ${READY_DEADLINE_MS} ms; log:\n${tail(logPath)}`);
+        throw new Error(`roomcast did not answer GET ${probePath} with 200 within ${READY_DEADLINE_MS} ms; log:\n${tail(logPath)}`);
       }
       await delay(50);
     }
@@ -280,6 +320,9 @@ async function startOnce(options) {
     apiKey: API_KEY,
     acmeKey: ACME_KEY,
     stop,
+    kill,
+    alive: () => exited === null,
+    pid: child.pid,
     mintToken,
     cliToken: (args) => cliToken(configPath, args),
     logTail: () => tail(logPath),
