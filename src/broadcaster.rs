@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::cluster::ClusterStatus;
+use crate::config::OnUnavailable;
 use crate::events::*;
 use crate::metrics::Counters;
 use crate::rooms::{RoomName, Tenant};
@@ -16,14 +18,16 @@ use crate::rooms::{RoomName, Tenant};
 /// Hands one serialized event to the sockets of some adapter-level rooms. Implemented for
 /// socketioxide's `SocketIo<A>` over any adapter, so the broadcaster needs no generics.
 pub trait Deliver: Send + Sync + 'static {
-    /// Emits `payload` as `event` to every socket in any of `rooms`, once per socket.
-    /// Returns how many sockets could not be reached.
+    /// Emits `payload` as `event` to every socket in any of `rooms`, once per socket, on
+    /// every node (on this node only with `local_only`). Returns how many sockets could not
+    /// be reached, or an error when the other nodes could not be told (nothing delivered).
     fn deliver<'a>(
         &'a self,
         rooms: Vec<Cow<'static, str>>,
         event: &'a str,
         payload: &'a RawValue,
-    ) -> BoxFuture<'a, u64>;
+        local_only: bool,
+    ) -> BoxFuture<'a, Result<u64, String>>;
 }
 
 /// What a publish produced; the body of a `202` answer.
@@ -43,6 +47,8 @@ pub enum PublishError {
     InvalidPayload(FieldError),
     #[error("cannot encode event: {0}")]
     Encode(String),
+    #[error("the cluster is unreachable: {0}")]
+    ClusterUnavailable(String),
 }
 
 /// A cloneable handle that publishes typed events into one tenant (see [`Self::with_tenant`]).
@@ -50,6 +56,8 @@ pub enum PublishError {
 pub struct EventBroadcaster {
     io: Arc<dyn Deliver>,
     counters: Arc<Counters>,
+    /// Cluster mode only: whether Redis is reachable, and what to do when it is not.
+    cluster: Option<Arc<ClusterStatus>>,
     tenant: Tenant,
 }
 
@@ -70,10 +78,15 @@ macro_rules! broadcast_methods {
 crate::for_each_event!(broadcast_methods);
 
 impl EventBroadcaster {
-    pub fn new(io: Arc<dyn Deliver>, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        io: Arc<dyn Deliver>,
+        counters: Arc<Counters>,
+        cluster: Option<Arc<ClusterStatus>>,
+    ) -> Self {
         Self {
             io,
             counters,
+            cluster,
             tenant: Tenant::default_tenant(),
         }
     }
@@ -105,7 +118,7 @@ impl EventBroadcaster {
     pub async fn publish(&self, event: Event) -> Result<Published, PublishError> {
         event.validate().map_err(PublishError::InvalidPayload)?;
         let target = event.target();
-        self.deliver(event.event_type().as_str(), target.rooms(), &event)
+        self.deliver(event.event_type().as_str(), target.rooms(), &event, true)
             .await
     }
 
@@ -128,7 +141,18 @@ impl EventBroadcaster {
                 "at least one room is required",
             )));
         }
-        self.deliver(name.as_str(), unique, data).await
+        self.deliver(name.as_str(), unique, data, true).await
+    }
+
+    /// Publishes a server event (`presence.*`, ...) whose name clients may not use.
+    pub(crate) async fn announce<T: Serialize + ?Sized>(
+        &self,
+        name: &'static str,
+        room: RoomName,
+        data: &T,
+    ) -> Result<Published, PublishError> {
+        // `events_published` counts what callers published, not the server's own notices.
+        self.deliver(name, vec![room], data, false).await
     }
 
     /// Wraps `data` in an envelope, serializes it once, and hands it to the adapter.
@@ -137,6 +161,7 @@ impl EventBroadcaster {
         event_type: &str,
         rooms: Vec<RoomName>,
         data: &T,
+        counted: bool,
     ) -> Result<Published, PublishError> {
         let id = Uuid::now_v7();
         let room = rooms[0].clone();
@@ -149,9 +174,24 @@ impl EventBroadcaster {
         };
         let payload = serde_json::value::to_raw_value(&envelope)
             .map_err(|e| PublishError::Encode(e.to_string()))?;
+        let local_only = match &self.cluster {
+            Some(status) if !status.is_up() => match status.on_unavailable {
+                OnUnavailable::Fail => {
+                    return Err(PublishError::ClusterUnavailable(status.reason()));
+                }
+                OnUnavailable::Local => true,
+            },
+            _ => false,
+        };
         let scoped = rooms.iter().map(|r| r.scoped(&self.tenant)).collect();
-        let failed = self.io.deliver(scoped, event_type, &payload).await;
-        Counters::incr(&self.counters.events_published, 1);
+        let failed = self
+            .io
+            .deliver(scoped, event_type, &payload, local_only)
+            .await
+            .map_err(PublishError::ClusterUnavailable)?;
+        if counted {
+            Counters::incr(&self.counters.events_published, 1);
+        }
         if failed > 0 {
             Counters::incr(&self.counters.delivery_failures, failed);
             tracing::debug!(event_type, failed, "event not delivered to some sockets");

@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub api_keys: Vec<ApiKeyConfig>,
     pub limits: LimitsConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -37,6 +38,55 @@ pub struct ServerConfig {
     pub ping_timeout_ms: u64,
     /// How long a client may take to send the Socket.IO CONNECT packet after the transport opened.
     pub connect_timeout_ms: u64,
+    /// Engine.IO transports offered. Polling needs sticky sessions behind a load balancer.
+    pub transports: Vec<Transport>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Websocket,
+    Polling,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:port[/db]`: turns cluster mode on. Unset: a single node, in memory.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel Roomcast uses.
+    pub key_prefix: String,
+    /// A node that has not renewed its heartbeat for this long is dead: it leaves stats and
+    /// presence, and its users' presence ends.
+    pub node_ttl_secs: u64,
+    /// A user's last socket leaving a room announces `presence.left` only after this long,
+    /// so a quick reconnect does not flap.
+    pub presence_grace_secs: u64,
+    /// While Redis is unreachable: `fail` answers publishes with `503 cluster_unavailable`;
+    /// `local` delivers them to this node's sockets only.
+    pub on_unavailable: OnUnavailable,
+    /// How long a cluster-wide request (fetching or disconnecting remote sockets) waits.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    Fail,
+    Local,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "roomcast".into(),
+            node_ttl_secs: 15,
+            presence_grace_secs: 5,
+            on_unavailable: OnUnavailable::Fail,
+            request_timeout_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +181,7 @@ impl Default for Config {
                 scopes: vec![Scope::Publish, Scope::Read],
             }],
             limits: LimitsConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -144,6 +195,7 @@ impl Default for ServerConfig {
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             connect_timeout_ms: 45_000,
+            transports: vec![Transport::Websocket, Transport::Polling],
         }
     }
 }
@@ -305,6 +357,25 @@ impl Config {
         {
             return invalid("server.node_id must be 1 to 128 characters".into());
         }
+        if self.server.transports.is_empty() {
+            return invalid("server.transports must list websocket, polling or both".into());
+        }
+        let cluster = &self.cluster;
+        if let Some(url) = &cluster.redis_url
+            && redis::Client::open(url.as_str()).is_err()
+        {
+            return invalid("cluster.redis_url is not a valid redis:// URL".into());
+        }
+        if cluster.key_prefix.is_empty()
+            || cluster
+                .key_prefix
+                .contains(|c: char| c.is_whitespace() || c == '#')
+        {
+            return invalid("cluster.key_prefix must be non-empty, without spaces or '#'".into());
+        }
+        if cluster.node_ttl_secs < 2 {
+            return invalid("cluster.node_ttl_secs must be at least 2".into());
+        }
         if self.limits.max_rooms_per_socket < 2 {
             return invalid(
                 "limits.max_rooms_per_socket must be at least 2 (global and the user's own room)"
@@ -342,6 +413,12 @@ impl Config {
         for key in &mut masked.api_keys {
             mask(&mut key.key);
         }
+        if let Some(url) = &mut masked.cluster.redis_url
+            && let Some(at) = url.rfind('@')
+            && let Some(scheme_end) = url.find("://")
+        {
+            url.replace_range(scheme_end + 3..at, "***");
+        }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
@@ -378,6 +455,16 @@ mod tests {
         assert!(!text.contains(DEV_JWT_SECRET));
         assert!(!text.contains(DEV_API_KEY));
         assert!(text.contains("***"));
+    }
+
+    #[test]
+    fn redis_credentials_are_masked() {
+        let config =
+            Config::from_toml("[cluster]\nredis_url = \"redis://user:hunter2@127.0.0.1:6379/0\"")
+                .unwrap();
+        let text = config.to_masked_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://***@127.0.0.1:6379/0"), "{text}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope.
 //! - [`broadcaster`]: [`EventBroadcaster`], the single publish path.
 //! - [`socket`]: the connect middleware and one file per client command.
+//! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
+//! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
 //! - [`http`]: one file per endpoint group.
 //! - [`metrics`]: process-wide counters.
 //!
@@ -21,7 +23,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let config = roomcast::Config::default().with_fallbacks();
-//! let server = roomcast::Roomcast::new(&config)?;
+//! let server = roomcast::Roomcast::new(&config).await?;
 //! let broadcaster = server.broadcaster();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! tokio::spawn(server.serve(listener, std::future::pending()));
@@ -37,10 +39,12 @@
 
 pub mod auth;
 pub mod broadcaster;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 pub mod rooms;
 pub mod socket;
 
@@ -50,27 +54,47 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
+use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use tokio::net::TcpListener;
 
 pub use broadcaster::{EventBroadcaster, PublishError, Published};
 pub use config::Config;
 
 use auth::{ApiKeys, JwtVerifier};
+use cluster::Cluster;
+use config::Transport;
 use metrics::Counters;
-use socket::{SocketCtx, SocketCtxInner};
+use presence::{MemoryStore, Presence, PresenceQueue, PresenceStore};
+use socket::{Hub, SocketCtx, SocketCtxInner};
 
 /// A Roomcast server assembled from a [`Config`], ready to serve.
 pub struct Roomcast {
     router: Router,
     broadcaster: EventBroadcaster,
     ready: Arc<AtomicBool>,
-    io: SocketIo,
+    hub: Arc<dyn Hub>,
+    cluster: Option<Arc<Cluster>>,
     node_id: Arc<str>,
 }
 
+/// What [`Roomcast::assemble`] needs besides the Socket.IO layer.
+struct Parts {
+    config: Config,
+    node_id: Arc<str>,
+    counters: Arc<Counters>,
+    presence: Presence,
+    queue: PresenceQueue,
+    presence_store: Arc<dyn PresenceStore>,
+    cluster: Option<Arc<Cluster>>,
+}
+
 impl Roomcast {
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    /// Builds the server. In cluster mode this does not wait for Redis: the node starts,
+    /// reports `/ready` 503 and joins the cluster when Redis answers.
+    pub async fn new(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         let node_id: Arc<str> = config
             .server
@@ -78,48 +102,97 @@ impl Roomcast {
             .clone()
             .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()))
             .into();
+        let cluster = match &config.cluster.redis_url {
+            Some(url) => Some(Arc::new(Cluster::new(&config.cluster, url, &node_id)?)),
+            None => None,
+        };
+        let presence_store: Arc<dyn PresenceStore> = match &cluster {
+            Some(c) => c.store.clone(),
+            None => Arc::new(MemoryStore::default()),
+        };
+        let (presence, queue) = Presence::new();
         let counters = Arc::new(Counters::default());
-        let verifier = JwtVerifier::from_config(&config.auth)?;
-        let limits = &config.limits;
         let ctx = SocketCtx::new(SocketCtxInner {
-            verifier,
-            max_rooms: limits.max_rooms_per_socket,
+            verifier: JwtVerifier::from_config(&config.auth)?,
+            max_rooms: config.limits.max_rooms_per_socket,
             node_id: node_id.clone(),
             counters: counters.clone(),
+            presence: presence.clone(),
+            presence_store: presence_store.clone(),
         });
-        let server = &config.server;
-        let (layer, io) = SocketIo::builder()
-            .ping_interval(Duration::from_millis(server.ping_interval_ms))
-            .ping_timeout(Duration::from_millis(server.ping_timeout_ms))
-            .connect_timeout(Duration::from_millis(server.connect_timeout_ms))
-            .ws_max_message_size(limits.ws_max_message_bytes)
-            .ws_max_frame_size(limits.ws_max_frame_bytes)
-            .max_payload(limits.polling_max_payload_bytes)
-            .max_buffer_size(limits.socket_buffer_packets)
-            .with_state(ctx)
-            .build_layer();
-        socket::register(&io);
+        let builder = socketio_builder(config).with_state(ctx);
+        let parts = Parts {
+            config: config.clone(),
+            node_id,
+            counters,
+            presence,
+            queue,
+            presence_store,
+            cluster: cluster.clone(),
+        };
+        Ok(match &cluster {
+            Some(c) => {
+                let (layer, io) = builder
+                    .with_adapter::<socketioxide_redis::CustomRedisAdapter<_, cluster::driver::ResilientDriver>>(
+                        c.adapter(),
+                    )
+                    .build_layer();
+                Self::assemble(layer, io, parts)
+            }
+            None => {
+                let (layer, io) = builder.build_layer();
+                Self::assemble(layer, io, parts)
+            }
+        })
+    }
 
-        let io_arc = Arc::new(io.clone());
-        let broadcaster = EventBroadcaster::new(io_arc.clone(), counters.clone());
+    /// Everything past the adapter choice: one code path for a single node and a cluster.
+    fn assemble<A: Adapter + DefinedAdapter>(
+        layer: SocketIoLayer<A>,
+        io: SocketIo<A>,
+        p: Parts,
+    ) -> Self {
+        for init in socket::register(&io) {
+            init.spawn();
+        }
+        let io = Arc::new(io);
+        let status = p.cluster.as_ref().map(|c| c.status.clone());
+        let broadcaster = EventBroadcaster::new(io.clone(), p.counters.clone(), status);
+        let grace = Duration::from_secs(p.config.cluster.presence_grace_secs);
+        Presence::start(
+            p.queue,
+            p.presence_store.clone(),
+            broadcaster.clone(),
+            grace,
+        );
+        if let Some(cluster) = &p.cluster {
+            tokio::spawn(
+                cluster
+                    .clone()
+                    .run(io.clone(), p.presence.clone(), broadcaster.clone()),
+            );
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let state = http::AppState {
-            api_keys: Arc::new(ApiKeys::from_config(&config.api_keys)),
+            api_keys: Arc::new(ApiKeys::from_config(&p.config.api_keys)),
             broadcaster: broadcaster.clone(),
-            census: io_arc,
-            counters,
-            node_id: node_id.clone(),
+            hub: io.clone(),
+            presence_store: p.presence_store,
+            cluster: p.cluster.clone(),
+            counters: p.counters,
+            node_id: p.node_id.clone(),
             started: Instant::now(),
             ready: ready.clone(),
         };
-        let router = http::router(state, limits.max_http_body_bytes).layer(layer);
-        Ok(Self {
+        let router = http::router(state, p.config.limits.max_http_body_bytes).layer(layer);
+        Self {
             router,
             broadcaster,
             ready,
-            io,
-            node_id,
-        })
+            hub: io,
+            cluster: p.cluster,
+            node_id: p.node_id,
+        }
     }
 
     /// The axum router: the HTTP API with the Socket.IO layer, to mount in another app.
@@ -135,8 +208,8 @@ impl Roomcast {
         &self.node_id
     }
 
-    /// Serves on `listener` until `shutdown` completes, then disconnects every socket and
-    /// finishes in-flight requests. Installs [`EventBroadcaster::global`].
+    /// Serves on `listener` until `shutdown` completes, then disconnects every socket,
+    /// leaves the cluster and finishes in-flight requests. Installs [`EventBroadcaster::global`].
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -145,14 +218,38 @@ impl Roomcast {
         self.broadcaster.install_global();
         self.ready.store(true, Ordering::Relaxed);
         let ready = self.ready.clone();
-        let io = self.io.clone();
+        let hub = self.hub.clone();
+        let cluster = self.cluster.clone();
         axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 ready.store(false, Ordering::Relaxed);
-                io.close().await;
+                hub.close().await;
+                if let Some(cluster) = cluster {
+                    cluster.leave().await;
+                }
             })
             .await
+    }
+}
+
+fn socketio_builder(config: &Config) -> SocketIoBuilder {
+    let server = &config.server;
+    let limits = &config.limits;
+    let builder = SocketIo::builder()
+        .ping_interval(Duration::from_millis(server.ping_interval_ms))
+        .ping_timeout(Duration::from_millis(server.ping_timeout_ms))
+        .connect_timeout(Duration::from_millis(server.connect_timeout_ms))
+        .ws_max_message_size(limits.ws_max_message_bytes)
+        .ws_max_frame_size(limits.ws_max_frame_bytes)
+        .max_payload(limits.polling_max_payload_bytes)
+        .max_buffer_size(limits.socket_buffer_packets);
+    let websocket = server.transports.contains(&Transport::Websocket);
+    let polling = server.transports.contains(&Transport::Polling);
+    match (websocket, polling) {
+        (true, false) => builder.transports([TransportType::Websocket]),
+        (false, true) => builder.transports([TransportType::Polling]),
+        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
     }
 }
 

@@ -99,7 +99,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "the development JWT secret or API key is in use: fine on loopback, refused on any other address"
         );
     }
-    let server = roomcast::Roomcast::new(&config)?;
+    let server = roomcast::Roomcast::new(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.server.bind).await?;
     tracing::info!(
         addr = %listener.local_addr()?,

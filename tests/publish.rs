@@ -147,11 +147,13 @@ async fn every_event_type_reaches_its_rooms_and_no_other() {
                 .await;
             client.event("ai.suggestion").await;
         }
-        assert!(
-            client.received().is_empty(),
-            "{room}: {:?}",
-            client.received()
-        );
+        // Other watchers joining announce presence; every other event is a leak.
+        let leaked: Vec<_> = client
+            .received()
+            .into_iter()
+            .filter(|name| !name.starts_with("presence."))
+            .collect();
+        assert!(leaked.is_empty(), "{room}: {leaked:?}");
     }
 }
 

@@ -18,6 +18,7 @@ pub enum ApiError {
     InvalidEventName(String),
     InvalidRoom(FieldError),
     PayloadTooLarge,
+    ClusterUnavailable(String),
     Internal(String),
 }
 
@@ -68,6 +69,12 @@ impl ApiError {
                 "the request body exceeds limits.max_http_body_bytes".into(),
                 None,
             ),
+            Self::ClusterUnavailable(m) => (
+                S::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("the cluster is unreachable, nothing was delivered: {m}"),
+                None,
+            ),
             Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
         }
     }
@@ -98,6 +105,7 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::InvalidPayload(f) => Self::InvalidPayload(f),
             PublishError::Encode(m) => Self::Internal(m),
+            PublishError::ClusterUnavailable(m) => Self::ClusterUnavailable(m),
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiCaller, ApiError, AppState, JsonBody, Publish};
+use super::{ApiCaller, ApiError, AppState, JsonBody, Publish, tenant_for};
 use crate::auth::Caller;
 use crate::broadcaster::{EventBroadcaster, Published};
 use crate::events::{Event, EventName, FieldError};
@@ -43,17 +43,7 @@ fn broadcaster_for(
     caller: &Caller,
     asked: Option<Tenant>,
 ) -> Result<EventBroadcaster, ApiError> {
-    let tenant = match (&caller.tenant, asked) {
-        (Some(bound), Some(asked)) if *bound != asked => {
-            return Err(ApiError::Forbidden(format!(
-                "this API key may publish only to tenant \"{bound}\""
-            )));
-        }
-        (Some(bound), _) => bound.clone(),
-        (None, Some(asked)) => asked,
-        (None, None) => Tenant::default_tenant(),
-    };
-    Ok(state.broadcaster.with_tenant(tenant))
+    Ok(state.broadcaster.with_tenant(tenant_for(caller, asked)?))
 }
 
 pub async fn publish_event(

@@ -14,12 +14,17 @@ pub async fn health() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
-    } else {
+    let unavailable = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "not serving"})),
+            Json(json!({"status": "unavailable", "reason": reason})),
         )
+    };
+    if !state.ready.load(Ordering::Relaxed) {
+        return unavailable("not serving (starting or shutting down)".into());
+    }
+    match &state.cluster {
+        Some(cluster) if !cluster.status.is_up() => unavailable(cluster.status.reason()),
+        _ => (StatusCode::OK, Json(json!({"status": "ready"}))),
     }
 }

@@ -5,7 +5,9 @@
 mod error;
 mod events;
 mod health;
+mod presence;
 mod stats;
+mod users;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -23,16 +25,22 @@ pub use error::ApiError;
 
 use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
+use crate::cluster::Cluster;
 use crate::config::Scope;
 use crate::metrics::Counters;
-use crate::socket::Census;
+use crate::presence::PresenceStore;
+use crate::rooms::Tenant;
+use crate::socket::Hub;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     pub broadcaster: EventBroadcaster,
-    pub census: Arc<dyn Census>,
+    pub hub: Arc<dyn Hub>,
+    pub presence_store: Arc<dyn PresenceStore>,
+    /// Cluster mode only.
+    pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,
     pub node_id: Arc<str>,
     pub started: Instant,
@@ -45,6 +53,11 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/api/v1/events", post(events::publish_event))
         .route("/api/v1/broadcast", post(events::publish_custom))
         .route("/api/v1/websocket/stats", get(stats::stats))
+        .route("/api/v1/rooms/{room}/presence", get(presence::presence))
+        .route(
+            "/api/v1/users/{user_id}/disconnect",
+            post(users::disconnect),
+        )
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(max_body))
@@ -64,6 +77,25 @@ impl RequiredScope for Publish {
 pub struct Read;
 impl RequiredScope for Read {
     const SCOPE: Scope = Scope::Read;
+}
+
+/// The tenant a request acts in: the `tenant` asked for (default `default`), which a key
+/// bound to a tenant may only leave out or repeat.
+pub fn tenant_for(caller: &Caller, asked: Option<Tenant>) -> Result<Tenant, ApiError> {
+    match (&caller.tenant, asked) {
+        (Some(bound), Some(asked)) if *bound != asked => Err(ApiError::Forbidden(format!(
+            "this API key may act only in tenant \"{bound}\""
+        ))),
+        (Some(bound), _) => Ok(bound.clone()),
+        (None, Some(asked)) => Ok(asked),
+        (None, None) => Ok(Tenant::default_tenant()),
+    }
+}
+
+/// The `?tenant=` query parameter of the room and user endpoints.
+#[derive(serde::Deserialize)]
+pub struct TenantQuery {
+    pub tenant: Option<Tenant>,
 }
 
 /// The caller of an API endpoint, authenticated by `Authorization: Bearer <key>` or

@@ -4,6 +4,7 @@
 
 mod auth;
 mod ping;
+mod presence;
 mod reply;
 mod subscribe;
 mod unsubscribe;
@@ -26,6 +27,7 @@ use crate::auth::{Identity, JwtVerifier};
 use crate::broadcaster::Deliver;
 use crate::events::Timestamp;
 use crate::metrics::Counters;
+use crate::presence::{Presence, PresenceStore};
 use crate::rooms::RoomName;
 
 pub use reply::CommandError;
@@ -43,6 +45,8 @@ pub struct SocketCtxInner {
     pub max_rooms: usize,
     pub node_id: Arc<str>,
     pub counters: Arc<Counters>,
+    pub presence: Presence,
+    pub presence_store: Arc<dyn PresenceStore>,
 }
 
 impl SocketCtx {
@@ -99,12 +103,10 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
     s.on("subscribe", subscribe::handle::<A>);
     s.on("unsubscribe", unsubscribe::handle::<A>);
     s.on("ping", ping::handle::<A>);
+    s.on("presence", presence::handle::<A>);
     s.on_fallback(reply::unknown_command::<A>);
-    s.on_disconnect(
-        async |s: SocketRef<A>, reason: socketioxide::socket::DisconnectReason| {
-            tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
-        },
-    );
+    s.on_disconnect(on_disconnect::<A>);
+    ctx.presence.connected(&identity);
 
     tracing::debug!(
         sid = %s.id,
@@ -126,25 +128,84 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
     }
 }
 
+async fn on_disconnect<A: Adapter>(
+    s: SocketRef<A>,
+    State(ctx): State<SocketCtx>,
+    reason: socketioxide::socket::DisconnectReason,
+) {
+    tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
+    let Some(identity) = identity_of(&s) else {
+        return;
+    };
+    // The socket still holds its rooms here: the adapter removes it after this handler.
+    let rooms: Vec<RoomName> = s
+        .rooms()
+        .iter()
+        .filter_map(|r| RoomName::parse(RoomName::unscope(r)?.1))
+        .collect();
+    ctx.presence.left(&identity, &rooms);
+    ctx.presence.disconnected(&identity);
+}
+
 impl<A: Adapter> Deliver for SocketIo<A> {
     fn deliver<'a>(
         &'a self,
         rooms: Vec<Cow<'static, str>>,
         event: &'a str,
         payload: &'a RawValue,
-    ) -> BoxFuture<'a, u64> {
+        local_only: bool,
+    ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let mut failed = 0;
             for ns in NAMESPACES {
                 let Some(op) = self.of(ns) else { continue };
+                let op = if local_only { op.local() } else { op };
                 match op.to(rooms.clone()).emit(event, payload).await {
                     Ok(()) => {}
                     Err(BroadcastError::Socket(errors)) => failed += errors.len() as u64,
+                    // The other nodes were not told; nothing was delivered here either.
+                    Err(BroadcastError::Adapter(e)) => return Err(e.to_string()),
                     Err(e) => tracing::warn!(ns, event, "broadcast failed: {e}"),
                 }
             }
-            failed
+            Ok(failed)
         })
+    }
+}
+
+/// What the HTTP side needs from the Socket.IO server besides delivery, erased over the
+/// adapter: cluster-wide where the adapter is.
+pub trait Hub: Deliver + Census {
+    /// Disconnects every socket in `room` on every node; returns how many there were.
+    fn disconnect_room(&self, room: Cow<'static, str>) -> BoxFuture<'_, Result<u64, String>>;
+    /// Disconnects every local socket (shutdown).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<A: Adapter> Hub for SocketIo<A> {
+    fn disconnect_room(&self, room: Cow<'static, str>) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move {
+            let mut count = 0;
+            for ns in NAMESPACES {
+                let Some(op) = self.of(ns) else { continue };
+                let sockets = op
+                    .clone()
+                    .within(room.clone())
+                    .fetch_sockets()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                count += sockets.len() as u64;
+                op.within(room.clone())
+                    .disconnect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(count)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(SocketIo::close(self))
     }
 }
 

@@ -19,7 +19,9 @@ pub enum CommandError {
     InvalidRoom(String),
     Forbidden(String),
     TooManyRooms { room: String, limit: usize },
+    NotSubscribed(String),
     UnknownCommand(String),
+    Unavailable(String),
 }
 
 impl CommandError {
@@ -29,7 +31,9 @@ impl CommandError {
             Self::InvalidRoom(_) => "invalid_room",
             Self::Forbidden(_) => "forbidden",
             Self::TooManyRooms { .. } => "too_many_rooms",
+            Self::NotSubscribed(_) => "not_subscribed",
             Self::UnknownCommand(_) => "unknown_command",
+            Self::Unavailable(_) => "cluster_unavailable",
         }
     }
 
@@ -44,15 +48,18 @@ impl CommandError {
             Self::TooManyRooms { limit, .. } => {
                 format!("a socket may be in at most {limit} rooms")
             }
+            Self::NotSubscribed(_) => "subscribe to the room first".into(),
             Self::UnknownCommand(name) => format!("unknown command {name:?}"),
+            Self::Unavailable(reason) => format!("the cluster is unreachable: {reason}"),
         }
     }
 
     fn room(&self) -> Option<&str> {
         match self {
-            Self::InvalidRoom(r) | Self::Forbidden(r) | Self::TooManyRooms { room: r, .. } => {
-                Some(r)
-            }
+            Self::InvalidRoom(r)
+            | Self::Forbidden(r)
+            | Self::NotSubscribed(r)
+            | Self::TooManyRooms { room: r, .. } => Some(r),
             _ => None,
         }
     }

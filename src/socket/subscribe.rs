@@ -69,6 +69,7 @@ fn subscribe<A: Adapter>(
     let current: HashSet<_> = s.rooms().into_iter().collect();
     let mut count = current.len();
     let mut to_join = Vec::with_capacity(rooms.len());
+    let mut joined = Vec::with_capacity(rooms.len());
     for room in &rooms {
         let scoped = room.scoped(&identity.tenant);
         if current.contains(&scoped) {
@@ -82,6 +83,7 @@ fn subscribe<A: Adapter>(
             });
         }
         to_join.push(scoped);
+        joined.push(room);
     }
     let Some(first_new) = to_join.first().cloned() else {
         return Ok(json!({"ok": true, "rooms": rooms}));
@@ -99,5 +101,6 @@ fn subscribe<A: Adapter>(
             limit: ctx.max_rooms,
         });
     }
+    ctx.presence.joined(&identity, joined);
     Ok(json!({"ok": true, "rooms": rooms}))
 }

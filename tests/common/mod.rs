@@ -37,11 +37,43 @@ impl TestServer {
 
     /// Starts a server with the test keys plus `extra` TOML (sections not set here).
     pub async fn start_with(extra: &str) -> Self {
+        Self::start_node("test-node", extra).await
+    }
+
+    /// Starts one node of a cluster on `redis`, sharing `prefix` with its peers.
+    pub async fn start_cluster_node(node_id: &str, redis: &RedisServer, prefix: &str) -> Self {
+        let server = Self::start_node(
+            node_id,
+            &format!(
+                "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nkey_prefix = \"{prefix}\"\n\
+                 node_ttl_secs = 3\npresence_grace_secs = 1",
+                redis.port
+            ),
+        )
+        .await;
+        server.until_ready(true).await;
+        server
+    }
+
+    /// Waits, within the deadline, until `/ready` answers 200 (`true`) or 503 (`false`).
+    pub async fn until_ready(&self, ready: bool) {
+        let want = if ready { 200 } else { 503 };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.get("/ready", None).await.0 != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never answered {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn start_node(node_id: &str, extra: &str) -> Self {
         let toml = format!(
             r#"
             [server]
             bind = "127.0.0.1:0"
-            node_id = "test-node"
+            node_id = "{node_id}"
             [auth]
             jwt_secret = "{SECRET}"
             leeway_secs = 0
@@ -62,7 +94,7 @@ impl TestServer {
             "#
         );
         let config = Config::from_toml(&toml).expect("test config");
-        let server = Roomcast::new(&config).expect("server");
+        let server = Roomcast::new(&config).await.expect("server");
         let broadcaster = server.broadcaster();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -127,6 +159,70 @@ impl Drop for TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// A real `redis-server` on a free port, keeping nothing on disk; stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        let server = Self {
+            port,
+            child: Some(child),
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !server.pings().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    async fn pings(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").await.is_ok()
+            && s.read_exact(&mut buf).await.is_ok()
+            && &buf == b"+PONG\r\n"
+    }
+
+    /// Kills the server (as a crash would) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -241,7 +337,9 @@ impl Client {
 
     /// Splits a Socket.IO packet into its type digit and its body after the namespace.
     fn split<'a>(&self, packet: &'a str) -> (char, &'a str) {
-        let kind = packet.chars().next().unwrap_or('?');
+        let Some(kind) = packet.chars().next() else {
+            return ('?', "");
+        };
         let rest = &packet[kind.len_utf8()..];
         let prefix = self.prefix();
         (kind, rest.strip_prefix(prefix.as_str()).unwrap_or(rest))
@@ -315,6 +413,24 @@ impl Client {
                 (Some(n), _, v) if n == name => return Some(v),
                 (Some(n), _, v) => self.pending.push_back((n, v)),
                 (None, _, _) => {}
+            }
+        }
+    }
+
+    /// True once the server disconnected this socket (a DISCONNECT packet or the transport
+    /// closing), within the deadline.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let (kind, _) = self.split(t.strip_prefix('4').unwrap_or(""));
+                    if t.starts_with('4') && kind == '1' {
+                        return true;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
             }
         }
     }

@@ -1,0 +1,150 @@
+//! A socketioxide-redis [`Driver`] that survives Redis going away.
+//!
+//! The stock driver holds one multiplexed connection: if Redis is down at start the node
+//! cannot start, and after a Redis restart its subscriptions are gone for good. This one
+//! runs on redis' `ConnectionManager` (lazy connect, reconnect with backoff) and remembers
+//! every channel it was asked for, so [`ResilientDriver::resubscribe`] can restore them once
+//! Redis answers again. Messages the adapter could not take (its buffer full) are counted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::mpsc;
+
+type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
+
+#[derive(Clone)]
+pub struct ResilientDriver {
+    conn: ConnectionManager,
+    handlers: Arc<Handlers>,
+    dropped: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DriverError(#[from] redis::RedisError);
+
+impl ResilientDriver {
+    /// Creates the driver without connecting: a node starts whether Redis is up or not.
+    pub fn new(client: redis::Client) -> redis::RedisResult<Self> {
+        let handlers: Arc<Handlers> = Arc::default();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (h, d) = (handlers.clone(), dropped.clone());
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(1))
+            .set_push_sender(move |msg: PushInfo| {
+                route(msg, &h, &d);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            handlers,
+            dropped,
+        })
+    }
+
+    /// A connection for Roomcast's own commands (shares the multiplexed connection).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Pub/sub messages dropped because the adapter's buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes again to every channel the adapter asked for.
+    pub async fn resubscribe(&self) -> redis::RedisResult<()> {
+        let channels: Vec<String> = self
+            .handlers
+            .read()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default();
+        if !channels.is_empty() {
+            self.conn.clone().subscribe(channels).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands a pushed message to the adapter stream that subscribed to its channel.
+fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
+    if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) || msg.data.len() < 2 {
+        return;
+    }
+    let mut data = msg.data.into_iter();
+    let (Some(chan), Some(payload)) = (data.next(), data.next()) else {
+        return;
+    };
+    let (Ok(chan), Ok(payload)) = (
+        String::from_redis_value(chan),
+        Vec::<u8>::from_redis_value(payload),
+    ) else {
+        tracing::warn!("unreadable pub/sub message from redis");
+        return;
+    };
+    let Ok(handlers) = handlers.read() else {
+        return;
+    };
+    if let Some(tx) = handlers.get(&chan)
+        && tx.try_send((chan, payload)).is_err()
+    {
+        let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(dropped = n, "cluster pub/sub buffer full: message dropped");
+    }
+}
+
+impl Driver for ResilientDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), DriverError> {
+        self.conn
+            .clone()
+            .publish::<_, _, redis::Value>(chan, val)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, DriverError> {
+        let (tx, rx) = mpsc::channel(size);
+        if let Ok(mut h) = self.handlers.write() {
+            h.insert(chan.clone(), tx);
+        }
+        // Never fails: while Redis is away the channel is remembered and subscribed by
+        // `resubscribe` when it is back, so the namespace still initialises.
+        if let Err(e) = self.conn.clone().subscribe(&chan).await {
+            tracing::warn!(chan, "redis subscribe deferred: {e}");
+        }
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), DriverError> {
+        if let Ok(mut h) = self.handlers.write() {
+            h.remove(&chan);
+        }
+        self.conn.clone().unsubscribe(chan).await?;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, DriverError> {
+        let (_, count): (String, u16) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(chan)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(count)
+    }
+}

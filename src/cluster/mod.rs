@@ -1,0 +1,312 @@
+//! Cluster mode: many nodes, one Redis. Delivery between nodes is socketioxide-redis
+//! (over [`driver::ResilientDriver`]); cluster-wide state (nodes, presence) is kept in Redis
+//! by per-node heartbeats with a TTL, so a node that dies stops counting within
+//! `node_ttl_secs` and its users' presence ends.
+//!
+//! Keys, under `key_prefix` `p`: `p:node:<id>` (a node's heartbeat, expires after the TTL),
+//! `p:nodes` (sorted set of node ids, to find the dead ones), `p:reap:<id>` (who cleans up
+//! after a dead node), and the presence keys described in [`store`].
+
+pub mod driver;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
+
+use crate::broadcaster::EventBroadcaster;
+use crate::config::{ClusterConfig, OnUnavailable};
+use crate::events::Timestamp;
+use crate::presence::{self, Presence, PresenceStore};
+use crate::rooms::{Id, RoomName};
+use crate::socket::Census;
+use driver::ResilientDriver;
+use store::RedisStore;
+
+/// Whether the cluster is reachable, shared by the broadcaster, `/ready` and stats.
+#[derive(Debug)]
+pub struct ClusterStatus {
+    up: AtomicBool,
+    reason: Mutex<String>,
+    pub on_unavailable: OnUnavailable,
+}
+
+impl ClusterStatus {
+    pub fn new(on_unavailable: OnUnavailable) -> Self {
+        Self {
+            up: AtomicBool::new(false),
+            reason: Mutex::new("connecting to redis".into()),
+            on_unavailable,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    fn set_up(&self) {
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    fn set_down(&self, reason: String) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!("redis unreachable: {reason}");
+        }
+        if let Ok(mut r) = self.reason.lock() {
+            *r = format!("redis unreachable: {reason}");
+        }
+    }
+}
+
+/// One node's heartbeat, as stored in Redis and shown in stats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub connections: u64,
+    pub users: u64,
+    pub last_seen: String,
+}
+
+/// This node's handle on the cluster.
+pub struct Cluster {
+    driver: ResilientDriver,
+    conn: ConnectionManager,
+    prefix: String,
+    node_id: String,
+    ttl: Duration,
+    grace: Duration,
+    request_timeout: Duration,
+    pub status: Arc<ClusterStatus>,
+    pub store: Arc<RedisStore>,
+}
+
+impl Cluster {
+    pub fn new(config: &ClusterConfig, url: &str, node_id: &str) -> anyhow::Result<Self> {
+        // socketioxide-redis receives pub/sub messages as RESP3 pushes.
+        let url = if url.contains("protocol=") {
+            url.to_owned()
+        } else if url.contains('?') {
+            format!("{url}&protocol=resp3")
+        } else {
+            format!("{url}?protocol=resp3")
+        };
+        let driver = ResilientDriver::new(redis::Client::open(url)?)?;
+        let conn = driver.connection();
+        let grace = Duration::from_secs(config.presence_grace_secs);
+        Ok(Self {
+            store: Arc::new(RedisStore::new(
+                conn.clone(),
+                &config.key_prefix,
+                node_id,
+                grace,
+            )),
+            driver,
+            conn,
+            prefix: config.key_prefix.clone(),
+            node_id: node_id.to_owned(),
+            ttl: Duration::from_secs(config.node_ttl_secs),
+            grace,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            status: Arc::new(ClusterStatus::new(config.on_unavailable)),
+        })
+    }
+
+    /// The socketioxide adapter state for this cluster.
+    pub fn adapter(&self) -> RedisAdapterCtr<ResilientDriver> {
+        let config = RedisAdapterConfig::new()
+            .with_prefix(format!("{}-sio", self.prefix))
+            .with_request_timeout(self.request_timeout);
+        RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
+    }
+
+    pub fn dropped_messages(&self) -> u64 {
+        self.driver.dropped()
+    }
+
+    /// The live nodes, oldest heartbeat last.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.nodes_key())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.node_key(id)).collect();
+        let beats: Vec<Option<String>> =
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        let mut nodes: Vec<NodeInfo> = beats
+            .into_iter()
+            .flatten()
+            .filter_map(|b| serde_json::from_str(&b).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Keeps this node's heartbeat, watches Redis, restores state after an outage and
+    /// cleans up after dead nodes. Runs until the process ends.
+    pub async fn run(
+        self: Arc<Self>,
+        census: Arc<dyn Census>,
+        presence: Presence,
+        broadcaster: EventBroadcaster,
+    ) {
+        let period = (self.ttl / 3).clamp(Duration::from_millis(250), Duration::from_secs(2));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.beat(&*census, &presence, &broadcaster).await {
+                self.status.set_down(e.to_string());
+            }
+        }
+    }
+
+    async fn beat(
+        &self,
+        census: &dyn Census,
+        presence: &Presence,
+        broadcaster: &EventBroadcaster,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(Duration::from_secs(1), ping).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "PING timed out",
+                )));
+            }
+        };
+        if !self.status.is_up() {
+            // Back (or first contact): restore subscriptions and this node's presence,
+            // which Redis may have lost or which changed while it was away.
+            self.driver.resubscribe().await?;
+            presence.resync();
+            self.status.set_up();
+            tracing::info!("redis reachable: cluster delivery on");
+        }
+        let snapshot = census.snapshot(0);
+        let now = time::OffsetDateTime::now_utc();
+        let info = NodeInfo {
+            node_id: self.node_id.clone(),
+            connections: snapshot.connections,
+            users: snapshot.users,
+            last_seen: Timestamp(now).to_string(),
+        };
+        let ttl_ms = self.ttl.as_millis() as u64;
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.node_key(&self.node_id))
+            .arg(serde_json::to_string(&info).unwrap_or_default())
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.nodes_key())
+            .arg((now.unix_timestamp_nanos() / 1_000_000) as i64)
+            .arg(&self.node_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        self.reap_dead(broadcaster).await
+    }
+
+    /// Finds nodes whose heartbeat expired and takes their presence out, once cluster-wide.
+    async fn reap_dead(&self, broadcaster: &EventBroadcaster) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.nodes_key())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        for id in ids {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(self.node_key(&id))
+                .query_async(&mut conn)
+                .await?;
+            if alive {
+                continue;
+            }
+            let lock: Option<String> = redis::cmd("SET")
+                .arg(format!("{}:reap:{id}", self.prefix))
+                .arg(&self.node_id)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut conn)
+                .await?;
+            if lock.is_none() {
+                continue;
+            }
+            tracing::warn!(node = id, "node heartbeat expired: removing its presence");
+            let pending = self
+                .store
+                .reap(&id, true)
+                .await
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "reap", e.0)))?;
+            let store: Arc<dyn PresenceStore> = self.store.clone();
+            for (key, field, token) in pending {
+                let Some((tenant, room)) = RoomName::unscope(&key) else {
+                    continue;
+                };
+                let (Some(tenant), Some(room), Some(user)) =
+                    (Id::parse(tenant), RoomName::parse(room), Id::parse(&field))
+                else {
+                    continue;
+                };
+                presence::schedule_left(
+                    store.clone(),
+                    broadcaster.clone(),
+                    tenant,
+                    room,
+                    user,
+                    token,
+                    self.grace,
+                );
+            }
+            redis::cmd("ZREM")
+                .arg(self.nodes_key())
+                .arg(&id)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the cluster at shutdown by dropping the heartbeat: the next live node's beat
+    /// reaps this node's presence at once (announcing `presence.left` after the grace),
+    /// instead of waiting for the TTL.
+    pub async fn leave(&self) {
+        let _ = redis::cmd("DEL")
+            .arg(self.node_key(&self.node_id))
+            .query_async::<()>(&mut self.conn.clone())
+            .await;
+    }
+}

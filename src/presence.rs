@@ -1,0 +1,476 @@
+//! Who is in which room, across the cluster: counts per user per room, `presence.joined`
+//! and `presence.left` events, and the numbers behind stats and the presence endpoint.
+//!
+//! Socket handlers record changes synchronously into this node's [`Presence`] and queue
+//! them; one worker task applies the queue, in order, to a [`PresenceStore`] (in memory
+//! for a single node, Redis for a cluster), which answers atomically whether a change was
+//! a user's first join or last leave. A last leave only becomes `presence.left` after the
+//! grace period, and only if the user has not come back meanwhile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::auth::Identity;
+use crate::broadcaster::EventBroadcaster;
+use crate::rooms::{Id, RoomName, Tenant};
+
+/// The store key that counts connections per `tenant/user` (not a room: rooms never start
+/// with `*`). `global` and `user:` room presence are read from it.
+pub const USERS_KEY: &str = "*users";
+
+/// Only these rooms are counted per user and announce joins and leaves.
+pub fn announces(room: &RoomName) -> bool {
+    matches!(room, RoomName::Project(_) | RoomName::Agent(_))
+}
+
+/// What a change did to a user's count in a room, cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Unchanged,
+    /// First connection: announce `presence.joined`.
+    Joined,
+    /// Last connection left: confirm with this token after the grace period.
+    Leaving(String),
+    /// Back within the grace period: announce nothing.
+    Rejoined,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("presence store: {0}")]
+pub struct StoreError(pub String);
+
+/// Where the counts live. `key` is a scoped room (`acme/project:1`) or [`USERS_KEY`].
+pub trait PresenceStore: Send + Sync + 'static {
+    fn change<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a str,
+        delta: i64,
+        announce: bool,
+    ) -> BoxFuture<'a, Result<Transition, StoreError>>;
+    /// True when the user is still gone and `token` is still the pending leave.
+    fn confirm_left<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn members<'a>(&'a self, key: &'a str)
+    -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>>;
+    fn count<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// Replaces this node's whole contribution with `entries` (after the store lost it).
+    fn resync(&self, entries: Vec<(String, String, i64)>) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+enum Op {
+    Change {
+        key: String,
+        field: String,
+        delta: i64,
+        announce: Option<(Tenant, RoomName, Id)>,
+    },
+    Resync(Vec<(String, String, i64)>),
+}
+
+/// This node's side of presence; cheap to clone.
+#[derive(Clone)]
+pub struct Presence {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node's counts, `(key, field) -> connections`: what a resync re-sends.
+    local: Mutex<HashMap<(String, String), i64>>,
+    tx: mpsc::UnboundedSender<Op>,
+}
+
+/// The receiving end, turned into the worker by [`Presence::start`].
+pub struct PresenceQueue(mpsc::UnboundedReceiver<Op>);
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: String,
+    pub connections: u64,
+}
+
+impl Presence {
+    pub fn new() -> (Self, PresenceQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Inner {
+            local: Mutex::default(),
+            tx,
+        };
+        (
+            Self {
+                inner: Arc::new(inner),
+            },
+            PresenceQueue(rx),
+        )
+    }
+
+    /// Spawns the worker that applies queued changes to `store` and announces transitions.
+    pub fn start(
+        queue: PresenceQueue,
+        store: Arc<dyn PresenceStore>,
+        broadcaster: EventBroadcaster,
+        grace: Duration,
+    ) {
+        tokio::spawn(run(queue.0, store, broadcaster, grace));
+    }
+
+    fn record(
+        &self,
+        key: String,
+        field: String,
+        delta: i64,
+        announce: Option<(Tenant, RoomName, Id)>,
+    ) {
+        // Local update and enqueue under one lock, so the queue order is the update order
+        // and a resync snapshot matches exactly the changes queued before it.
+        let Ok(mut local) = self.inner.local.lock() else {
+            return;
+        };
+        let entry = local.entry((key.clone(), field.clone())).or_default();
+        *entry += delta;
+        if *entry <= 0 {
+            local.remove(&(key.clone(), field.clone()));
+        }
+        let _ = self.inner.tx.send(Op::Change {
+            key,
+            field,
+            delta,
+            announce,
+        });
+    }
+
+    pub fn connected(&self, who: &Identity) {
+        self.record(USERS_KEY.into(), user_field(who), 1, None);
+    }
+
+    pub fn disconnected(&self, who: &Identity) {
+        self.record(USERS_KEY.into(), user_field(who), -1, None);
+    }
+
+    /// `rooms` were just joined (not already held) by a socket of `who`.
+    pub fn joined<'a>(&self, who: &Identity, rooms: impl IntoIterator<Item = &'a RoomName>) {
+        self.rooms_changed(who, rooms, 1);
+    }
+
+    /// `rooms` were just left (and had been held) by a socket of `who`.
+    pub fn left<'a>(&self, who: &Identity, rooms: impl IntoIterator<Item = &'a RoomName>) {
+        self.rooms_changed(who, rooms, -1);
+    }
+
+    fn rooms_changed<'a>(
+        &self,
+        who: &Identity,
+        rooms: impl IntoIterator<Item = &'a RoomName>,
+        delta: i64,
+    ) {
+        for room in rooms.into_iter().filter(|r| announces(r)) {
+            self.record(
+                room.scoped(&who.tenant).into_owned(),
+                who.user_id.to_string(),
+                delta,
+                Some((who.tenant.clone(), room.clone(), who.user_id.clone())),
+            );
+        }
+    }
+
+    /// Queues a full re-send of this node's counts (the store lost or missed them).
+    pub fn resync(&self) {
+        let Ok(local) = self.inner.local.lock() else {
+            return;
+        };
+        let entries = local
+            .iter()
+            .map(|((k, f), n)| (k.clone(), f.clone(), *n))
+            .collect();
+        let _ = self.inner.tx.send(Op::Resync(entries));
+    }
+}
+
+fn user_field(who: &Identity) -> String {
+    format!("{}/{}", who.tenant, who.user_id)
+}
+
+/// The users in `room` of `tenant` with their connection counts, sorted by user id.
+pub async fn members(
+    store: &dyn PresenceStore,
+    tenant: &Tenant,
+    room: &RoomName,
+) -> Result<Vec<Member>, StoreError> {
+    let mut members: Vec<Member> = match room {
+        RoomName::Project(_) | RoomName::Agent(_) => store
+            .members(&room.scoped(tenant))
+            .await?
+            .into_iter()
+            .map(|(user_id, connections)| Member {
+                user_id,
+                connections,
+            })
+            .collect(),
+        RoomName::Global | RoomName::User(_) => {
+            let prefix = format!("{tenant}/");
+            let only = match room {
+                RoomName::User(id) => Some(id.as_str()),
+                _ => None,
+            };
+            store
+                .members(USERS_KEY)
+                .await?
+                .into_iter()
+                .filter_map(|(field, connections)| {
+                    let user = field.strip_prefix(&prefix)?;
+                    (only.is_none() || only == Some(user)).then(|| Member {
+                        user_id: user.to_owned(),
+                        connections,
+                    })
+                })
+                .collect()
+        }
+    };
+    members.retain(|m| m.connections > 0);
+    members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    Ok(members)
+}
+
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    store: Arc<dyn PresenceStore>,
+    broadcaster: EventBroadcaster,
+    grace: Duration,
+) {
+    while let Some(op) = rx.recv().await {
+        match op {
+            Op::Change {
+                key,
+                field,
+                delta,
+                announce,
+            } => {
+                let result = store.change(&key, &field, delta, announce.is_some()).await;
+                let Some((tenant, room, user)) = announce else {
+                    continue;
+                };
+                match result {
+                    Ok(Transition::Joined) => {
+                        announce_event(&broadcaster, &tenant, &room, &user, "presence.joined")
+                            .await;
+                    }
+                    Ok(Transition::Leaving(token)) => {
+                        schedule_left(
+                            store.clone(),
+                            broadcaster.clone(),
+                            tenant,
+                            room,
+                            user,
+                            token,
+                            grace,
+                        );
+                    }
+                    Ok(Transition::Unchanged | Transition::Rejoined) => {}
+                    Err(e) => tracing::debug!("presence change not stored: {e}"),
+                }
+            }
+            Op::Resync(entries) => {
+                if let Err(e) = store.resync(entries).await {
+                    tracing::warn!("presence resync failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// After `grace`, announces `presence.left` if the user is still gone.
+pub fn schedule_left(
+    store: Arc<dyn PresenceStore>,
+    broadcaster: EventBroadcaster,
+    tenant: Tenant,
+    room: RoomName,
+    user: Id,
+    token: String,
+    grace: Duration,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let key = room.scoped(&tenant);
+        match store.confirm_left(&key, user.as_str(), &token).await {
+            Ok(true) => announce_event(&broadcaster, &tenant, &room, &user, "presence.left").await,
+            Ok(false) => {}
+            Err(e) => tracing::debug!("presence.left not confirmed: {e}"),
+        }
+    });
+}
+
+async fn announce_event(
+    broadcaster: &EventBroadcaster,
+    tenant: &Tenant,
+    room: &RoomName,
+    user: &Id,
+    name: &'static str,
+) {
+    let data = json!({"user_id": user, "room": room});
+    if let Err(e) = broadcaster
+        .with_tenant(tenant.clone())
+        .announce(name, room.clone(), &data)
+        .await
+    {
+        tracing::debug!(name, "presence event not published: {e}");
+    }
+}
+
+/// The single-node store: counts in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    counts: HashMap<String, HashMap<String, i64>>,
+    leaving: HashMap<(String, String), String>,
+    next_token: u64,
+}
+
+impl PresenceStore for MemoryStore {
+    fn change<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a str,
+        delta: i64,
+        announce: bool,
+    ) -> BoxFuture<'a, Result<Transition, StoreError>> {
+        let result = (|| {
+            let mut s = self.state.lock().map_err(|e| StoreError(e.to_string()))?;
+            let room = s.counts.entry(key.to_owned()).or_default();
+            let n = room.entry(field.to_owned()).or_default();
+            *n += delta;
+            let n = *n;
+            if n <= 0 {
+                room.remove(field);
+                if room.is_empty() {
+                    s.counts.remove(key);
+                }
+                if announce {
+                    s.next_token += 1;
+                    let token = s.next_token.to_string();
+                    s.leaving
+                        .insert((key.to_owned(), field.to_owned()), token.clone());
+                    return Ok(Transition::Leaving(token));
+                }
+            } else if announce && n == delta {
+                let back = s.leaving.remove(&(key.to_owned(), field.to_owned()));
+                return Ok(if back.is_some() {
+                    Transition::Rejoined
+                } else {
+                    Transition::Joined
+                });
+            }
+            Ok(Transition::Unchanged)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn confirm_left<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let result = self
+            .state
+            .lock()
+            .map_err(|e| StoreError(e.to_string()))
+            .map(|mut s| {
+                let k = (key.to_owned(), field.to_owned());
+                if s.leaving.get(&k).map(String::as_str) != Some(token) {
+                    return false;
+                }
+                s.leaving.remove(&k);
+                !s.counts.get(key).is_some_and(|r| r.contains_key(field))
+            });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn members<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
+        let result = self
+            .state
+            .lock()
+            .map_err(|e| StoreError(e.to_string()))
+            .map(|s| {
+                s.counts
+                    .get(key)
+                    .map(|r| {
+                        r.iter()
+                            .map(|(u, n)| (u.clone(), (*n).max(0) as u64))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn count<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let result = self
+            .state
+            .lock()
+            .map_err(|e| StoreError(e.to_string()))
+            .map(|s| s.counts.get(key).map_or(0, |r| r.len() as u64));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn resync(
+        &self,
+        _entries: Vec<(String, String, i64)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        // The memory store is never lost while the node runs.
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_join_last_leave_and_rejoin() {
+        let s = MemoryStore::default();
+        assert_eq!(
+            s.change("t/project:1", "u", 1, true).await.unwrap(),
+            Transition::Joined
+        );
+        assert_eq!(
+            s.change("t/project:1", "u", 1, true).await.unwrap(),
+            Transition::Unchanged
+        );
+        assert_eq!(
+            s.change("t/project:1", "u", -1, true).await.unwrap(),
+            Transition::Unchanged
+        );
+        let Transition::Leaving(token) = s.change("t/project:1", "u", -1, true).await.unwrap()
+        else {
+            panic!("expected leaving")
+        };
+        assert_eq!(
+            s.change("t/project:1", "u", 1, true).await.unwrap(),
+            Transition::Rejoined
+        );
+        assert!(!s.confirm_left("t/project:1", "u", &token).await.unwrap());
+        let Transition::Leaving(token) = s.change("t/project:1", "u", -1, true).await.unwrap()
+        else {
+            panic!("expected leaving")
+        };
+        assert!(s.confirm_left("t/project:1", "u", &token).await.unwrap());
+        assert!(s.members("t/project:1").await.unwrap().is_empty());
+    }
+}
