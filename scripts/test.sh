@@ -12,14 +12,17 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo build (the binary the JS and Python suites start)"
-cargo build --locked
+step "cargo build (the binaries the JS, Python and bench smoke runs start)"
+cargo build --workspace --locked
 export ROOMCAST_BIN="$root/target/debug/roomcast"
 
 step "cargo test"
 cargo test --locked
+
+step "bench smoke: the load generator against a real server (nothing lost)"
+bench/smoke.sh "$root/target/debug"
 
 step "JS end-to-end tests (socket.io-client)"
 (

@@ -123,11 +123,16 @@ impl Driver for ResilientDriver {
         if let Ok(mut h) = self.handlers.write() {
             h.insert(chan.clone(), tx);
         }
-        // Never fails: while Redis is away the channel is remembered and subscribed by
-        // `resubscribe` when it is back, so the namespace still initialises.
-        if let Err(e) = self.conn.clone().subscribe(&chan).await {
-            tracing::warn!(chan, "redis subscribe deferred: {e}");
-        }
+        // Never waits on Redis: the SUBSCRIBE goes out in the background, and a channel it
+        // misses while Redis is away is subscribed by `resubscribe` once Redis is back (the
+        // node reports ready only after that). So a namespace initialises at once and the
+        // node serves its own sockets even when it starts during an outage.
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.subscribe(&chan).await {
+                tracing::debug!(chan, "redis subscribe deferred: {e}");
+            }
+        });
         Ok(MessageStream::new(rx))
     }
 

@@ -3,6 +3,7 @@
 
 import { randomUUID } from "node:crypto";
 import assert from "node:assert/strict";
+import { isDeepStrictEqual } from "node:util";
 
 import { startServer, eventually, http, stats, API_KEY } from "./helpers.js";
 import { startRedis } from "./redis.js";
@@ -76,7 +77,7 @@ export function waitForNodes(srv, ids, { timeout = 10_000 } = {}) {
   return eventually(
     async () => {
       const c = await clusterStats(srv);
-      return JSON.stringify(nodeIds(c)) === JSON.stringify(want) ? c : null;
+      return isDeepStrictEqual(nodeIds(c), want) ? c : null;
     },
     { timeout, interval: 100, what: `stats.cluster.nodes at ${srv.nodeId} == ${JSON.stringify(want)}` },
   );
@@ -100,7 +101,7 @@ export function waitForPresence(srv, room, expected, { tenant, timeout = 10_000 
   return eventually(
     async () => {
       const b = await presenceOk(srv, room, { tenant });
-      return JSON.stringify({ users: b.users, connections: b.connections }) === JSON.stringify(expected) ? b : null;
+      return isDeepStrictEqual({ users: b.users, connections: b.connections }, expected) ? b : null;
     },
     { timeout, interval: 100, what: `presence of ${room} at ${srv.nodeId} == ${JSON.stringify(expected)}` },
   );
