@@ -53,7 +53,10 @@ pub enum Transport {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `redis://host:port[/db]`: turns cluster mode on. Unset: a single node, in memory.
+    /// With `mode = "cluster"`, one or more nodes of the Redis Cluster, comma-separated.
     pub redis_url: Option<String>,
+    /// `standalone` (one Redis, or a primary behind a proxy) or `cluster` (Redis Cluster).
+    pub mode: ClusterMode,
     /// Prefix of every Redis key and pub/sub channel Roomcast uses.
     pub key_prefix: String,
     /// A node that has not renewed its heartbeat for this long is dead: it leaves stats and
@@ -71,6 +74,13 @@ pub struct ClusterConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    Standalone,
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnUnavailable {
     Fail,
     Local,
@@ -80,6 +90,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            mode: ClusterMode::Standalone,
             key_prefix: "roomcast".into(),
             node_ttl_secs: 15,
             presence_grace_secs: 5,
@@ -361,17 +372,23 @@ impl Config {
             return invalid("server.transports must list websocket, polling or both".into());
         }
         let cluster = &self.cluster;
-        if let Some(url) = &cluster.redis_url
-            && redis::Client::open(url.as_str()).is_err()
+        if let Some(urls) = &cluster.redis_url
+            && urls
+                .split(',')
+                .any(|url| redis::Client::open(url.trim()).is_err())
         {
-            return invalid("cluster.redis_url is not a valid redis:// URL".into());
+            return invalid(
+                "cluster.redis_url is not a valid redis:// URL (or list of them)".into(),
+            );
         }
         if cluster.key_prefix.is_empty()
             || cluster
                 .key_prefix
                 .contains(|c: char| c.is_whitespace() || c == '#')
         {
-            return invalid("cluster.key_prefix must be non-empty, without spaces or '#'".into());
+            return invalid(
+                "cluster.key_prefix must be non-empty, without spaces, '#', '{' or '}'".into(),
+            );
         }
         if cluster.node_ttl_secs < 2 {
             return invalid("cluster.node_ttl_secs must be at least 2".into());

@@ -213,3 +213,38 @@ async fn a_node_starts_while_redis_is_down_and_joins_later() {
     assert_eq!(status, 202);
     assert_eq!(s.event("project.deleted").await["id"], body["id"]);
 }
+
+#[tokio::test]
+async fn nodes_work_on_a_redis_cluster() {
+    let redis = RedisCluster::start().await;
+    let p = prefix();
+    let a = TestServer::start_cluster_node_on("a", &redis.urls(), "cluster", &p).await;
+    let b = TestServer::start_cluster_node_on("b", &redis.urls(), "cluster", &p).await;
+    let mut watcher = member(&a, "watcher", "default", &["1"]).await;
+    watcher.subscribe("project:1").await;
+    watcher.event("presence.joined").await;
+    let mut on_b = member(&b, "alice", "default", &["1"]).await;
+    on_b.subscribe("project:1").await;
+    // Presence is shared (the scripts run on one shard under a hash tag)...
+    assert_eq!(
+        watcher.event("presence.joined").await["data"]["user_id"],
+        "alice"
+    );
+    // ...delivery crosses nodes over sharded pub/sub...
+    let (status, body) = a
+        .post(
+            "/api/v1/events",
+            json!({"type": "project.deleted", "data": {"project_id": 1}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(on_b.event("project.deleted").await["id"], body["id"]);
+    // ...and so do kicks.
+    let (_, kicked) = a.post("/api/v1/users/alice/disconnect", json!({})).await;
+    assert_eq!(kicked["disconnected"], 1);
+    assert!(on_b.closed().await);
+    assert_eq!(
+        watcher.event("presence.left").await["data"]["user_id"],
+        "alice"
+    );
+}

@@ -2,25 +2,27 @@
 //!
 //! The stock driver holds one multiplexed connection: if Redis is down at start the node
 //! cannot start, and after a Redis restart its subscriptions are gone for good. This one
-//! runs on redis' `ConnectionManager` (lazy connect, reconnect with backoff) and remembers
-//! every channel it was asked for, so [`ResilientDriver::resubscribe`] can restore them once
-//! Redis answers again. Messages the adapter could not take (its buffer full) are counted.
+//! runs on a [`RedisConn`] (lazy connect, reconnect with backoff; standalone or Redis
+//! Cluster) and remembers every channel it was asked for, so
+//! [`ResilientDriver::resubscribe`] can restore them once Redis answers again. Messages the
+//! adapter could not take (its buffer full) are counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind};
+use redis::{FromRedisValue, PushInfo, PushKind};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
+
+use super::conn::RedisConn;
+use crate::config::ClusterMode;
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
 
 #[derive(Clone)]
 pub struct ResilientDriver {
-    conn: ConnectionManager,
+    conn: RedisConn,
     handlers: Arc<Handlers>,
     dropped: Arc<AtomicU64>,
 }
@@ -31,20 +33,11 @@ pub struct DriverError(#[from] redis::RedisError);
 
 impl ResilientDriver {
     /// Creates the driver without connecting: a node starts whether Redis is up or not.
-    pub fn new(client: redis::Client) -> redis::RedisResult<Self> {
+    pub fn new(mode: ClusterMode, urls: &str) -> redis::RedisResult<Self> {
         let handlers: Arc<Handlers> = Arc::default();
         let dropped = Arc::new(AtomicU64::new(0));
         let (h, d) = (handlers.clone(), dropped.clone());
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(1))
-            .set_push_sender(move |msg: PushInfo| {
-                route(msg, &h, &d);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = RedisConn::open(mode, urls, move |msg| route(msg, &h, &d))?;
         Ok(Self {
             conn,
             handlers,
@@ -53,7 +46,7 @@ impl ResilientDriver {
     }
 
     /// A connection for Roomcast's own commands (shares the multiplexed connection).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -107,11 +100,7 @@ impl Driver for ResilientDriver {
     type Error = DriverError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), DriverError> {
-        self.conn
-            .clone()
-            .publish::<_, _, redis::Value>(chan, val)
-            .await?;
-        Ok(())
+        Ok(self.conn.clone().publish(chan, val).await?)
     }
 
     async fn subscribe(
@@ -129,7 +118,7 @@ impl Driver for ResilientDriver {
         // node serves its own sockets even when it starts during an outage.
         let mut conn = self.conn.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.subscribe(&chan).await {
+            if let Err(e) = conn.subscribe(vec![chan.clone()]).await {
                 tracing::debug!(chan, "redis subscribe deferred: {e}");
             }
         });
@@ -140,16 +129,10 @@ impl Driver for ResilientDriver {
         if let Ok(mut h) = self.handlers.write() {
             h.remove(&chan);
         }
-        self.conn.clone().unsubscribe(chan).await?;
-        Ok(())
+        Ok(self.conn.clone().unsubscribe(chan).await?)
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, DriverError> {
-        let (_, count): (String, u16) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(chan)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(count)
+        Ok(self.conn.clone().subscribers(chan).await?)
     }
 }

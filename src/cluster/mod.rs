@@ -7,6 +7,7 @@
 //! `p:nodes` (sorted set of node ids, to find the dead ones), `p:reap:<id>` (who cleans up
 //! after a dead node), and the presence keys described in [`store`].
 
+pub mod conn;
 pub mod driver;
 pub mod store;
 
@@ -14,16 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::broadcaster::EventBroadcaster;
-use crate::config::{ClusterConfig, OnUnavailable};
+use crate::config::{ClusterConfig, ClusterMode, OnUnavailable};
 use crate::events::Timestamp;
 use crate::presence::{self, Presence, PresenceStore};
 use crate::rooms::{Id, RoomName};
 use crate::socket::Census;
+use conn::RedisConn;
 use driver::ResilientDriver;
 use store::RedisStore;
 
@@ -81,7 +82,7 @@ pub struct NodeInfo {
 /// This node's handle on the cluster.
 pub struct Cluster {
     driver: ResilientDriver,
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     node_id: String,
     ttl: Duration,
@@ -93,27 +94,20 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: &ClusterConfig, url: &str, node_id: &str) -> anyhow::Result<Self> {
-        // socketioxide-redis receives pub/sub messages as RESP3 pushes.
-        let url = if url.contains("protocol=") {
-            url.to_owned()
-        } else if url.contains('?') {
-            format!("{url}&protocol=resp3")
-        } else {
-            format!("{url}?protocol=resp3")
-        };
-        let driver = ResilientDriver::new(redis::Client::open(url)?)?;
+        let driver = ResilientDriver::new(config.mode, url)?;
         let conn = driver.connection();
         let grace = Duration::from_secs(config.presence_grace_secs);
+        // On a Redis Cluster every key shares one hash tag, so the multi-key scripts run on
+        // one shard.
+        let prefix = match config.mode {
+            ClusterMode::Standalone => config.key_prefix.clone(),
+            ClusterMode::Cluster => format!("{{{}}}", config.key_prefix),
+        };
         Ok(Self {
-            store: Arc::new(RedisStore::new(
-                conn.clone(),
-                &config.key_prefix,
-                node_id,
-                grace,
-            )),
+            store: Arc::new(RedisStore::new(conn.clone(), &prefix, node_id, grace)),
             driver,
             conn,
-            prefix: config.key_prefix.clone(),
+            prefix,
             node_id: node_id.to_owned(),
             ttl: Duration::from_secs(config.node_ttl_secs),
             grace,
@@ -125,7 +119,7 @@ impl Cluster {
     /// The socketioxide adapter state for this cluster.
     pub fn adapter(&self) -> RedisAdapterCtr<ResilientDriver> {
         let config = RedisAdapterConfig::new()
-            .with_prefix(format!("{}-sio", self.prefix))
+            .with_prefix(format!("{}-sio", self.prefix.trim_matches(['{', '}'])))
             .with_request_timeout(self.request_timeout);
         RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
     }

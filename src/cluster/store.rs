@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
+use super::conn::RedisConn;
 use futures_util::future::BoxFuture;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::presence::{PresenceStore, StoreError, Transition};
 
@@ -78,7 +78,7 @@ return zeroed
 "#;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     node_id: String,
     grace: Duration,
@@ -92,7 +92,7 @@ fn err(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    pub fn new(conn: ConnectionManager, prefix: &str, node_id: &str, grace: Duration) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str, node_id: &str, grace: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),

@@ -42,12 +42,22 @@ impl TestServer {
 
     /// Starts one node of a cluster on `redis`, sharing `prefix` with its peers.
     pub async fn start_cluster_node(node_id: &str, redis: &RedisServer, prefix: &str) -> Self {
+        let url = format!("redis://127.0.0.1:{}", redis.port);
+        Self::start_cluster_node_on(node_id, &url, "standalone", prefix).await
+    }
+
+    /// Starts one node on the Redis at `urls` in `mode` (`standalone` or `cluster`).
+    pub async fn start_cluster_node_on(
+        node_id: &str,
+        urls: &str,
+        mode: &str,
+        prefix: &str,
+    ) -> Self {
         let server = Self::start_node(
             node_id,
             &format!(
-                "[cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nkey_prefix = \"{prefix}\"\n\
-                 node_ttl_secs = 3\npresence_grace_secs = 1",
-                redis.port
+                "[cluster]\nredis_url = \"{urls}\"\nmode = \"{mode}\"\nkey_prefix = \"{prefix}\"\n\
+                 node_ttl_secs = 3\npresence_grace_secs = 1"
             ),
         )
         .await;
@@ -179,9 +189,14 @@ impl RedisServer {
     }
 
     pub async fn start_on(port: u16) -> Self {
+        Self::spawn(port, &[]).await
+    }
+
+    async fn spawn(port: u16, extra: &[&str]) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
@@ -223,6 +238,91 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real three-shard Redis Cluster on free ports, stopped (and its files removed) on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    shards: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "roomcast-redis-cluster-{}-{}",
+            std::process::id(),
+            now_secs()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut shards = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            shards.push(
+                RedisServer::spawn(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().unwrap(),
+                        "--dir",
+                        dir.to_str().unwrap(),
+                    ],
+                )
+                .await,
+            );
+        }
+        let ports: Vec<u16> = shards.iter().map(|s| s.port).collect();
+        let status = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli must be installed (redis-tools)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        for port in &ports {
+            loop {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster never became ok"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Self { ports, shards, dir }
+    }
+
+    /// `redis_url` for Roomcast: two of the shards are enough to discover the cluster.
+    pub fn urls(&self) -> String {
+        self.ports[..2]
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.shards.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
