@@ -2,16 +2,18 @@
 //! Roomcast, publish through it; history, idempotency, limits and metrics attach here.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::cluster::ClusterStatus;
 use crate::config::OnUnavailable;
 use crate::events::*;
+use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::metrics::Counters;
 use crate::rooms::{RoomName, Tenant};
 
@@ -31,7 +33,7 @@ pub trait Deliver: Send + Sync + 'static {
 }
 
 /// What a publish produced; the body of a `202` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     pub id: Uuid,
     #[serde(rename = "type")]
@@ -39,6 +41,10 @@ pub struct Published {
     pub room: RoomName,
     pub rooms: Vec<RoomName>,
     pub tenant: Tenant,
+    /// True when this is the stored answer of an earlier publish with the same
+    /// idempotency key: nothing was delivered this time.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,8 @@ pub enum PublishError {
     Encode(String),
     #[error("the cluster is unreachable: {0}")]
     ClusterUnavailable(String),
+    #[error("a publish with this idempotency key is still in progress")]
+    IdempotencyInProgress,
 }
 
 /// A cloneable handle that publishes typed events into one tenant (see [`Self::with_tenant`]).
@@ -58,7 +66,28 @@ pub struct EventBroadcaster {
     counters: Arc<Counters>,
     /// Cluster mode only: whether Redis is reachable, and what to do when it is not.
     cluster: Option<Arc<ClusterStatus>>,
+    /// Publishes under way, so a shutdown can let them finish before closing sockets.
+    inflight: Arc<AtomicUsize>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    /// Set by [`EventBroadcaster::with_idempotency_key`] for one publish.
+    idempotency_key: Option<Arc<str>>,
     tenant: Tenant,
+}
+
+/// Counts one publish in flight for as long as it lives.
+struct Inflight(Arc<AtomicUsize>);
+
+impl Inflight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 static GLOBAL: RwLock<Option<EventBroadcaster>> = RwLock::new(None);
@@ -82,12 +111,34 @@ impl EventBroadcaster {
         io: Arc<dyn Deliver>,
         counters: Arc<Counters>,
         cluster: Option<Arc<ClusterStatus>>,
+        idempotency: Arc<dyn IdempotencyStore>,
     ) -> Self {
         Self {
             io,
             counters,
             cluster,
+            inflight: Arc::default(),
+            idempotency,
+            idempotency_key: None,
             tenant: Tenant::default_tenant(),
+        }
+    }
+
+    /// The same broadcaster, publishing at most once per `key` (within the configured
+    /// window, per tenant): a repeat returns the first [`Published`] with `replayed` set
+    /// and delivers nothing.
+    pub fn with_idempotency_key(&self, key: impl Into<Arc<str>>) -> Self {
+        Self {
+            idempotency_key: Some(key.into()),
+            ..self.clone()
+        }
+    }
+
+    /// Waits until no publish is in flight, or `limit` has passed.
+    pub async fn idle(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inflight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -155,7 +206,7 @@ impl EventBroadcaster {
         self.deliver(name, vec![room], data, false).await
     }
 
-    /// Wraps `data` in an envelope, serializes it once, and hands it to the adapter.
+    /// Publishes once per idempotency key when one is set, then [`Self::deliver_now`].
     async fn deliver<T: Serialize + ?Sized>(
         &self,
         event_type: &str,
@@ -163,6 +214,52 @@ impl EventBroadcaster {
         data: &T,
         counted: bool,
     ) -> Result<Published, PublishError> {
+        let Some(key) = &self.idempotency_key else {
+            return self.deliver_now(event_type, rooms, data, counted).await;
+        };
+        let key = format!("{}/{key}", self.tenant);
+        let store_err = |e: IdempotencyError| PublishError::ClusterUnavailable(e.0);
+        // A concurrent first attempt gets a few seconds to finish before we give up.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.idempotency.claim(&key).await.map_err(store_err)? {
+                Claim::New => break,
+                Claim::Done(answer) => {
+                    let mut first: Published = serde_json::from_str(&answer)
+                        .map_err(|e| PublishError::Encode(e.to_string()))?;
+                    first.replayed = true;
+                    return Ok(first);
+                }
+                Claim::Pending if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Claim::Pending => return Err(PublishError::IdempotencyInProgress),
+            }
+        }
+        let result = self.deliver_now(event_type, rooms, data, counted).await;
+        let stored = match &result {
+            Ok(published) => {
+                let answer = serde_json::to_string(published).unwrap_or_default();
+                self.idempotency.finish(&key, &answer).await
+            }
+            // A failed publish delivered nothing: a retry may try again.
+            Err(_) => self.idempotency.abandon(&key).await,
+        };
+        if let Err(e) = stored {
+            tracing::warn!("idempotency key not stored: {e}");
+        }
+        result
+    }
+
+    /// Wraps `data` in an envelope, serializes it once, and hands it to the adapter.
+    async fn deliver_now<T: Serialize + ?Sized>(
+        &self,
+        event_type: &str,
+        rooms: Vec<RoomName>,
+        data: &T,
+        counted: bool,
+    ) -> Result<Published, PublishError> {
+        let _inflight = Inflight::new(&self.inflight);
         let id = Uuid::now_v7();
         let room = rooms[0].clone();
         let envelope = Envelope {
@@ -202,6 +299,7 @@ impl EventBroadcaster {
             room,
             rooms,
             tenant: self.tenant.clone(),
+            replayed: false,
         })
     }
 }

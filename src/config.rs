@@ -23,7 +23,23 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     pub limits: LimitsConfig,
     pub cluster: ClusterConfig,
+    pub publish: PublishConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// How long a publish's `Idempotency-Key` (or `X-GitHub-Delivery`) is remembered.
+    pub idempotency_window_secs: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_window_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +56,11 @@ pub struct ServerConfig {
     pub connect_timeout_ms: u64,
     /// Engine.IO transports offered. Polling needs sticky sessions behind a load balancer.
     pub transports: Vec<Transport>,
+    /// On SIGTERM/SIGINT: how long publishes in flight may take to finish before sockets
+    /// are closed, and the whole drain at most.
+    pub shutdown_timeout_secs: u64,
+    /// Sent to every socket in `server.shutdown`: when to reconnect (to another node).
+    pub reconnect_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +131,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: u64,
+    /// A connected socket is sent `auth.expiring` this long before its token expires.
+    pub expiry_warning_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,6 +216,7 @@ impl Default for Config {
             }],
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
+            publish: PublishConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -207,6 +231,8 @@ impl Default for ServerConfig {
             ping_timeout_ms: 20_000,
             connect_timeout_ms: 45_000,
             transports: vec![Transport::Websocket, Transport::Polling],
+            shutdown_timeout_secs: 30,
+            reconnect_after_ms: 1000,
         }
     }
 }
@@ -221,6 +247,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway_secs: 30,
+            expiry_warning_secs: 60,
         }
     }
 }

@@ -43,12 +43,13 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
 pub mod socket;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -68,6 +69,7 @@ use cluster::Cluster;
 use config::Transport;
 use metrics::Counters;
 use presence::{MemoryStore, Presence, PresenceQueue, PresenceStore};
+use socket::lifetime::Lifetimes;
 use socket::{Hub, SocketCtx, SocketCtxInner};
 
 /// A Roomcast server assembled from a [`Config`], ready to serve.
@@ -78,6 +80,8 @@ pub struct Roomcast {
     hub: Arc<dyn Hub>,
     cluster: Option<Arc<Cluster>>,
     node_id: Arc<str>,
+    shutdown_timeout: Duration,
+    reconnect_after_ms: u64,
 }
 
 /// What [`Roomcast::assemble`] needs besides the Socket.IO layer.
@@ -88,6 +92,7 @@ struct Parts {
     presence: Presence,
     queue: PresenceQueue,
     presence_store: Arc<dyn PresenceStore>,
+    lifetimes: Arc<Lifetimes>,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -112,6 +117,10 @@ impl Roomcast {
         };
         let (presence, queue) = Presence::new();
         let counters = Arc::new(Counters::default());
+        let lifetimes = Arc::new(Lifetimes::new(
+            config.auth.expiry_warning_secs,
+            config.auth.leeway_secs,
+        ));
         let ctx = SocketCtx::new(SocketCtxInner {
             verifier: JwtVerifier::from_config(&config.auth)?,
             max_rooms: config.limits.max_rooms_per_socket,
@@ -119,6 +128,7 @@ impl Roomcast {
             counters: counters.clone(),
             presence: presence.clone(),
             presence_store: presence_store.clone(),
+            lifetimes: lifetimes.clone(),
         });
         let builder = socketio_builder(config).with_state(ctx);
         let parts = Parts {
@@ -128,6 +138,7 @@ impl Roomcast {
             presence,
             queue,
             presence_store,
+            lifetimes,
             cluster: cluster.clone(),
         };
         Ok(match &cluster {
@@ -155,9 +166,16 @@ impl Roomcast {
         for init in socket::register(&io) {
             init.spawn();
         }
+        tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
         let io = Arc::new(io);
         let status = p.cluster.as_ref().map(|c| c.status.clone());
-        let broadcaster = EventBroadcaster::new(io.clone(), p.counters.clone(), status);
+        let window = Duration::from_secs(p.config.publish.idempotency_window_secs);
+        let idempotency: Arc<dyn idempotency::IdempotencyStore> = match &p.cluster {
+            Some(c) => Arc::new(c.idempotency(window)),
+            None => Arc::new(idempotency::MemoryIdempotency::new(window)),
+        };
+        let broadcaster =
+            EventBroadcaster::new(io.clone(), p.counters.clone(), status, idempotency);
         let grace = Duration::from_secs(p.config.cluster.presence_grace_secs);
         Presence::start(
             p.queue,
@@ -192,6 +210,8 @@ impl Roomcast {
             hub: io,
             cluster: p.cluster,
             node_id: p.node_id,
+            shutdown_timeout: Duration::from_secs(p.config.server.shutdown_timeout_secs),
+            reconnect_after_ms: p.config.server.reconnect_after_ms,
         }
     }
 
@@ -208,8 +228,10 @@ impl Roomcast {
         &self.node_id
     }
 
-    /// Serves on `listener` until `shutdown` completes, then disconnects every socket,
-    /// leaves the cluster and finishes in-flight requests. Installs [`EventBroadcaster::global`].
+    /// Serves on `listener` until `shutdown` completes, then drains: `/ready` answers 503,
+    /// no connection is accepted, every socket is sent `server.shutdown`, publishes in flight
+    /// finish, sockets are closed and the node leaves the cluster, all within
+    /// `server.shutdown_timeout_secs`. Installs [`EventBroadcaster::global`].
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -217,19 +239,40 @@ impl Roomcast {
     ) -> std::io::Result<()> {
         self.broadcaster.install_global();
         self.ready.store(true, Ordering::Relaxed);
-        let ready = self.ready.clone();
-        let hub = self.hub.clone();
-        let cluster = self.cluster.clone();
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                ready.store(false, Ordering::Relaxed);
-                hub.close().await;
-                if let Some(cluster) = cluster {
-                    cluster.leave().await;
-                }
-            })
-            .await
+        let (ready, hub, cluster) = (self.ready.clone(), self.hub.clone(), self.cluster.clone());
+        let broadcaster = self.broadcaster.clone();
+        let (limit, reconnect_after_ms) = (self.shutdown_timeout, self.reconnect_after_ms);
+        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining");
+            let _ = draining.send(());
+            ready.store(false, Ordering::Relaxed);
+            hub.emit_local(
+                "server.shutdown",
+                &serde_json::json!({ "reconnect_after_ms": reconnect_after_ms }),
+            )
+            .await;
+            broadcaster.idle(limit).await;
+            hub.close().await;
+            if let Some(cluster) = cluster {
+                cluster.leave().await;
+            }
+        });
+        let server = server.into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result,
+            _ = drain_started => {}
+        }
+        // Draining: the rest gets at most the shutdown timeout.
+        match tokio::time::timeout(limit, server).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("shutdown timeout reached: closing what is left");
+                Ok(())
+            }
+        }
     }
 }
 

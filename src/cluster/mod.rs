@@ -124,6 +124,11 @@ impl Cluster {
         RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
     }
 
+    /// Idempotency keys shared by the cluster, kept for `window`.
+    pub fn idempotency(&self, window: Duration) -> store::RedisIdempotency {
+        store::RedisIdempotency::new(self.conn.clone(), &self.prefix, window)
+    }
+
     pub fn dropped_messages(&self) -> u64 {
         self.driver.dropped()
     }

@@ -19,6 +19,8 @@ pub enum ApiError {
     InvalidRoom(FieldError),
     PayloadTooLarge,
     ClusterUnavailable(String),
+    IdempotencyInProgress,
+    InvalidIdempotencyKey,
     Internal(String),
 }
 
@@ -75,6 +77,18 @@ impl ApiError {
                 format!("the cluster is unreachable, nothing was delivered: {m}"),
                 None,
             ),
+            Self::IdempotencyInProgress => (
+                S::CONFLICT,
+                "idempotency_in_progress",
+                "a publish with this idempotency key is still in progress; retry shortly".into(),
+                None,
+            ),
+            Self::InvalidIdempotencyKey => (
+                S::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                None,
+            ),
             Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
         }
     }
@@ -106,6 +120,7 @@ impl From<PublishError> for ApiError {
             PublishError::InvalidPayload(f) => Self::InvalidPayload(f),
             PublishError::Encode(m) => Self::Internal(m),
             PublishError::ClusterUnavailable(m) => Self::ClusterUnavailable(m),
+            PublishError::IdempotencyInProgress => Self::IdempotencyInProgress,
         }
     }
 }

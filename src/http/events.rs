@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -37,32 +38,60 @@ pub struct PublishCustom {
     tenant: Option<Tenant>,
 }
 
-/// The broadcaster for the tenant a caller asked for, if the caller may publish there.
+/// The broadcaster for the tenant a caller asked for, if the caller may publish there,
+/// publishing once per idempotency key when the request carries one.
 fn broadcaster_for(
     state: &AppState,
     caller: &Caller,
     asked: Option<Tenant>,
+    headers: &HeaderMap,
 ) -> Result<EventBroadcaster, ApiError> {
-    Ok(state.broadcaster.with_tenant(tenant_for(caller, asked)?))
+    let broadcaster = state.broadcaster.with_tenant(tenant_for(caller, asked)?);
+    let key = ["idempotency-key", "x-github-delivery"]
+        .iter()
+        .find_map(|name| headers.get(*name));
+    let Some(key) = key else {
+        return Ok(broadcaster);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(ApiError::InvalidIdempotencyKey)?;
+    // Keys are per API key: two callers never share an answer.
+    Ok(broadcaster.with_idempotency_key(format!("{}:{key}", caller.name)))
+}
+
+/// `202` with the publish, marked `Idempotent-Replayed: true` when it is a stored answer.
+fn accepted(published: Published) -> Response {
+    let replayed = published.replayed;
+    let mut response = (StatusCode::ACCEPTED, Json(published)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 pub async fn publish_event(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<PublishEvent>,
-) -> Result<(StatusCode, Json<Published>), ApiError> {
-    let broadcaster = broadcaster_for(&state, &caller, body.tenant)?;
+) -> Result<Response, ApiError> {
+    let broadcaster = broadcaster_for(&state, &caller, body.tenant, &headers)?;
     let event = Event::from_json(&body.event_type, body.data)?;
-    let published = broadcaster.publish(event).await?;
-    Ok((StatusCode::ACCEPTED, Json(published)))
+    Ok(accepted(broadcaster.publish(event).await?))
 }
 
 pub async fn publish_custom(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<PublishCustom>,
-) -> Result<(StatusCode, Json<Published>), ApiError> {
-    let broadcaster = broadcaster_for(&state, &caller, body.tenant)?;
+) -> Result<Response, ApiError> {
+    let broadcaster = broadcaster_for(&state, &caller, body.tenant, &headers)?;
     let name = EventName::parse(&body.event)
         .map_err(|m| ApiError::InvalidEventName(format!("{m}: {:?}", body.event)))?;
     let (field, raw) = match (body.room, body.rooms) {
@@ -88,6 +117,7 @@ pub async fn publish_custom(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let published = broadcaster.publish_custom(&name, rooms, &body.data).await?;
-    Ok((StatusCode::ACCEPTED, Json(published)))
+    Ok(accepted(
+        broadcaster.publish_custom(&name, rooms, &body.data).await?,
+    ))
 }

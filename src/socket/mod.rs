@@ -3,8 +3,10 @@
 //! a single node (in-memory adapter) and a cluster.
 
 mod auth;
+pub mod lifetime;
 mod ping;
 mod presence;
+mod refresh;
 mod reply;
 mod subscribe;
 mod unsubscribe;
@@ -47,6 +49,7 @@ pub struct SocketCtxInner {
     pub counters: Arc<Counters>,
     pub presence: Presence,
     pub presence_store: Arc<dyn PresenceStore>,
+    pub lifetimes: Arc<lifetime::Lifetimes>,
 }
 
 impl SocketCtx {
@@ -104,9 +107,11 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
     s.on("unsubscribe", unsubscribe::handle::<A>);
     s.on("ping", ping::handle::<A>);
     s.on("presence", presence::handle::<A>);
+    s.on("auth.refresh", refresh::handle::<A>);
     s.on_fallback(reply::unknown_command::<A>);
     s.on_disconnect(on_disconnect::<A>);
     ctx.presence.connected(&identity);
+    ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
 
     tracing::debug!(
         sid = %s.id,
@@ -145,6 +150,7 @@ async fn on_disconnect<A: Adapter>(
         .collect();
     ctx.presence.left(&identity, &rooms);
     ctx.presence.disconnected(&identity);
+    ctx.lifetimes.unwatch(s.ns(), s.id, identity.expires_at);
 }
 
 impl<A: Adapter> Deliver for SocketIo<A> {
@@ -178,6 +184,12 @@ impl<A: Adapter> Deliver for SocketIo<A> {
 pub trait Hub: Deliver + Census {
     /// Disconnects every socket in `room` on every node; returns how many there were.
     fn disconnect_room(&self, room: Cow<'static, str>) -> BoxFuture<'_, Result<u64, String>>;
+    /// Sends `event` to every socket of this node (not the cluster).
+    fn emit_local<'a>(
+        &'a self,
+        event: &'static str,
+        data: &'a serde_json::Value,
+    ) -> BoxFuture<'a, ()>;
     /// Disconnects every local socket (shutdown).
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -201,6 +213,22 @@ impl<A: Adapter> Hub for SocketIo<A> {
                     .map_err(|e| e.to_string())?;
             }
             Ok(count)
+        })
+    }
+
+    fn emit_local<'a>(
+        &'a self,
+        event: &'static str,
+        data: &'a serde_json::Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for ns in NAMESPACES {
+                if let Some(op) = self.of(ns)
+                    && let Err(e) = op.local().emit(event, data).await
+                {
+                    tracing::debug!(ns, event, "not every socket reached: {e}");
+                }
+            }
         })
     }
 

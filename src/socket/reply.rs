@@ -18,10 +18,17 @@ pub enum CommandError {
     InvalidPayload(String),
     InvalidRoom(String),
     Forbidden(String),
-    TooManyRooms { room: String, limit: usize },
+    TooManyRooms {
+        room: String,
+        limit: usize,
+    },
     NotSubscribed(String),
     UnknownCommand(String),
     Unavailable(String),
+    /// `auth.refresh` with a token that does not verify.
+    Token(crate::auth::AuthError),
+    /// `auth.refresh` with a token for another user or tenant.
+    RefreshMismatch,
 }
 
 impl CommandError {
@@ -34,6 +41,8 @@ impl CommandError {
             Self::NotSubscribed(_) => "not_subscribed",
             Self::UnknownCommand(_) => "unknown_command",
             Self::Unavailable(_) => "cluster_unavailable",
+            Self::Token(e) => e.code(),
+            Self::RefreshMismatch => "refresh_mismatch",
         }
     }
 
@@ -51,6 +60,10 @@ impl CommandError {
             Self::NotSubscribed(_) => "subscribe to the room first".into(),
             Self::UnknownCommand(name) => format!("unknown command {name:?}"),
             Self::Unavailable(reason) => format!("the cluster is unreachable: {reason}"),
+            Self::Token(_) => "the new token does not verify".into(),
+            Self::RefreshMismatch => {
+                "the new token must be for the same user (sub) and tenant".into()
+            }
         }
     }
 

@@ -79,14 +79,26 @@ impl TestServer {
     }
 
     pub async fn start_node(node_id: &str, extra: &str) -> Self {
+        Self::start_full(
+            node_id,
+            &format!("[auth]\njwt_secret = \"{SECRET}\"\nleeway_secs = 0"),
+            extra,
+        )
+        .await
+    }
+
+    /// Starts a server whose `[auth]` section is `auth` (it must use [`SECRET`]).
+    pub async fn start_with_auth(auth: &str) -> Self {
+        Self::start_full("test-node", auth, "").await
+    }
+
+    async fn start_full(node_id: &str, auth: &str, extra: &str) -> Self {
         let toml = format!(
             r#"
             [server]
             bind = "127.0.0.1:0"
             node_id = "{node_id}"
-            [auth]
-            jwt_secret = "{SECRET}"
-            leeway_secs = 0
+            {auth}
             [[api_keys]]
             name = "full"
             key = "{KEY}"
@@ -141,16 +153,32 @@ impl TestServer {
     }
 
     pub async fn post_raw(&self, path: &str, key: Option<&str>, body: String) -> (u16, Value) {
+        let (status, _, body) = self.post_with(path, key, body, &[]).await;
+        (status, body)
+    }
+
+    /// `POST` with extra headers; returns status, response headers and JSON body.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut req = reqwest::Client::new()
             .post(self.url(path))
             .header("content-type", "application/json")
             .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        let headers = resp.headers().clone();
+        (status, headers, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
@@ -161,6 +189,15 @@ impl TestServer {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl TestServer {
+    /// Starts the graceful shutdown (as SIGTERM would).
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
