@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::cluster::ClusterStatus;
 use crate::config::OnUnavailable;
 use crate::events::*;
+use crate::history::{History, Position};
 use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::metrics::Counters;
 use crate::rooms::{RoomName, Tenant};
@@ -71,6 +72,10 @@ pub struct EventBroadcaster {
     idempotency: Arc<dyn IdempotencyStore>,
     /// Set by [`EventBroadcaster::with_idempotency_key`] for one publish.
     idempotency_key: Option<Arc<str>>,
+    /// Room history (single node); `None` in cluster mode for now.
+    history: Option<Arc<History>>,
+    /// Set by [`EventBroadcaster::volatile`]: no `seq`, no history.
+    volatile: bool,
     tenant: Tenant,
 }
 
@@ -112,6 +117,7 @@ impl EventBroadcaster {
         counters: Arc<Counters>,
         cluster: Option<Arc<ClusterStatus>>,
         idempotency: Arc<dyn IdempotencyStore>,
+        history: Option<Arc<History>>,
     ) -> Self {
         Self {
             io,
@@ -120,7 +126,18 @@ impl EventBroadcaster {
             inflight: Arc::default(),
             idempotency,
             idempotency_key: None,
+            history,
+            volatile: false,
             tenant: Tenant::default_tenant(),
+        }
+    }
+
+    /// The same broadcaster, publishing volatile events: delivered live only, with no `seq`,
+    /// not kept in history (cursors, typing, progress ticks).
+    pub fn volatile(&self) -> Self {
+        Self {
+            volatile: true,
+            ..self.clone()
         }
     }
 
@@ -202,8 +219,9 @@ impl EventBroadcaster {
         room: RoomName,
         data: &T,
     ) -> Result<Published, PublishError> {
-        // `events_published` counts what callers published, not the server's own notices.
-        self.deliver(name, vec![room], data, false).await
+        // `events_published` counts what callers published, not the server's own notices;
+        // notices are volatile (no `seq`, no history): a client refetches presence instead.
+        self.volatile().deliver(name, vec![room], data, false).await
     }
 
     /// Publishes once per idempotency key when one is set, then [`Self::deliver_now`].
@@ -260,17 +278,6 @@ impl EventBroadcaster {
         counted: bool,
     ) -> Result<Published, PublishError> {
         let _inflight = Inflight::new(&self.inflight);
-        let id = Uuid::now_v7();
-        let room = rooms[0].clone();
-        let envelope = Envelope {
-            id,
-            event_type,
-            room: &room,
-            timestamp: Timestamp::now(),
-            data,
-        };
-        let payload = serde_json::value::to_raw_value(&envelope)
-            .map_err(|e| PublishError::Encode(e.to_string()))?;
         let local_only = match &self.cluster {
             Some(status) if !status.is_up() => match status.on_unavailable {
                 OnUnavailable::Fail => {
@@ -280,12 +287,64 @@ impl EventBroadcaster {
             },
             _ => false,
         };
-        let scoped = rooms.iter().map(|r| r.scoped(&self.tenant)).collect();
-        let failed = self
+        let id = Uuid::now_v7();
+        let room = rooms[0].clone();
+        let scoped: Vec<_> = rooms.iter().map(|r| r.scoped(&self.tenant)).collect();
+        // Numbered events hold their rooms' logs from numbering to delivery, so a room's
+        // sockets see its events in `seq` order and a replay never overlaps a live event.
+        let mut logs = match (&self.history, self.volatile) {
+            (Some(history), false) => {
+                let keys: Vec<_> = scoped
+                    .iter()
+                    .map(|s| s.to_string())
+                    .zip(rooms.iter().cloned())
+                    .collect();
+                history.lock(&keys).await
+            }
+            _ => Vec::new(),
+        };
+        let positions: Vec<Position> = logs
+            .iter_mut()
+            .zip(&rooms)
+            .map(|(log, room)| Position {
+                room: room.clone(),
+                seq: log.next_seq(),
+                epoch: log.epoch.clone(),
+            })
+            .collect();
+        let envelope = Envelope {
+            id,
+            event_type,
+            room: &room,
+            timestamp: Timestamp::now(),
+            seq: positions.first().map(|p| p.seq),
+            epoch: positions.first().map(|p| &*p.epoch),
+            also: positions.get(1..).unwrap_or_default(),
+            data,
+        };
+        let payload: Arc<RawValue> = serde_json::value::to_raw_value(&envelope)
+            .map_err(|e| PublishError::Encode(e.to_string()))?
+            .into();
+        let delivered = self
             .io
             .deliver(scoped, event_type, &payload, local_only)
-            .await
-            .map_err(PublishError::ClusterUnavailable)?;
+            .await;
+        let failed = match delivered {
+            Ok(failed) => {
+                let name: Arc<str> = event_type.into();
+                for (log, p) in logs.iter_mut().zip(&positions) {
+                    log.push(p.seq, name.clone(), payload.clone());
+                }
+                failed
+            }
+            Err(e) => {
+                for (log, p) in logs.iter_mut().zip(&positions) {
+                    log.undo_seq(p.seq);
+                }
+                return Err(PublishError::ClusterUnavailable(e));
+            }
+        };
+        drop(logs);
         if counted {
             Counters::incr(&self.counters.events_published, 1);
         }

@@ -24,7 +24,41 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub cluster: ClusterConfig,
     pub publish: PublishConfig,
+    pub history: HistoryConfig,
     pub log: LogConfig,
+}
+
+/// How much of each room's past is kept for replay: the last `size` events, none older
+/// than `ttl_secs`. `project`, `agent`, `user` and `global` override it per room kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub size: usize,
+    pub ttl_secs: u64,
+    pub project: Option<Retention>,
+    pub agent: Option<Retention>,
+    pub user: Option<Retention>,
+    pub global: Option<Retention>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub size: usize,
+    pub ttl_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 200,
+            ttl_secs: 300,
+            project: None,
+            agent: None,
+            user: None,
+            global: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +251,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
             publish: PublishConfig::default(),
+            history: HistoryConfig::default(),
             log: LogConfig::default(),
         }
     }

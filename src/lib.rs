@@ -42,6 +42,7 @@ pub mod broadcaster;
 pub mod cluster;
 pub mod config;
 pub mod events;
+pub mod history;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
@@ -93,6 +94,7 @@ struct Parts {
     queue: PresenceQueue,
     presence_store: Arc<dyn PresenceStore>,
     lifetimes: Arc<Lifetimes>,
+    history: Option<Arc<history::History>>,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -116,6 +118,12 @@ impl Roomcast {
             None => Arc::new(MemoryStore::default()),
         };
         let (presence, queue) = Presence::new();
+        // Cluster history (Redis Streams) is not built yet: per-node numbering would
+        // disagree between nodes, so a cluster numbers nothing rather than lie.
+        let history = match &cluster {
+            Some(_) => None,
+            None => Some(Arc::new(history::History::new(config.history.clone()))),
+        };
         let counters = Arc::new(Counters::default());
         let lifetimes = Arc::new(Lifetimes::new(
             config.auth.expiry_warning_secs,
@@ -129,6 +137,7 @@ impl Roomcast {
             presence: presence.clone(),
             presence_store: presence_store.clone(),
             lifetimes: lifetimes.clone(),
+            history: history.clone(),
         });
         let builder = socketio_builder(config).with_state(ctx);
         let parts = Parts {
@@ -139,6 +148,7 @@ impl Roomcast {
             queue,
             presence_store,
             lifetimes,
+            history,
             cluster: cluster.clone(),
         };
         Ok(match &cluster {
@@ -174,8 +184,16 @@ impl Roomcast {
             Some(c) => Arc::new(c.idempotency(window)),
             None => Arc::new(idempotency::MemoryIdempotency::new(window)),
         };
-        let broadcaster =
-            EventBroadcaster::new(io.clone(), p.counters.clone(), status, idempotency);
+        if let Some(history) = &p.history {
+            tokio::spawn(history.clone().run_sweeper());
+        }
+        let broadcaster = EventBroadcaster::new(
+            io.clone(),
+            p.counters.clone(),
+            status,
+            idempotency,
+            p.history.clone(),
+        );
         let grace = Duration::from_secs(p.config.cluster.presence_grace_secs);
         Presence::start(
             p.queue,
@@ -196,6 +214,7 @@ impl Roomcast {
             broadcaster: broadcaster.clone(),
             hub: io.clone(),
             presence_store: p.presence_store,
+            history: p.history.clone(),
             cluster: p.cluster.clone(),
             counters: p.counters,
             node_id: p.node_id.clone(),

@@ -18,6 +18,14 @@ pub struct Envelope<'a, T: Serialize + ?Sized> {
     /// The public room name (no tenant prefix); for multi-room events, the primary room.
     pub room: &'a RoomName,
     pub timestamp: Timestamp,
+    /// The event's number in `room` and the room's epoch (absent for volatile events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    /// For an event in several rooms, its position in the others.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub also: &'a [crate::history::Position],
     pub data: &'a T,
 }
 

@@ -22,6 +22,9 @@ pub struct PublishEvent {
     data: Value,
     #[serde(default)]
     tenant: Option<Tenant>,
+    /// Live delivery only: no `seq`, not kept in history.
+    #[serde(default)]
+    volatile: bool,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +39,8 @@ pub struct PublishCustom {
     data: Value,
     #[serde(default)]
     tenant: Option<Tenant>,
+    #[serde(default)]
+    volatile: bool,
 }
 
 /// The broadcaster for the tenant a caller asked for, if the caller may publish there,
@@ -44,9 +49,13 @@ fn broadcaster_for(
     state: &AppState,
     caller: &Caller,
     asked: Option<Tenant>,
+    volatile: bool,
     headers: &HeaderMap,
 ) -> Result<EventBroadcaster, ApiError> {
-    let broadcaster = state.broadcaster.with_tenant(tenant_for(caller, asked)?);
+    let mut broadcaster = state.broadcaster.with_tenant(tenant_for(caller, asked)?);
+    if volatile {
+        broadcaster = broadcaster.volatile();
+    }
     let key = ["idempotency-key", "x-github-delivery"]
         .iter()
         .find_map(|name| headers.get(*name));
@@ -80,7 +89,7 @@ pub async fn publish_event(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PublishEvent>,
 ) -> Result<Response, ApiError> {
-    let broadcaster = broadcaster_for(&state, &caller, body.tenant, &headers)?;
+    let broadcaster = broadcaster_for(&state, &caller, body.tenant, body.volatile, &headers)?;
     let event = Event::from_json(&body.event_type, body.data)?;
     Ok(accepted(broadcaster.publish(event).await?))
 }
@@ -91,7 +100,7 @@ pub async fn publish_custom(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PublishCustom>,
 ) -> Result<Response, ApiError> {
-    let broadcaster = broadcaster_for(&state, &caller, body.tenant, &headers)?;
+    let broadcaster = broadcaster_for(&state, &caller, body.tenant, body.volatile, &headers)?;
     let name = EventName::parse(&body.event)
         .map_err(|m| ApiError::InvalidEventName(format!("{m}: {:?}", body.event)))?;
     let (field, raw) = match (body.room, body.rooms) {

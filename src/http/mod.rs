@@ -5,6 +5,7 @@
 mod error;
 mod events;
 mod health;
+mod history;
 mod presence;
 mod stats;
 mod users;
@@ -27,6 +28,7 @@ use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
 use crate::config::Scope;
+use crate::history::History;
 use crate::metrics::Counters;
 use crate::presence::PresenceStore;
 use crate::rooms::Tenant;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub broadcaster: EventBroadcaster,
     pub hub: Arc<dyn Hub>,
     pub presence_store: Arc<dyn PresenceStore>,
+    /// Room history; `None` in cluster mode for now.
+    pub history: Option<Arc<History>>,
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,
@@ -54,6 +58,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/api/v1/broadcast", post(events::publish_custom))
         .route("/api/v1/websocket/stats", get(stats::stats))
         .route("/api/v1/rooms/{room}/presence", get(presence::presence))
+        .route("/api/v1/rooms/{room}/history", get(history::history))
         .route(
             "/api/v1/users/{user_id}/disconnect",
             post(users::disconnect),

@@ -3,9 +3,11 @@
 //! a single node (in-memory adapter) and a cluster.
 
 mod auth;
+mod history;
 pub mod lifetime;
 mod ping;
 mod presence;
+mod recover;
 mod refresh;
 mod reply;
 mod subscribe;
@@ -20,7 +22,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{SocketRef, State};
+use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide_core::adapter::errors::BroadcastError;
@@ -28,6 +30,7 @@ use socketioxide_core::adapter::errors::BroadcastError;
 use crate::auth::{Identity, JwtVerifier};
 use crate::broadcaster::Deliver;
 use crate::events::Timestamp;
+use crate::history::History;
 use crate::metrics::Counters;
 use crate::presence::{Presence, PresenceStore};
 use crate::rooms::RoomName;
@@ -50,6 +53,7 @@ pub struct SocketCtxInner {
     pub presence: Presence,
     pub presence_store: Arc<dyn PresenceStore>,
     pub lifetimes: Arc<lifetime::Lifetimes>,
+    pub history: Option<Arc<History>>,
 }
 
 impl SocketCtx {
@@ -84,12 +88,20 @@ struct Established<'a> {
     sid: String,
     user_id: &'a str,
     tenant: &'a str,
-    rooms: [RoomName; 2],
+    rooms: Vec<RoomName>,
     server_time: Timestamp,
     node_id: &'a str,
+    /// True when every room of `auth.since` was recovered completely.
+    recovered: bool,
+    /// Per room of `auth.since`: `{replayed, epoch, seq}`, `{gap: true, ...}` or `{error}`.
+    recovery: &'a serde_json::Map<String, serde_json::Value>,
 }
 
-async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
+async fn on_connect<A: Adapter>(
+    s: SocketRef<A>,
+    State(ctx): State<SocketCtx>,
+    TryData(auth): TryData<serde_json::Value>,
+) {
     let Some(identity) = identity_of(&s) else {
         // The middleware always stores an identity; without one the socket must not stay.
         let _ = s.disconnect();
@@ -108,6 +120,7 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
     s.on("ping", ping::handle::<A>);
     s.on("presence", presence::handle::<A>);
     s.on("auth.refresh", refresh::handle::<A>);
+    s.on("history", history::handle::<A>);
     s.on_fallback(reply::unknown_command::<A>);
     s.on_disconnect(on_disconnect::<A>);
     ctx.presence.connected(&identity);
@@ -120,17 +133,22 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
         ns = s.ns(),
         "socket connected"
     );
-    let established = Established {
-        sid: s.id.to_string(),
-        user_id: identity.user_id.as_str(),
-        tenant: identity.tenant.as_str(),
-        rooms,
-        server_time: Timestamp::now(),
-        node_id: &ctx.node_id,
-    };
-    if let Err(e) = s.emit("connection.established", &established) {
-        tracing::debug!(sid = %s.id, "cannot send connection.established: {e}");
-    }
+    recover::recover(&s, &ctx, &identity, auth.as_ref().ok(), |outcome| {
+        let established = Established {
+            sid: s.id.to_string(),
+            user_id: identity.user_id.as_str(),
+            tenant: identity.tenant.as_str(),
+            rooms: rooms.iter().chain(&outcome.rooms).cloned().collect(),
+            server_time: Timestamp::now(),
+            node_id: &ctx.node_id,
+            recovered: outcome.recovered,
+            recovery: &outcome.report,
+        };
+        if let Err(e) = s.emit("connection.established", &established) {
+            tracing::debug!(sid = %s.id, "cannot send connection.established: {e}");
+        }
+    })
+    .await;
 }
 
 async fn on_disconnect<A: Adapter>(

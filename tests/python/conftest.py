@@ -82,9 +82,15 @@ def assert_uuid7(value: Any) -> None:
 
 
 def assert_envelope(env: Any, *, type_: str, room: str, data: Any) -> None:
-    """The full delivered envelope: exactly {id, type, room, timestamp, data}."""
+    """The full delivered envelope: {id, type, room, timestamp, data}, plus {seq, epoch}
+    (and `also` for an event in several rooms) when the node keeps history."""
     assert isinstance(env, dict), f"payload is not an object: {env!r}"
-    assert set(env) == {"id", "type", "room", "timestamp", "data"}, f"envelope keys: {sorted(env)}"
+    core = set(env) - {"seq", "epoch", "also"}
+    assert core == {"id", "type", "room", "timestamp", "data"}, f"envelope keys: {sorted(env)}"
+    assert ("seq" in env) == ("epoch" in env), "seq and epoch come together"
+    if "seq" in env:
+        assert isinstance(env["seq"], int) and env["seq"] >= 1, env["seq"]
+        assert isinstance(env["epoch"], str) and env["epoch"], env["epoch"]
     assert_uuid7(env["id"])
     assert env["type"] == type_
     assert env["room"] == room

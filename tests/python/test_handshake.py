@@ -100,7 +100,9 @@ def test_connection_established_fields(connect):
     sub = unique("alice")
     client = connect({"sub": sub, "tenant": "acme", "projects": ["1"]})
     est = client.established()
-    assert set(est) == {"sid", "user_id", "tenant", "rooms", "server_time", "node_id"}
+    assert set(est) == {"sid", "user_id", "tenant", "rooms", "server_time", "node_id",
+                        "recovered", "recovery"}
+    assert est["recovered"] is False and est["recovery"] == {}
     assert est["sid"] == client.sio.get_sid("/")
     assert est["user_id"] == sub
     assert est["tenant"] == "acme"

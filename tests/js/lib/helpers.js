@@ -616,7 +616,15 @@ export function uuidV7Millis(id) {
  */
 export function assertEnvelope(env, { type, room, data, id }) {
   assert.ok(env && typeof env === "object", `envelope must be an object, got ${describe(env)}`);
-  assert.deepEqual(Object.keys(env).sort(), ["data", "id", "room", "timestamp", "type"], "envelope keys");
+  // {id, type, room, timestamp, data}, plus {seq, epoch} (and `also` for an event in
+  // several rooms) when the node keeps history.
+  const keys = Object.keys(env).filter((k) => !["seq", "epoch", "also"].includes(k)).sort();
+  assert.deepEqual(keys, ["data", "id", "room", "timestamp", "type"], "envelope keys");
+  assert.equal("seq" in env, "epoch" in env, "seq and epoch come together");
+  if ("seq" in env) {
+    assert.ok(Number.isInteger(env.seq) && env.seq >= 1, `seq must be a positive integer, got ${env.seq}`);
+    assert.ok(typeof env.epoch === "string" && env.epoch.length > 0, "epoch must be a non-empty string");
+  }
   assert.match(env.id, UUID_V7, "envelope id must be a UUIDv7");
   assert.ok(Math.abs(uuidV7Millis(env.id) - Date.now()) < 60_000, "UUIDv7 time must be close to now");
   if (id !== undefined) assert.equal(env.id, id, "envelope id equals the id in the 202 response");

@@ -266,8 +266,11 @@ describe("connection.established", () => {
     const established = await waitForEvent(socket, "connection.established");
     assert.deepEqual(
       Object.keys(established).sort(),
-      ["node_id", "rooms", "server_time", "sid", "tenant", "user_id"],
+      ["node_id", "recovered", "recovery", "rooms", "server_time", "sid", "tenant", "user_id"],
     );
+    // No `since` in the handshake: nothing to recover.
+    assert.equal(established.recovered, false);
+    assert.deepEqual(established.recovery, {});
     assert.equal(established.sid, socket.id, "sid equals the client's socket.id");
     assert.equal(established.user_id, "alice");
     assert.equal(established.tenant, "acme");

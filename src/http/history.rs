@@ -1,0 +1,43 @@
+//! `GET /api/v1/rooms/{room}/history?tenant=&since_seq=&limit=` (scope `read`).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+
+use super::{ApiCaller, ApiError, AppState, Read, tenant_for};
+use crate::events::FieldError;
+use crate::history::Page;
+use crate::rooms::{RoomName, Tenant};
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    tenant: Option<Tenant>,
+    #[serde(default)]
+    since_seq: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    ApiCaller(caller, _): ApiCaller<Read>,
+    Path(room): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let tenant = tenant_for(&caller, query.tenant)?;
+    let room = RoomName::parse(&room).ok_or_else(|| {
+        ApiError::InvalidRoom(FieldError::new("room", format!("invalid room {room:?}")))
+    })?;
+    let history = state.history.as_ref().ok_or_else(|| {
+        ApiError::HistoryUnavailable("room history is not available in cluster mode yet".into())
+    })?;
+    Ok(Json(
+        history
+            .page(&tenant, &room, query.since_seq, query.limit)
+            .await,
+    ))
+}
