@@ -133,15 +133,20 @@ impl Cluster {
         self.driver.dropped()
     }
 
-    /// The live nodes, oldest heartbeat last.
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, redis::RedisError> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
+    /// Every node that has sent a heartbeat and was not reaped yet, dead or alive.
+    async fn known_nodes(&self) -> Result<Vec<String>, redis::RedisError> {
+        redis::cmd("ZRANGE")
             .arg(self.nodes_key())
             .arg(0)
             .arg(-1)
-            .query_async(&mut conn)
-            .await?;
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The live nodes, sorted by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let ids = self.known_nodes().await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -239,13 +244,7 @@ impl Cluster {
     /// Finds nodes whose heartbeat expired and takes their presence out, once cluster-wide.
     async fn reap_dead(&self, broadcaster: &EventBroadcaster) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.nodes_key())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        for id in ids {
+        for id in self.known_nodes().await? {
             let alive: bool = redis::cmd("EXISTS")
                 .arg(self.node_key(&id))
                 .query_async(&mut conn)

@@ -37,6 +37,14 @@ impl Timestamp {
     pub fn now() -> Self {
         Self(OffsetDateTime::now_utc())
     }
+
+    /// From seconds since the Unix epoch (a JWT `exp`).
+    pub fn from_unix_secs(secs: u64) -> Self {
+        Self(
+            OffsetDateTime::from_unix_timestamp(secs.min(i64::MAX as u64) as i64)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        )
+    }
 }
 
 impl fmt::Display for Timestamp {

@@ -144,10 +144,7 @@ fn act<A: Adapter>(io: &SocketIo<A>, due: Due) {
     if identity.expires_at != due.exp {
         return; // refreshed since
     }
-    let expires_at = Timestamp(
-        time::OffsetDateTime::from_unix_timestamp(due.exp as i64)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-    );
+    let expires_at = Timestamp::from_unix_secs(due.exp);
     match due.kind {
         Kind::Warn => {
             let left = due.exp.saturating_sub(now_secs());

@@ -62,9 +62,6 @@ fn refresh<A: Adapter>(
     s.extensions.insert(Arc::new(new));
     ctx.lifetimes.unwatch(s.ns(), s.id, old.expires_at);
     ctx.lifetimes.watch(s.ns(), s.id, expires_at);
-    let at = Timestamp(
-        time::OffsetDateTime::from_unix_timestamp(expires_at as i64)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-    );
+    let at = Timestamp::from_unix_secs(expires_at);
     Ok(json!({"ok": true, "expires_at": at, "left_rooms": lost}))
 }
