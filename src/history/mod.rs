@@ -85,16 +85,21 @@ impl History {
     ) -> Page {
         let scoped = room.scoped(tenant).into_owned();
         let mut logs = self.lock(&[(scoped, room.clone())]).await;
-        let Some(log) = logs.first_mut() else {
-            unreachable!("lock returns one guard per room")
-        };
-        let (events, gap) = log.page(since_seq, limit.clamp(1, MAX_PAGE));
-        Page {
+        let mut page = Page {
             room: room.clone(),
-            epoch: log.epoch.clone(),
-            seq: log.last_seq,
-            gap,
-            events: events.into_iter().map(|e| e.payload).collect(),
+            epoch: "".into(),
+            seq: 0,
+            gap: false,
+            events: Vec::new(),
+        };
+        // `lock` returns one guard per room asked for.
+        if let Some(log) = logs.first_mut() {
+            let (events, gap) = log.page(since_seq, limit.clamp(1, MAX_PAGE));
+            page.epoch = log.epoch.clone();
+            page.seq = log.last_seq;
+            page.gap = gap;
+            page.events = events.into_iter().map(|e| e.payload).collect();
         }
+        page
     }
 }
