@@ -74,6 +74,11 @@ pub struct Page {
 /// The largest page the `history` command and endpoint return.
 pub const MAX_PAGE: usize = 1000;
 
+/// The page size when a request names none.
+pub fn default_page() -> usize {
+    100
+}
+
 impl History {
     /// Up to `limit` events of `room` after `since_seq`.
     pub async fn page(

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{ApiCaller, ApiError, AppState, Read, tenant_for};
 use crate::events::FieldError;
-use crate::history::Page;
+use crate::history::{Page, default_page};
 use crate::rooms::{RoomName, Tenant};
 
 #[derive(Deserialize)]
@@ -14,12 +14,8 @@ pub struct HistoryQuery {
     tenant: Option<Tenant>,
     #[serde(default)]
     since_seq: u64,
-    #[serde(default = "default_limit")]
+    #[serde(default = "default_page")]
     limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
 }
 
 pub async fn history(

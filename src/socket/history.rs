@@ -8,6 +8,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
 use super::{SocketCtx, identity_of};
+use crate::history::default_page;
 use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
@@ -16,12 +17,8 @@ struct HistoryRequest {
     room: String,
     #[serde(default)]
     since_seq: u64,
-    #[serde(default = "default_limit")]
+    #[serde(default = "default_page")]
     limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
 }
 
 pub async fn handle<A: Adapter>(
