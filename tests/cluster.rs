@@ -22,9 +22,7 @@ fn rand_u32() -> u32 {
 
 async fn member(node: &TestServer, sub: &str, tenant: &str, projects: &[&str]) -> Client {
     let t = token_for(sub, tenant, projects);
-    Client::connect(node.addr, Auth::Payload(json!({ "token": t })))
-        .await
-        .unwrap()
+    node.connect(&t).await
 }
 
 async fn stats(node: &TestServer) -> Value {

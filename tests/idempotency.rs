@@ -9,9 +9,7 @@ use serde_json::json;
 async fn watcher(server: &TestServer) -> Client {
     let mut c = claims("w");
     c.role = Some("admin".into());
-    let mut client = Client::connect(server.addr, Auth::Payload(json!({ "token": token(&c) })))
-        .await
-        .unwrap();
+    let mut client = server.connect(&token(&c)).await;
     client.subscribe("project:1").await;
     client
 }

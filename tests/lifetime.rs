@@ -24,12 +24,7 @@ async fn server() -> TestServer {
 #[tokio::test]
 async fn an_expiring_token_is_warned_then_disconnected() {
     let server = server().await;
-    let mut c = Client::connect(
-        server.addr,
-        Auth::Payload(json!({ "token": token(&short_lived("alice", 3)) })),
-    )
-    .await
-    .unwrap();
+    let mut c = server.connect(&token(&short_lived("alice", 3))).await;
     let warning = c.event("auth.expiring").await;
     assert!(
         warning["expires_in_secs"].as_u64().unwrap() <= 2,
@@ -43,12 +38,7 @@ async fn an_expiring_token_is_warned_then_disconnected() {
 #[tokio::test]
 async fn a_refreshed_socket_stays() {
     let server = server().await;
-    let mut c = Client::connect(
-        server.addr,
-        Auth::Payload(json!({ "token": token(&short_lived("alice", 3)) })),
-    )
-    .await
-    .unwrap();
+    let mut c = server.connect(&token(&short_lived("alice", 3))).await;
     c.event("auth.expiring").await;
     let fresh = token(&short_lived("alice", 3600));
     let ack = c
@@ -67,12 +57,7 @@ async fn refresh_must_keep_user_and_tenant_and_drops_lost_rooms() {
     let server = server().await;
     let mut first = short_lived("alice", 3600);
     first.projects = Grant::Some(vec![Id::parse("1").unwrap(), Id::parse("2").unwrap()].into());
-    let mut c = Client::connect(
-        server.addr,
-        Auth::Payload(json!({ "token": token(&first) })),
-    )
-    .await
-    .unwrap();
+    let mut c = server.connect(&token(&first)).await;
     c.emit_with_ack("subscribe", json!({"rooms": ["project:1", "project:2"]}))
         .await;
 
@@ -112,12 +97,7 @@ async fn refresh_must_keep_user_and_tenant_and_drops_lost_rooms() {
 #[tokio::test]
 async fn shutdown_tells_sockets_and_closes_them() {
     let mut server = TestServer::start_with("").await;
-    let mut c = Client::connect(
-        server.addr,
-        Auth::Payload(json!({ "token": token(&claims("alice")) })),
-    )
-    .await
-    .unwrap();
+    let mut c = server.connect(&token(&claims("alice"))).await;
     server.shutdown();
     let notice = c.event("server.shutdown").await;
     assert_eq!(notice["reconnect_after_ms"], 1000);

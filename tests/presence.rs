@@ -8,9 +8,7 @@ use serde_json::json;
 
 async fn member(server: &TestServer, sub: &str, projects: &[&str]) -> Client {
     let t = token_for(sub, "default", projects);
-    Client::connect(server.addr, Auth::Payload(json!({ "token": t })))
-        .await
-        .unwrap()
+    server.connect(&t).await
 }
 
 async fn presence_of(server: &TestServer, room: &str) -> serde_json::Value {

@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 async fn admin(server: &TestServer, sub: &str, rooms: &[&str]) -> Client {
     let mut c = claims(sub);
     c.role = Some("admin".into());
-    let mut client = Client::connect(server.addr, Auth::Payload(json!({ "token": token(&c) })))
-        .await
-        .unwrap();
+    let mut client = server.connect(&token(&c)).await;
     for room in rooms {
         assert_eq!(client.subscribe(room).await["ok"], true);
     }
@@ -293,9 +291,7 @@ async fn rust_code_publishes_through_the_broadcaster() {
     let mut acme = claims("u");
     acme.tenant = Some("acme".into());
     acme.projects = Grant::Some(vec![Id::parse("42").unwrap()].into());
-    let mut c = Client::connect(server.addr, Auth::Payload(json!({ "token": token(&acme) })))
-        .await
-        .unwrap();
+    let mut c = server.connect(&token(&acme)).await;
     c.subscribe("project:42").await;
     let published = server
         .broadcaster

@@ -8,9 +8,7 @@ use roomcast::rooms::Grant;
 use serde_json::json;
 
 async fn connect(server: &TestServer, t: String) -> Client {
-    Client::connect(server.addr, Auth::Payload(json!({ "token": t })))
-        .await
-        .unwrap()
+    server.connect(&t).await
 }
 
 #[tokio::test]

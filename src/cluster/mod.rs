@@ -215,12 +215,12 @@ impl Cluster {
             self.status.set_up();
             tracing::info!("redis reachable: cluster delivery on");
         }
-        let snapshot = census.snapshot(0);
+        let (connections, users) = census.counts();
         let now = time::OffsetDateTime::now_utc();
         let info = NodeInfo {
             node_id: self.node_id.clone(),
-            connections: snapshot.connections,
-            users: snapshot.users,
+            connections,
+            users,
             last_seen: Timestamp(now).to_string(),
         };
         let ttl_ms = self.ttl.as_millis() as u64;

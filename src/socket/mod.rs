@@ -33,7 +33,7 @@ use crate::events::Timestamp;
 use crate::history::History;
 use crate::metrics::Counters;
 use crate::presence::{Presence, PresenceStore};
-use crate::rooms::RoomName;
+use crate::rooms::{Id, RoomName};
 
 pub use reply::CommandError;
 
@@ -75,6 +75,14 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> Vec<A::InitRes
     NAMESPACES
         .iter()
         .map(|ns| io.ns(*ns, on_connect::<A>.with(auth::authenticate::<A>)))
+        .collect()
+}
+
+/// The rooms a socket is in, by their public names (the tenant prefix removed).
+pub fn public_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<RoomName> {
+    s.rooms()
+        .iter()
+        .filter_map(|r| RoomName::parse(RoomName::unscope(r)?.1))
         .collect()
 }
 
@@ -161,12 +169,7 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     // The socket still holds its rooms here: the adapter removes it after this handler.
-    let rooms: Vec<RoomName> = s
-        .rooms()
-        .iter()
-        .filter_map(|r| RoomName::parse(RoomName::unscope(r)?.1))
-        .collect();
-    ctx.presence.left(&identity, &rooms);
+    ctx.presence.left(&identity, &public_rooms(&s));
     ctx.presence.disconnected(&identity);
     ctx.lifetimes.unwatch(s.ns(), s.id, identity.expires_at);
 }
@@ -275,28 +278,55 @@ pub struct RoomMembers {
 /// Counts the sockets of this node. Computed on demand so connect and disconnect keep no
 /// bookkeeping of their own.
 pub trait Census: Send + Sync + 'static {
+    /// Everything, with the `top` fullest rooms.
     fn snapshot(&self, top: usize) -> Snapshot;
+    /// Connections and users only (the heartbeat's figures): no walk over rooms.
+    fn counts(&self) -> (u64, u64);
 }
 
-impl<A: Adapter> Census for SocketIo<A> {
-    fn snapshot(&self, top: usize) -> Snapshot {
-        let mut users = HashSet::new();
-        let mut tenants = HashSet::new();
-        let mut rooms: HashMap<Cow<'static, str>, u64> = HashMap::new();
-        let mut connections = 0;
-        for ns in NAMESPACES {
-            let Some(op) = self.of(ns) else { continue };
-            for s in op.sockets() {
-                connections += 1;
-                if let Some(id) = identity_of(&s) {
-                    tenants.insert(id.tenant.clone());
-                    users.insert((id.tenant.clone(), id.user_id.clone()));
-                }
+/// What one walk over this node's sockets found.
+#[derive(Default)]
+struct Walk {
+    connections: u64,
+    /// Distinct (tenant, user) pairs.
+    users: HashSet<(Id, Id)>,
+    /// Members per adapter-level room; filled only when asked for.
+    rooms: HashMap<Cow<'static, str>, u64>,
+}
+
+/// Walks this node's sockets once; rooms are counted only when `with_rooms`.
+fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool) -> Walk {
+    let mut found = Walk::default();
+    for ns in NAMESPACES {
+        let Some(op) = io.of(ns) else { continue };
+        for s in op.sockets() {
+            found.connections += 1;
+            if let Some(id) = identity_of(&s) {
+                found.users.insert((id.tenant.clone(), id.user_id.clone()));
+            }
+            if with_rooms {
                 for room in s.rooms() {
-                    *rooms.entry(room).or_default() += 1;
+                    *found.rooms.entry(room).or_default() += 1;
                 }
             }
         }
+    }
+    found
+}
+
+impl<A: Adapter> Census for SocketIo<A> {
+    fn counts(&self) -> (u64, u64) {
+        let found = walk(self, false);
+        (found.connections, found.users.len() as u64)
+    }
+
+    fn snapshot(&self, top: usize) -> Snapshot {
+        let Walk {
+            connections,
+            users,
+            rooms,
+        } = walk(self, true);
+        let tenants: HashSet<&Id> = users.iter().map(|(tenant, _)| tenant).collect();
         let mut top_rooms: Vec<RoomMembers> = rooms
             .iter()
             .filter_map(|(scoped, members)| {

@@ -10,7 +10,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
-use super::{SocketCtx, identity_of};
+use super::{SocketCtx, identity_of, public_rooms};
 use crate::events::Timestamp;
 use crate::rooms::RoomName;
 
@@ -46,10 +46,8 @@ fn refresh<A: Adapter>(
         return Err(CommandError::RefreshMismatch);
     }
     // Rooms the new claims no longer allow are left now.
-    let lost: Vec<RoomName> = s
-        .rooms()
-        .iter()
-        .filter_map(|r| RoomName::parse(RoomName::unscope(r)?.1))
+    let lost: Vec<RoomName> = public_rooms(s)
+        .into_iter()
         .filter(|r| !r.allows(&new))
         .collect();
     s.leave(

@@ -135,6 +135,13 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A socket connected with `token` in the handshake auth (the connect must succeed).
+    pub async fn connect(&self, token: &str) -> Client {
+        Client::connect(self.addr, Auth::Payload(json!({ "token": token })))
+            .await
+            .unwrap_or_else(|code| panic!("connect refused: {code}"))
+    }
+
     /// `POST path` with the full-scope key; returns status and JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_raw(path, Some(KEY), body.to_string()).await
