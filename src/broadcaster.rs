@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::cluster::ClusterStatus;
 use crate::config::OnUnavailable;
 use crate::events::*;
-use crate::history::{History, Position};
+use crate::history::redis::Target;
+use crate::history::{History, HistoryStore, Position, RedisHistory};
 use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::metrics::Counters;
 use crate::rooms::{RoomName, Tenant};
@@ -72,8 +73,8 @@ pub struct EventBroadcaster {
     idempotency: Arc<dyn IdempotencyStore>,
     /// Set by [`EventBroadcaster::with_idempotency_key`] for one publish.
     idempotency_key: Option<Arc<str>>,
-    /// Room history (single node); `None` in cluster mode for now.
-    history: Option<Arc<History>>,
+    /// Room history: numbers and keeps every non-volatile event.
+    history: HistoryStore,
     /// Set by [`EventBroadcaster::volatile`]: no `seq`, no history.
     volatile: bool,
     tenant: Tenant,
@@ -117,7 +118,7 @@ impl EventBroadcaster {
         counters: Arc<Counters>,
         cluster: Option<Arc<ClusterStatus>>,
         idempotency: Arc<dyn IdempotencyStore>,
-        history: Option<Arc<History>>,
+        history: HistoryStore,
     ) -> Self {
         Self {
             io,
@@ -269,7 +270,8 @@ impl EventBroadcaster {
         result
     }
 
-    /// Wraps `data` in an envelope, serializes it once, and hands it to the adapter.
+    /// Wraps `data` in an envelope, numbers it in its rooms' history unless it is volatile,
+    /// serializes it once, and hands it to the sockets.
     async fn deliver_now<T: Serialize + ?Sized>(
         &self,
         event_type: &str,
@@ -288,63 +290,27 @@ impl EventBroadcaster {
             _ => false,
         };
         let id = Uuid::now_v7();
-        let room = rooms[0].clone();
         let scoped: Vec<_> = rooms.iter().map(|r| r.scoped(&self.tenant)).collect();
-        // Numbered events hold their rooms' logs from numbering to delivery, so a room's
-        // sockets see its events in `seq` order and a replay never overlaps a live event.
-        let mut logs = match (&self.history, self.volatile) {
-            (Some(history), false) => {
-                let keys: Vec<_> = scoped
-                    .iter()
-                    .map(|s| s.to_string())
-                    .zip(rooms.iter().cloned())
-                    .collect();
-                history.lock(&keys).await
+        let failed = match &self.history {
+            HistoryStore::Memory(history) if !self.volatile => {
+                self.deliver_in_memory(history, id, event_type, &rooms, scoped, data)
+                    .await?
             }
-            _ => Vec::new(),
-        };
-        let positions: Vec<Position> = logs
-            .iter_mut()
-            .zip(&rooms)
-            .map(|(log, room)| Position {
-                room: room.clone(),
-                seq: log.next_seq(),
-                epoch: log.epoch.clone(),
-            })
-            .collect();
-        let envelope = Envelope {
-            id,
-            event_type,
-            room: &room,
-            timestamp: Timestamp::now(),
-            seq: positions.first().map(|p| p.seq),
-            epoch: positions.first().map(|p| &*p.epoch),
-            also: positions.get(1..).unwrap_or_default(),
-            data,
-        };
-        let payload: Arc<RawValue> = serde_json::value::to_raw_value(&envelope)
-            .map_err(|e| PublishError::Encode(e.to_string()))?
-            .into();
-        let delivered = self
-            .io
-            .deliver(scoped, event_type, &payload, local_only)
-            .await;
-        let failed = match delivered {
-            Ok(failed) => {
-                let name: Arc<str> = event_type.into();
-                for (log, p) in logs.iter_mut().zip(&positions) {
-                    log.push(p.seq, name.clone(), payload.clone());
-                }
-                failed
+            // During a Redis outage with `on_unavailable = "local"` nothing can be numbered
+            // cluster-wide: the event goes to this node's sockets, unnumbered.
+            HistoryStore::Redis(history) if !self.volatile && !local_only => {
+                self.deliver_via_redis(history, id, event_type, &rooms, &scoped, data)
+                    .await?;
+                0
             }
-            Err(e) => {
-                for (log, p) in logs.iter_mut().zip(&positions) {
-                    log.undo_seq(p.seq);
-                }
-                return Err(PublishError::ClusterUnavailable(e));
+            _ => {
+                let payload = envelope(id, event_type, &rooms, &[], data)?;
+                self.io
+                    .deliver(scoped, event_type, &payload, local_only)
+                    .await
+                    .map_err(PublishError::ClusterUnavailable)?
             }
         };
-        drop(logs);
         if counted {
             Counters::incr(&self.counters.events_published, 1);
         }
@@ -355,10 +321,123 @@ impl EventBroadcaster {
         Ok(Published {
             id,
             event_type: event_type.to_owned(),
-            room,
+            room: rooms[0].clone(),
             rooms,
             tenant: self.tenant.clone(),
             replayed: false,
         })
     }
+
+    /// Single node: numbers the event in each room's log and delivers it while holding the
+    /// logs, so a room's sockets see its events in `seq` order and a replay never overlaps a
+    /// live event. Returns how many sockets could not be reached.
+    async fn deliver_in_memory<T: Serialize + ?Sized>(
+        &self,
+        history: &History,
+        id: Uuid,
+        event_type: &str,
+        rooms: &[RoomName],
+        scoped: Vec<Cow<'static, str>>,
+        data: &T,
+    ) -> Result<u64, PublishError> {
+        let keys: Vec<_> = scoped
+            .iter()
+            .map(|s| s.to_string())
+            .zip(rooms.iter().cloned())
+            .collect();
+        let mut logs = history.lock(&keys).await;
+        let positions: Vec<Position> = logs
+            .iter_mut()
+            .zip(rooms)
+            .map(|(log, room)| Position {
+                room: room.clone(),
+                seq: log.next_seq(),
+                epoch: log.epoch.clone(),
+            })
+            .collect();
+        let undo = |logs: &mut Vec<tokio::sync::OwnedMutexGuard<crate::history::RoomLog>>| {
+            for (log, p) in logs.iter_mut().zip(&positions) {
+                log.undo_seq(p.seq);
+            }
+        };
+        let payload = match envelope(id, event_type, rooms, &positions, data) {
+            Ok(payload) => payload,
+            Err(e) => {
+                undo(&mut logs);
+                return Err(e);
+            }
+        };
+        match self.io.deliver(scoped, event_type, &payload, false).await {
+            Ok(failed) => {
+                let name: Arc<str> = event_type.into();
+                for (log, p) in logs.iter_mut().zip(&positions) {
+                    log.push(p.seq, name.clone(), payload.clone());
+                }
+                Ok(failed)
+            }
+            Err(e) => {
+                undo(&mut logs);
+                Err(PublishError::ClusterUnavailable(e))
+            }
+        }
+    }
+
+    /// Cluster: one Redis script numbers the event, keeps it in each room's stream and
+    /// publishes it to every node, which delivers it in `seq` order (this node too).
+    async fn deliver_via_redis<T: Serialize + ?Sized>(
+        &self,
+        history: &RedisHistory,
+        id: Uuid,
+        event_type: &str,
+        rooms: &[RoomName],
+        scoped: &[Cow<'static, str>],
+        data: &T,
+    ) -> Result<(), PublishError> {
+        // The script splices `seq`, `epoch` and `also` in before `data`. Nothing before
+        // `data` can contain `,"data":` (ids, event and room names, and timestamps hold no
+        // quotes), so its first occurrence is where the envelope's `data` starts.
+        let unnumbered = envelope(id, event_type, rooms, &[], data)?;
+        let json = unnumbered.get();
+        let split = json
+            .find(",\"data\":")
+            .ok_or_else(|| PublishError::Encode("envelope without data".into()))?;
+        let (head, tail) = json.split_at(split);
+        let targets: Vec<Target> = rooms
+            .iter()
+            .zip(scoped)
+            .map(|(room, scoped)| Target {
+                room,
+                scoped: scoped.as_ref(),
+            })
+            .collect();
+        history
+            .append(id, event_type, &targets, head, tail)
+            .await
+            .map_err(|e| PublishError::ClusterUnavailable(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Serializes an event's envelope once; `positions` (empty for a volatile event) numbers it
+/// in each of `rooms`.
+fn envelope<T: Serialize + ?Sized>(
+    id: Uuid,
+    event_type: &str,
+    rooms: &[RoomName],
+    positions: &[Position],
+    data: &T,
+) -> Result<Arc<RawValue>, PublishError> {
+    let envelope = Envelope {
+        id,
+        event_type,
+        room: &rooms[0],
+        timestamp: Timestamp::now(),
+        seq: positions.first().map(|p| p.seq),
+        epoch: positions.first().map(|p| &*p.epoch),
+        also: positions.get(1..).unwrap_or_default(),
+        data,
+    };
+    serde_json::value::to_raw_value(&envelope)
+        .map(Arc::from)
+        .map_err(|e| PublishError::Encode(e.to_string()))
 }

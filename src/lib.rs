@@ -94,7 +94,7 @@ struct Parts {
     queue: PresenceQueue,
     presence_store: Arc<dyn PresenceStore>,
     lifetimes: Arc<Lifetimes>,
-    history: Option<Arc<history::History>>,
+    history: history::HistoryStore,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -118,11 +118,11 @@ impl Roomcast {
             None => Arc::new(MemoryStore::default()),
         };
         let (presence, queue) = Presence::new();
-        // Cluster history (Redis Streams) is not built yet: per-node numbering would
-        // disagree between nodes, so a cluster numbers nothing rather than lie.
         let history = match &cluster {
-            Some(_) => None,
-            None => Some(Arc::new(history::History::new(config.history.clone()))),
+            Some(c) => history::HistoryStore::Redis(Arc::new(c.history(config.history.clone()))),
+            None => history::HistoryStore::Memory(Arc::new(history::History::new(
+                config.history.clone(),
+            ))),
         };
         let counters = Arc::new(Counters::default());
         let lifetimes = Arc::new(Lifetimes::new(
@@ -184,8 +184,19 @@ impl Roomcast {
             Some(c) => Arc::new(c.idempotency(window)),
             None => Arc::new(idempotency::MemoryIdempotency::new(window)),
         };
-        if let Some(history) = &p.history {
-            tokio::spawn(history.clone().run_sweeper());
+        match (&p.history, &p.cluster) {
+            (history::HistoryStore::Memory(history), _) => {
+                tokio::spawn(history.clone().run_sweeper());
+            }
+            (history::HistoryStore::Redis(history), Some(cluster)) => {
+                tokio::spawn(history::redis::deliver_loop(
+                    history.clone(),
+                    cluster.numbered_events(history),
+                    io.clone(),
+                    p.counters.clone(),
+                ));
+            }
+            (history::HistoryStore::Redis(_), None) => {}
         }
         let broadcaster = EventBroadcaster::new(
             io.clone(),

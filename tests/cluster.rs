@@ -216,8 +216,8 @@ async fn a_node_starts_while_redis_is_down_and_joins_later() {
 async fn nodes_work_on_a_redis_cluster() {
     let redis = RedisCluster::start().await;
     let p = prefix();
-    let a = TestServer::start_cluster_node_on("a", &redis.urls(), "cluster", &p).await;
-    let b = TestServer::start_cluster_node_on("b", &redis.urls(), "cluster", &p).await;
+    let a = TestServer::start_cluster_node_on("a", &redis.urls(), "cluster", &p, "").await;
+    let b = TestServer::start_cluster_node_on("b", &redis.urls(), "cluster", &p, "").await;
     let mut watcher = member(&a, "watcher", "default", &["1"]).await;
     watcher.subscribe("project:1").await;
     watcher.event("presence.joined").await;

@@ -1,10 +1,71 @@
 //! No event lost on reconnect: per-room `seq` and `epoch`, replay of what was missed with
-//! `auth.since`, gaps reported honestly, history on demand, volatile events kept out.
+//! `auth.since`, gaps reported honestly, history on demand, volatile events kept out. Each
+//! test runs on a single node and on a two-node cluster on a private Redis, where events
+//! are published at node `a` and clients come back at node `b`.
 
 mod common;
 
 use common::*;
 use serde_json::{Value, json};
+
+/// One node, or two cluster nodes: `a` publishes, clients move from `a` to `b`.
+struct Setup {
+    a: TestServer,
+    b: Option<TestServer>,
+    _redis: Option<RedisServer>,
+}
+
+impl Setup {
+    async fn single(extra: &str) -> Self {
+        Self {
+            a: TestServer::start_with(extra).await,
+            b: None,
+            _redis: None,
+        }
+    }
+
+    async fn cluster(extra: &str) -> Self {
+        let redis = RedisServer::start().await;
+        let prefix = format!("rec{:08x}", rand::random::<u32>());
+        let a = TestServer::start_cluster_node_with("a", &redis, &prefix, extra).await;
+        let b = TestServer::start_cluster_node_with("b", &redis, &prefix, extra).await;
+        Self {
+            a,
+            b: Some(b),
+            _redis: Some(redis),
+        }
+    }
+
+    /// The node clients come back to.
+    fn b(&self) -> &TestServer {
+        self.b.as_ref().unwrap_or(&self.a)
+    }
+}
+
+/// Runs each named test on one node and on a cluster, with its config.
+macro_rules! in_both_modes {
+    ($($name:ident($extra:expr)),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn single_node() {
+                super::$name(super::Setup::single($extra).await).await
+            }
+            #[tokio::test]
+            async fn cluster() {
+                super::$name(super::Setup::cluster($extra).await).await
+            }
+        }
+    )*};
+}
+
+in_both_modes! {
+    events_are_numbered_per_room(""),
+    a_reconnect_replays_exactly_what_was_missed_before_live_events(""),
+    past_the_retention_is_a_gap_not_a_partial_replay("[history]\nsize = 2"),
+    recovery_checks_access_again(""),
+    history_on_demand_and_volatile_events(""),
+    a_room_named_in_since_and_joined_by_default_gets_its_backlog_first(""),
+}
 
 async fn admin(server: &TestServer, auth: Value) -> Client {
     let mut c = claims("w");
@@ -27,19 +88,18 @@ async fn publish(server: &TestServer, project: &str, n: u64) -> Value {
     body
 }
 
-#[tokio::test]
-async fn events_are_numbered_per_room() {
-    let server = TestServer::start().await;
-    let mut c = admin(&server, json!({})).await;
+async fn events_are_numbered_per_room(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(s.b(), json!({})).await;
     c.emit_with_ack(
         "subscribe",
         json!({"rooms": ["project:1", "project:2", "agent:a"]}),
     )
     .await;
     for n in 0..3 {
-        publish(&server, "1", n).await;
+        publish(server, "1", n).await;
     }
-    publish(&server, "2", 0).await;
+    publish(server, "2", 0).await;
     let mut epoch = None;
     for want in 1..=3 {
         let e = c.event("workflow.progress").await;
@@ -69,27 +129,26 @@ async fn events_are_numbered_per_room() {
     assert_eq!(e["also"][0]["epoch"], epoch.unwrap());
 }
 
-#[tokio::test]
-async fn a_reconnect_replays_exactly_what_was_missed_before_live_events() {
-    let server = TestServer::start().await;
-    let mut c = admin(&server, json!({})).await;
+async fn a_reconnect_replays_exactly_what_was_missed_before_live_events(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(server, json!({})).await;
     c.subscribe("project:1").await;
-    publish(&server, "1", 1).await;
+    publish(server, "1", 1).await;
     let last = c.event("workflow.progress").await;
     drop(c); // the transport dies: a train tunnel
 
     let mut missed = Vec::new();
     for n in 2..=4 {
-        missed.push(publish(&server, "1", n).await["id"].clone());
+        missed.push(publish(server, "1", n).await["id"].clone());
     }
     let since = json!({"since": {"project:1": {"epoch": last["epoch"], "seq": last["seq"]}}});
-    let mut c = admin(&server, since).await;
+    let mut c = admin(s.b(), since).await;
     let e = &c.established;
     assert_eq!(e["recovered"], true, "{e}");
     assert_eq!(e["recovery"]["project:1"]["replayed"], 3);
     assert_eq!(e["recovery"]["project:1"]["seq"], 4);
     assert!(e["rooms"].as_array().unwrap().contains(&json!("project:1")));
-    let live = publish(&server, "1", 5).await;
+    let live = publish(server, "1", 5).await;
     for (i, id) in missed.iter().enumerate() {
         let got = c.event("workflow.progress").await;
         assert_eq!(&got["id"], id);
@@ -100,23 +159,22 @@ async fn a_reconnect_replays_exactly_what_was_missed_before_live_events() {
     assert_eq!(got["seq"], 5);
 }
 
-#[tokio::test]
-async fn past_the_retention_is_a_gap_not_a_partial_replay() {
-    let server = TestServer::start_with("[history]\nsize = 2").await;
-    let mut c = admin(&server, json!({})).await;
+async fn past_the_retention_is_a_gap_not_a_partial_replay(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(server, json!({})).await;
     c.subscribe("project:1").await;
-    publish(&server, "1", 1).await;
+    publish(server, "1", 1).await;
     let last = c.event("workflow.progress").await;
     drop(c);
     for n in 2..=5 {
-        publish(&server, "1", n).await;
+        publish(server, "1", n).await;
     }
     let since = json!({"since": {
         "project:1": {"epoch": last["epoch"], "seq": last["seq"]},
         "project:9": {"epoch": "unknown-epoch", "seq": 3},
         "nope": {"epoch": "x", "seq": 1},
     }});
-    let mut c = admin(&server, since).await;
+    let mut c = admin(s.b(), since).await;
     let e = c.established.clone();
     assert_eq!(e["recovered"], false);
     assert_eq!(e["recovery"]["project:1"]["gap"], true);
@@ -124,16 +182,14 @@ async fn past_the_retention_is_a_gap_not_a_partial_replay() {
     assert_eq!(e["recovery"]["project:9"]["gap"], true);
     assert_eq!(e["recovery"]["nope"]["error"], "invalid_room");
     // Nothing was replayed: the next event is live.
-    let live = publish(&server, "1", 6).await;
+    let live = publish(server, "1", 6).await;
     assert_eq!(c.event("workflow.progress").await["id"], live["id"]);
 }
 
-#[tokio::test]
-async fn recovery_checks_access_again() {
-    let server = TestServer::start().await;
+async fn recovery_checks_access_again(s: Setup) {
     let t = token_for("alice", "default", &["1"]);
     let since = json!({"token": t, "since": {"project:2": {"epoch": "e", "seq": 0}}});
-    let c = Client::connect(server.addr, Auth::Payload(since))
+    let c = Client::connect(s.b().addr, Auth::Payload(since))
         .await
         .unwrap();
     assert_eq!(c.established["recovery"]["project:2"]["error"], "forbidden");
@@ -146,13 +202,12 @@ async fn recovery_checks_access_again() {
     );
 }
 
-#[tokio::test]
-async fn history_on_demand_and_volatile_events() {
-    let server = TestServer::start().await;
-    let mut c = admin(&server, json!({})).await;
+async fn history_on_demand_and_volatile_events(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(s.b(), json!({})).await;
     c.subscribe("project:1").await;
     for n in 1..=3 {
-        publish(&server, "1", n).await;
+        publish(server, "1", n).await;
     }
     let (status, body) = server
         .post(
@@ -191,7 +246,8 @@ async fn history_on_demand_and_volatile_events() {
         .await;
     assert_eq!(ack["error"]["code"], "not_subscribed");
 
-    let (status, page) = server
+    let (status, page) = s
+        .b()
         .get(
             "/api/v1/rooms/project:1/history?since_seq=0&limit=2",
             Some(READ_KEY),
@@ -200,4 +256,86 @@ async fn history_on_demand_and_volatile_events() {
     assert_eq!(status, 200);
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
     assert_eq!(page["events"][0]["data"]["progress"], 1);
+}
+
+async fn a_room_named_in_since_and_joined_by_default_gets_its_backlog_first(s: Setup) {
+    let server = &s.a;
+    let notice = |n: u64| json!({"type": "system.notification", "data": {"title": format!("n{n}"), "message": "m"}});
+    let mut c = admin(server, json!({})).await;
+    server.post("/api/v1/events", notice(1)).await;
+    let last = c.event("system.notification").await;
+    drop(c);
+    for n in 2..=3 {
+        server.post("/api/v1/events", notice(n)).await;
+    }
+    let since = json!({"since": {"global": {"epoch": last["epoch"], "seq": last["seq"]}}});
+    let mut c = admin(s.b(), since).await;
+    assert_eq!(c.established["recovery"]["global"]["replayed"], 2);
+    let rooms = c.established["rooms"].as_array().unwrap().clone();
+    assert_eq!(
+        rooms.iter().filter(|r| *r == "global").count(),
+        1,
+        "{rooms:?}"
+    );
+    server.post("/api/v1/events", notice(4)).await;
+    for want in 2..=4 {
+        let e = c.event("system.notification").await;
+        assert_eq!(e["seq"], want, "{e}");
+    }
+}
+
+/// Cluster only: two nodes publishing into one room at once number it contiguously, and a
+/// socket on either node receives every event once, in `seq` order.
+#[tokio::test]
+async fn two_publishers_on_two_nodes_number_one_room_contiguously() {
+    let s = Setup::cluster("").await;
+    let b = s.b();
+    let mut on_a = admin(&s.a, json!({})).await;
+    let mut on_b = admin(b, json!({})).await;
+    on_a.subscribe("project:1").await;
+    on_b.subscribe("project:1").await;
+    const EACH: u64 = 60;
+    let publish_at = |node: &'static str, server: &TestServer| {
+        let server = server.url("");
+        async move {
+            let http = reqwest::Client::new();
+            for n in 0..EACH {
+                let body = json!({"type": "workflow.progress", "data": {"workflow_id": node, "project_id": "1", "progress": n}});
+                let res = http
+                    .post(format!("{server}/api/v1/events"))
+                    .bearer_auth(KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 202);
+            }
+        }
+    };
+    tokio::join!(publish_at("a", &s.a), publish_at("b", b));
+    let mut orders = Vec::new();
+    for c in [&mut on_a, &mut on_b] {
+        let mut ids = Vec::new();
+        let mut epoch = None;
+        for want in 1..=2 * EACH {
+            let e = c.event("workflow.progress").await;
+            assert_eq!(e["seq"], want, "{e}");
+            assert_eq!(e["epoch"], *epoch.get_or_insert(e["epoch"].clone()));
+            ids.push(e["id"].clone());
+        }
+        orders.push(ids);
+    }
+    assert_eq!(orders[0], orders[1], "both nodes deliver in one order");
+    // And nothing more arrives.
+    let marker =
+        s.a.post(
+            "/api/v1/events",
+            json!({"type": "system.notification", "data": {"title": "end", "message": "m"}}),
+        )
+        .await;
+    assert_eq!(marker.0, 202);
+    for c in [&mut on_a, &mut on_b] {
+        c.assert_not_before("workflow.progress", "system.notification")
+            .await;
+    }
 }

@@ -55,6 +55,27 @@ impl ResilientDriver {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Subscribes to `chans` and returns their messages in one stream, in the order Redis
+    /// sent them. Never waits on Redis: the SUBSCRIBE goes out in the background, and a
+    /// channel it misses while Redis is away is subscribed by [`Self::resubscribe`] once
+    /// Redis is back (the node reports ready only after that). So a namespace initialises
+    /// at once and the node serves its own sockets even when it starts during an outage.
+    pub fn listen(&self, chans: Vec<String>, size: usize) -> MessageStream<ChanItem> {
+        let (tx, rx) = mpsc::channel(size);
+        if let Ok(mut h) = self.handlers.write() {
+            for chan in &chans {
+                h.insert(chan.clone(), tx.clone());
+            }
+        }
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.subscribe(chans).await {
+                tracing::debug!("redis subscribe deferred: {e}");
+            }
+        });
+        MessageStream::new(rx)
+    }
+
     /// Subscribes again to every channel the adapter asked for.
     pub async fn resubscribe(&self) -> redis::RedisResult<()> {
         let channels: Vec<String> = self
@@ -108,21 +129,7 @@ impl Driver for ResilientDriver {
         chan: String,
         size: usize,
     ) -> Result<MessageStream<ChanItem>, DriverError> {
-        let (tx, rx) = mpsc::channel(size);
-        if let Ok(mut h) = self.handlers.write() {
-            h.insert(chan.clone(), tx);
-        }
-        // Never waits on Redis: the SUBSCRIBE goes out in the background, and a channel it
-        // misses while Redis is away is subscribed by `resubscribe` once Redis is back (the
-        // node reports ready only after that). So a namespace initialises at once and the
-        // node serves its own sockets even when it starts during an outage.
-        let mut conn = self.conn.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.subscribe(vec![chan.clone()]).await {
-                tracing::debug!(chan, "redis subscribe deferred: {e}");
-            }
-        });
-        Ok(MessageStream::new(rx))
+        Ok(self.listen(vec![chan], size))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), DriverError> {

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::broadcaster::EventBroadcaster;
-use crate::config::{ClusterConfig, ClusterMode, OnUnavailable};
+use crate::config::{ClusterConfig, ClusterMode, HistoryConfig, OnUnavailable};
 use crate::events::Timestamp;
+use crate::history::RedisHistory;
 use crate::presence::{self, Presence, PresenceStore};
 use crate::rooms::{Id, RoomName};
 use crate::socket::Census;
@@ -82,6 +83,7 @@ pub struct NodeInfo {
 /// This node's handle on the cluster.
 pub struct Cluster {
     driver: ResilientDriver,
+    mode: ClusterMode,
     conn: RedisConn,
     prefix: String,
     node_id: String,
@@ -106,6 +108,7 @@ impl Cluster {
         Ok(Self {
             store: Arc::new(RedisStore::new(conn.clone(), &prefix, node_id, grace)),
             driver,
+            mode: config.mode,
             conn,
             prefix,
             node_id: node_id.to_owned(),
@@ -127,6 +130,28 @@ impl Cluster {
     /// Idempotency keys shared by the cluster, kept for `window`.
     pub fn idempotency(&self, window: Duration) -> store::RedisIdempotency {
         store::RedisIdempotency::new(self.conn.clone(), &self.prefix, window)
+    }
+
+    /// Room history shared by the cluster, in Redis streams.
+    pub fn history(&self, config: HistoryConfig) -> RedisHistory {
+        RedisHistory::new(
+            self.conn.clone(),
+            &self.prefix,
+            &self.node_id,
+            self.mode,
+            config,
+        )
+    }
+
+    /// Every node's numbered events in the order Redis numbered them, with this node's
+    /// catch-up markers in between (see [`crate::history::redis`]).
+    pub fn numbered_events(
+        &self,
+        history: &RedisHistory,
+    ) -> socketioxide_redis::drivers::MessageStream<(String, Vec<u8>)> {
+        // Deep enough for a burst while this node is busy; a message that does not fit is
+        // dropped and counted like the adapter's.
+        self.driver.listen(history.channels(), 65_536)
     }
 
     pub fn dropped_messages(&self) -> u64 {

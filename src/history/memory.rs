@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Cursor, Replay};
+use super::{Cursor, Replay, new_epoch};
 use crate::config::{HistoryConfig, Retention};
 use crate::rooms::RoomName;
 
@@ -30,10 +30,6 @@ pub struct RoomLog {
     entries: VecDeque<Entry>,
     retention: Retention,
     touched: Instant,
-}
-
-fn new_epoch() -> Arc<str> {
-    format!("{:016x}", rand::random::<u64>()).into()
 }
 
 impl RoomLog {

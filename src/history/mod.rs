@@ -7,17 +7,58 @@
 //! so on a node the sockets of a room receive its events in `seq` order, and a reconnecting
 //! socket replays its backlog before any live event of those rooms.
 //!
-//! Single node: kept in memory, bounded by size and age. Cluster mode: not yet (see the
-//! README); events carry no `seq` there and recovery reports a gap.
+//! Single node ([`memory`]): kept in memory, bounded by size and age. Cluster mode
+//! ([`redis`]): one Redis stream per room, numbered atomically in Redis, so every node
+//! agrees on `seq` and a client recovers on whichever node it reconnects to.
 
 mod memory;
+pub mod redis;
 
 pub use memory::{History, RoomLog};
+pub use redis::RedisHistory;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{HistoryConfig, Retention};
 use crate::rooms::RoomName;
+
+/// Where a node keeps room history.
+#[derive(Clone)]
+pub enum HistoryStore {
+    Memory(Arc<History>),
+    Redis(Arc<RedisHistory>),
+}
+
+/// History could not be read (Redis unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("room history is unreachable: {0}")]
+pub struct HistoryError(pub String);
+
+impl HistoryStore {
+    /// Up to `limit` events of `room` after `since_seq`.
+    pub async fn page(
+        &self,
+        tenant: &crate::rooms::Tenant,
+        room: &RoomName,
+        since_seq: u64,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        match self {
+            Self::Memory(history) => Ok(history.page(tenant, room, since_seq, limit).await),
+            Self::Redis(history) => history
+                .page(tenant, room, since_seq, limit)
+                .await
+                .map_err(|e| HistoryError(e.to_string())),
+        }
+    }
+}
+
+/// A fresh random epoch.
+pub(crate) fn new_epoch() -> Arc<str> {
+    format!("{:016x}", rand::random::<u64>()).into()
+}
 
 /// Where a client is in a room: the last `seq` it has of the room's `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

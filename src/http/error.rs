@@ -21,7 +21,6 @@ pub enum ApiError {
     ClusterUnavailable(String),
     IdempotencyInProgress,
     InvalidIdempotencyKey,
-    HistoryUnavailable(String),
     Internal(String),
 }
 
@@ -90,9 +89,6 @@ impl ApiError {
                 "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 None,
             ),
-            Self::HistoryUnavailable(m) => {
-                (S::NOT_IMPLEMENTED, "history_unavailable", m.clone(), None)
-            }
             Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
         }
     }

@@ -28,12 +28,10 @@ pub async fn history(
     let room = RoomName::parse(&room).ok_or_else(|| {
         ApiError::InvalidRoom(FieldError::new("room", format!("invalid room {room:?}")))
     })?;
-    let history = state.history.as_ref().ok_or_else(|| {
-        ApiError::HistoryUnavailable("room history is not available in cluster mode yet".into())
-    })?;
-    Ok(Json(
-        history
-            .page(&tenant, &room, query.since_seq, query.limit)
-            .await,
-    ))
+    let page = state
+        .history
+        .page(&tenant, &room, query.since_seq, query.limit)
+        .await
+        .map_err(|e| ApiError::ClusterUnavailable(e.to_string()))?;
+    Ok(Json(page))
 }

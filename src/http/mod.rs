@@ -28,7 +28,7 @@ use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
 use crate::config::Scope;
-use crate::history::History;
+use crate::history::HistoryStore;
 use crate::metrics::Counters;
 use crate::presence::PresenceStore;
 use crate::rooms::Tenant;
@@ -41,8 +41,7 @@ pub struct AppState {
     pub broadcaster: EventBroadcaster,
     pub hub: Arc<dyn Hub>,
     pub presence_store: Arc<dyn PresenceStore>,
-    /// Room history; `None` in cluster mode for now.
-    pub history: Option<Arc<History>>,
+    pub history: HistoryStore,
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,

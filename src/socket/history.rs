@@ -41,13 +41,11 @@ pub async fn handle<A: Adapter>(
         if !s.rooms().contains(&room.scoped(&identity.tenant)) {
             return Err(CommandError::NotSubscribed(room.to_string()));
         }
-        let history = ctx
+        let page = ctx
             .history
-            .as_ref()
-            .ok_or(CommandError::HistoryUnavailable)?;
-        let page = history
             .page(&identity.tenant, &room, request.since_seq, request.limit)
-            .await;
+            .await
+            .map_err(|e| CommandError::Unavailable(e.0))?;
         let mut body = serde_json::to_value(&page).unwrap_or_default();
         body["ok"] = json!(true);
         Ok(body)

@@ -30,7 +30,7 @@ use socketioxide_core::adapter::errors::BroadcastError;
 use crate::auth::{Identity, JwtVerifier};
 use crate::broadcaster::Deliver;
 use crate::events::Timestamp;
-use crate::history::History;
+use crate::history::HistoryStore;
 use crate::metrics::Counters;
 use crate::presence::{Presence, PresenceStore};
 use crate::rooms::{Id, RoomName};
@@ -53,7 +53,7 @@ pub struct SocketCtxInner {
     pub presence: Presence,
     pub presence_store: Arc<dyn PresenceStore>,
     pub lifetimes: Arc<lifetime::Lifetimes>,
-    pub history: Option<Arc<History>>,
+    pub history: HistoryStore,
 }
 
 impl SocketCtx {
@@ -116,13 +116,6 @@ async fn on_connect<A: Adapter>(
         return;
     };
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    s.join(
-        rooms
-            .iter()
-            .map(|r| r.scoped(&identity.tenant))
-            .collect::<Vec<_>>(),
-    );
-
     s.on("subscribe", subscribe::handle::<A>);
     s.on("unsubscribe", unsubscribe::handle::<A>);
     s.on("ping", ping::handle::<A>);
@@ -141,12 +134,15 @@ async fn on_connect<A: Adapter>(
         ns = s.ns(),
         "socket connected"
     );
-    recover::recover(&s, &ctx, &identity, auth.as_ref().ok(), |outcome| {
+    // Joins `rooms`, and the rooms of `auth.since` with their backlog.
+    recover::recover(&s, &ctx, &identity, auth.as_ref().ok(), &rooms, |outcome| {
+        let mut joined: Vec<RoomName> = rooms.to_vec();
+        joined.extend(outcome.rooms.iter().filter(|r| !rooms.contains(r)).cloned());
         let established = Established {
             sid: s.id.to_string(),
             user_id: identity.user_id.as_str(),
             tenant: identity.tenant.as_str(),
-            rooms: rooms.iter().chain(&outcome.rooms).cloned().collect(),
+            rooms: joined,
             server_time: Timestamp::now(),
             node_id: &ctx.node_id,
             recovered: outcome.recovered,

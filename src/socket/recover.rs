@@ -1,8 +1,11 @@
 //! Recovery on reconnect: the handshake's `auth.since` `{room: {epoch, seq}}` names where the
 //! client stopped; the socket re-joins those rooms (access checked again) and receives
 //! every missed event in order, before any live event of those rooms, or learns of a gap.
+//! The same on a single node (logs in memory) and in a cluster (Redis streams), whichever
+//! node the client comes back to.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -11,7 +14,8 @@ use socketioxide::extract::SocketRef;
 
 use super::SocketCtx;
 use crate::auth::Identity;
-use crate::history::{Cursor, Replay};
+use crate::history::redis::{Numbered, RoomRead, Stored};
+use crate::history::{Cursor, History, HistoryStore, RedisHistory, Replay};
 use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
@@ -30,13 +34,23 @@ pub struct Outcome {
     pub recovered: bool,
 }
 
-/// Re-joins the rooms of `auth.since` and returns the report; `send` is then called with
-/// the backlog while the rooms' logs are still held, so no live event overtakes it.
+/// A room of `auth.since` the socket may re-join, with its scoped name.
+struct Accepted {
+    room: RoomName,
+    scoped: String,
+    cursor: Option<Cursor>,
+}
+
+/// Joins `defaults` and the rooms of `auth.since`, calls `send_established` with the
+/// report, then sends the backlog; no live event of a recovered room reaches the socket
+/// before its backlog. A room of `since` that is also a default is joined only once its
+/// backlog is ready, so it gets no live event early either.
 pub async fn recover<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &SocketCtx,
     identity: &Identity,
     auth: Option<&Value>,
+    defaults: &[RoomName],
     send_established: impl FnOnce(&Outcome),
 ) {
     let since = auth
@@ -48,10 +62,54 @@ pub async fn recover<A: Adapter>(
         report: Map::new(),
         recovered: !since.is_empty(),
     };
-    // Check every room first; all accepted rooms are then locked, joined and replayed.
-    let mut accepted: Vec<(RoomName, Option<Cursor>)> = Vec::new();
-    let current: HashSet<_> = s.rooms().into_iter().collect();
-    let mut count = current.len();
+    let named: HashSet<Option<RoomName>> = since.keys().map(|k| RoomName::parse(k)).collect();
+    s.join(
+        defaults
+            .iter()
+            .filter(|r| !named.contains(&Some((*r).clone())))
+            .map(|r| r.scoped(&identity.tenant))
+            .collect::<Vec<_>>(),
+    );
+    let accepted = check(s, ctx, identity, since, &mut outcome);
+    match &ctx.history {
+        HistoryStore::Memory(history) => {
+            from_memory(
+                s,
+                ctx,
+                identity,
+                history,
+                accepted,
+                outcome,
+                send_established,
+            )
+            .await
+        }
+        HistoryStore::Redis(history) => {
+            from_redis(
+                s,
+                ctx,
+                identity,
+                history,
+                accepted,
+                outcome,
+                send_established,
+            )
+            .await
+        }
+    }
+}
+
+/// Checks every room of `since` against the token and the room limit; refused rooms go
+/// into the report.
+fn check<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    identity: &Identity,
+    since: Map<String, Value>,
+    outcome: &mut Outcome,
+) -> Vec<Accepted> {
+    let mut accepted = Vec::new();
+    let mut count = s.rooms().len();
     for (name, cursor) in since {
         let refuse = |code: &str| json!({ "error": code });
         let Some(room) = RoomName::parse(&name) else {
@@ -64,73 +122,208 @@ pub async fn recover<A: Adapter>(
             outcome.recovered = false;
             continue;
         }
-        if !current.contains(&room.scoped(&identity.tenant)) {
-            count += 1;
-        }
+        count += 1;
         if count > ctx.max_rooms {
             outcome.report.insert(name, refuse("too_many_rooms"));
             outcome.recovered = false;
             continue;
         }
-        accepted.push((room, serde_json::from_value::<Cursor>(cursor).ok()));
+        accepted.push(Accepted {
+            scoped: room.scoped(&identity.tenant).into_owned(),
+            room,
+            cursor: serde_json::from_value::<Cursor>(cursor).ok(),
+        });
     }
+    accepted
+}
 
+/// Joins the accepted rooms and records the join for presence.
+fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, rooms: &[Accepted]) {
+    s.join(rooms.iter().map(|a| a.scoped.clone()).collect::<Vec<_>>());
+    ctx.presence
+        .joined(identity, rooms.iter().map(|a| &a.room).collect::<Vec<_>>());
+}
+
+/// The report entry of one room: where the room is, and what was replayed or the gap.
+fn report(epoch: &str, seq: u64, replayed: Option<usize>) -> Value {
+    match replayed {
+        Some(n) => json!({ "epoch": epoch, "seq": seq, "replayed": n }),
+        None => json!({ "epoch": epoch, "seq": seq, "gap": true }),
+    }
+}
+
+fn emit<A: Adapter>(s: &SocketRef<A>, event: &str, payload: &serde_json::value::RawValue) -> bool {
+    match s.emit(event, payload) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(sid = %s.id, "replay stopped: {e}");
+            false
+        }
+    }
+}
+
+/// Single node: the rooms' logs are held from reading the backlog to sending it, which
+/// keeps publishes to those rooms waiting meanwhile.
+async fn from_memory<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    identity: &Identity,
+    history: &History,
+    accepted: Vec<Accepted>,
+    mut outcome: Outcome,
+    send_established: impl FnOnce(&Outcome),
+) {
     let keys: Vec<_> = accepted
         .iter()
-        .map(|(room, _)| (room.scoped(&identity.tenant).into_owned(), room.clone()))
+        .map(|a| (a.scoped.clone(), a.room.clone()))
         .collect();
-    let mut logs = match &ctx.history {
-        Some(history) => history.lock(&keys).await,
-        None => Vec::new(),
-    };
-    let fresh: Vec<RoomName> = accepted
-        .iter()
-        .filter(|(r, _)| !current.contains(&r.scoped(&identity.tenant)))
-        .map(|(r, _)| r.clone())
-        .collect();
-    s.join(keys.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
-    ctx.presence.joined(identity, &fresh);
-
+    let mut logs = history.lock(&keys).await;
+    join(s, ctx, identity, &accepted);
     let mut backlog = Vec::new();
-    for (i, (room, cursor)) in accepted.iter().enumerate() {
-        outcome.rooms.push(room.clone());
-        let Some(log) = logs.get_mut(i) else {
-            // No history on this node (cluster mode): nothing can be proven complete.
-            outcome
-                .report
-                .insert(room.to_string(), json!({ "gap": true }));
-            outcome.recovered = false;
-            continue;
-        };
-        let here = json!({ "epoch": log.epoch, "seq": log.last_seq });
-        let replay = match cursor {
+    for (a, log) in accepted.iter().zip(logs.iter_mut()) {
+        outcome.rooms.push(a.room.clone());
+        let replay = match &a.cursor {
             Some(cursor) => log.since(cursor),
             None => Replay::Gap,
         };
-        let mut entry = here;
-        match replay {
+        let replayed = match replay {
             Replay::Events(events) => {
-                entry["replayed"] = json!(events.len());
+                let n = events.len();
                 backlog.extend(events);
+                Some(n)
             }
             Replay::Gap => {
-                entry["gap"] = json!(true);
                 outcome.recovered = false;
+                None
             }
-        }
-        outcome.report.insert(room.to_string(), entry);
+        };
+        let entry = report(&log.epoch, log.last_seq, replayed);
+        outcome.report.insert(a.room.to_string(), entry);
     }
-
     send_established(&outcome);
     // In publish order; an event in two replayed rooms (one payload) is sent once.
     backlog.sort_by_key(|e| e.at);
     let mut seen = HashSet::new();
-    backlog.retain(|e| seen.insert(std::sync::Arc::as_ptr(&e.payload).cast::<u8>() as usize));
+    backlog.retain(|e| seen.insert(Arc::as_ptr(&e.payload).cast::<u8>() as usize));
     for entry in backlog {
-        if let Err(e) = s.emit(&*entry.event, &*entry.payload) {
-            tracing::debug!(sid = %s.id, "replay stopped: {e}");
+        if !emit(s, &entry.event, &entry.payload) {
             break;
         }
     }
     drop(logs);
+}
+
+/// Cluster: registers for the rooms' live events, reads every backlog in one atomic step,
+/// waits until this node has delivered what Redis numbered before the read, then, holding
+/// the node's delivery lock, sends the backlog, then the live events that
+/// arrived meanwhile and are newer than it, and joins the rooms.
+async fn from_redis<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    identity: &Identity,
+    history: &RedisHistory,
+    accepted: Vec<Accepted>,
+    mut outcome: Outcome,
+    send_established: impl FnOnce(&Outcome),
+) {
+    if accepted.is_empty() {
+        // A plain connect: no round trip to Redis.
+        send_established(&outcome);
+        return;
+    }
+    let scoped: Vec<String> = accepted.iter().map(|a| a.scoped.clone()).collect();
+    let catchup = history.catchups.register(&scoped).await;
+    let wanted: Vec<_> = accepted
+        .iter()
+        .map(|a| {
+            let since = a.cursor.as_ref().map_or(0, |c| c.seq);
+            (
+                a.scoped.clone(),
+                a.room.clone(),
+                since,
+                history.size_of(&a.room),
+            )
+        })
+        .collect();
+    let reads = history.read_synced(&wanted).await;
+    let (_delivery, live) = history.catchups.finish(&catchup, &scoped).await;
+    join(s, ctx, identity, &accepted);
+
+    // The newest `seq` the read saw per room: live events up to it are in the backlog.
+    let mut read_up_to: HashMap<&str, u64> = HashMap::new();
+    let mut backlogs: Vec<Vec<Stored>> = Vec::new();
+    match reads {
+        Ok(reads) => {
+            for (a, read) in accepted.iter().zip(reads) {
+                outcome.rooms.push(a.room.clone());
+                let RoomRead {
+                    epoch,
+                    last_seq,
+                    events,
+                    ..
+                } = &read;
+                let complete = a.cursor.as_ref().is_some_and(|c| read.complete_from(c));
+                let replayed = complete.then_some(events.len());
+                if !complete {
+                    outcome.recovered = false;
+                }
+                outcome
+                    .report
+                    .insert(a.room.to_string(), report(epoch, *last_seq, replayed));
+                read_up_to.insert(&a.scoped, *last_seq);
+                backlogs.push(if complete { read.events } else { Vec::new() });
+            }
+        }
+        Err(e) => {
+            tracing::warn!(sid = %s.id, "recovery could not read history: {e}");
+            outcome.recovered = false;
+            for a in &accepted {
+                outcome.rooms.push(a.room.clone());
+                outcome
+                    .report
+                    .insert(a.room.to_string(), json!({ "gap": true }));
+            }
+        }
+    }
+    send_established(&outcome);
+
+    let mut sent = HashSet::new();
+    for stored in merge(backlogs) {
+        if sent.insert(stored.id.clone()) && !emit(s, &stored.event, &stored.payload) {
+            return;
+        }
+    }
+    for numbered in live {
+        if newer(&numbered, &read_up_to) && sent.insert(numbered.id.clone()) {
+            emit(s, &numbered.event, &numbered.payload);
+        }
+    }
+}
+
+/// Whether a live event is past what the backlog read saw in one of the socket's rooms
+/// (every live event is, when the read failed).
+fn newer(numbered: &Numbered, read_up_to: &HashMap<&str, u64>) -> bool {
+    read_up_to.is_empty()
+        || numbered
+            .rooms
+            .iter()
+            .any(|(room, seq)| read_up_to.get(room.as_str()).is_some_and(|m| seq > m))
+}
+
+/// Merges per-room backlogs into one, oldest first by the time each was kept, keeping
+/// every room's own order.
+fn merge(backlogs: Vec<Vec<Stored>>) -> Vec<Stored> {
+    let mut queues: Vec<std::collections::VecDeque<Stored>> =
+        backlogs.into_iter().map(Into::into).collect();
+    let mut merged = Vec::new();
+    loop {
+        let next = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|e| (e.at_ms, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        merged.extend(queues[i].pop_front());
+    }
+    merged
 }

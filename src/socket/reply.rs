@@ -29,8 +29,6 @@ pub enum CommandError {
     Token(crate::auth::AuthError),
     /// `auth.refresh` with a token for another user or tenant.
     RefreshMismatch,
-    /// Cluster mode keeps no history yet.
-    HistoryUnavailable,
 }
 
 impl CommandError {
@@ -45,7 +43,6 @@ impl CommandError {
             Self::Unavailable(_) => "cluster_unavailable",
             Self::Token(e) => e.code(),
             Self::RefreshMismatch => "refresh_mismatch",
-            Self::HistoryUnavailable => "history_unavailable",
         }
     }
 
@@ -67,7 +64,6 @@ impl CommandError {
             Self::RefreshMismatch => {
                 "the new token must be for the same user (sub) and tenant".into()
             }
-            Self::HistoryUnavailable => "room history is not available in cluster mode yet".into(),
         }
     }
 

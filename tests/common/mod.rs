@@ -42,8 +42,18 @@ impl TestServer {
 
     /// Starts one node of a cluster on `redis`, sharing `prefix` with its peers.
     pub async fn start_cluster_node(node_id: &str, redis: &RedisServer, prefix: &str) -> Self {
+        Self::start_cluster_node_with(node_id, redis, prefix, "").await
+    }
+
+    /// [`Self::start_cluster_node`] plus `extra` TOML (sections other than `[cluster]`).
+    pub async fn start_cluster_node_with(
+        node_id: &str,
+        redis: &RedisServer,
+        prefix: &str,
+        extra: &str,
+    ) -> Self {
         let url = format!("redis://127.0.0.1:{}", redis.port);
-        Self::start_cluster_node_on(node_id, &url, "standalone", prefix).await
+        Self::start_cluster_node_on(node_id, &url, "standalone", prefix, extra).await
     }
 
     /// Starts one node on the Redis at `urls` in `mode` (`standalone` or `cluster`).
@@ -52,11 +62,12 @@ impl TestServer {
         urls: &str,
         mode: &str,
         prefix: &str,
+        extra: &str,
     ) -> Self {
         let server = Self::start_node(
             node_id,
             &format!(
-                "[cluster]\nredis_url = \"{urls}\"\nmode = \"{mode}\"\nkey_prefix = \"{prefix}\"\n\
+                "{extra}\n[cluster]\nredis_url = \"{urls}\"\nmode = \"{mode}\"\nkey_prefix = \"{prefix}\"\n\
                  node_ttl_secs = 3\npresence_grace_secs = 1"
             ),
         )

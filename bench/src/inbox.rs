@@ -1,0 +1,173 @@
+//! What one bench socket received, across reconnects: which `bench.tick` events (by their
+//! publish number `data.n`), how late, duplicates and order, and the cursor it resumes from.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+
+use crate::measure::clock;
+
+/// The event every publisher sends; `data` is `{t: send time (µs), n: publish number}`.
+pub const TICK: &str = "bench.tick";
+
+/// Counters all sockets share, read while publishing to see whether deliveries still come.
+#[derive(Default)]
+pub struct Progress {
+    /// Every `bench.tick` received, duplicates included.
+    pub received: AtomicU64,
+    /// First receipts only.
+    pub distinct: AtomicU64,
+}
+
+/// `42["bench.tick", envelope, offset?]`: socket.io's connection state recovery appends
+/// the packet's offset as a last argument; Roomcast puts `seq`/`epoch` in the envelope.
+#[derive(Deserialize)]
+struct Frame<'a>(
+    IgnoredAny,
+    #[serde(borrow)] Envelope<'a>,
+    #[serde(default, borrow)] Option<Cow<'a, str>>,
+);
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    data: Tick,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    epoch: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Tick {
+    t: u64,
+    n: u64,
+}
+
+/// Where a socket resumes after a drop: Roomcast's `auth.since` `{room: {epoch, seq}}`, or
+/// socket.io's connection state recovery `auth.{pid, offset}`, whichever the server gave.
+#[derive(Default)]
+pub struct Cursor {
+    since: Option<(String, u64)>,
+    pid: Option<String>,
+    offset: Option<String>,
+}
+
+impl Cursor {
+    /// Remembers the private session id of a CONNECT answer `{sid, pid?}`.
+    pub fn connected(&mut self, answer: &str) {
+        if let Ok(v) = serde_json::from_str::<Value>(answer) {
+            self.pid = v["pid"].as_str().map(str::to_owned);
+        }
+    }
+
+    /// The handshake auth payload that resumes `room` where this cursor stands.
+    pub fn auth(&self, token: &str, room: &str) -> Value {
+        let mut auth = json!({ "token": token });
+        if let Some((epoch, seq)) = &self.since {
+            auth["since"] = json!({ room: { "epoch": epoch, "seq": seq } });
+        }
+        if let (Some(pid), Some(offset)) = (&self.pid, &self.offset) {
+            auth["pid"] = json!(pid);
+            auth["offset"] = json!(offset);
+        }
+        auth
+    }
+
+    fn advance(&mut self, env: &Envelope, offset: Option<Cow<str>>) {
+        if let (Some(seq), Some(epoch)) = (env.seq, &env.epoch) {
+            match &mut self.since {
+                Some((e, s)) if e == epoch => *s = seq,
+                _ => self.since = Some((epoch.to_string(), seq)),
+            }
+        }
+        if let Some(offset) = offset {
+            let o = self.offset.get_or_insert_with(String::new);
+            o.clear();
+            o.push_str(&offset);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Inbox {
+    /// Room index this socket listens to, if it subscribed.
+    pub room: Option<usize>,
+    /// Bitset over publish numbers.
+    seen: Vec<u64>,
+    highest: Option<u64>,
+    pub received: u64,
+    pub duplicated: u64,
+    /// Arrived after a higher publish number (meaningful with sequential publishing).
+    pub out_of_order: u64,
+    pub latencies_us: Vec<u32>,
+    pub cursor: Cursor,
+    pub handshake_us: Vec<u32>,
+    pub subscribe_us: Vec<u32>,
+    /// From dropping the connection to being back in the room.
+    pub reconnect_us: Vec<u32>,
+    pub recovered: u64,
+    pub not_recovered: u64,
+    /// Joined its room (or connected, without one) at least once.
+    pub joined: bool,
+    /// Ended with an error (its missing events count as lost).
+    pub failed: bool,
+}
+
+impl Inbox {
+    pub fn new(room: Option<usize>) -> Self {
+        Self {
+            room,
+            ..Self::default()
+        }
+    }
+
+    pub fn has(&self, n: u64) -> bool {
+        self.seen
+            .get((n / 64) as usize)
+            .is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    /// Marks `n` seen; false when it already was.
+    fn mark(&mut self, n: u64) -> bool {
+        let (word, bit) = ((n / 64) as usize, 1 << (n % 64));
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1, 0);
+        }
+        let fresh = self.seen[word] & bit == 0;
+        self.seen[word] |= bit;
+        fresh
+    }
+
+    /// Records one `42[...]` event payload; anything but `bench.tick` (e.g. Roomcast's
+    /// `presence.joined`) is ignored.
+    pub fn on_event(
+        &mut self,
+        packet: &crate::proto::Text,
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
+        if !packet.is_event(TICK) {
+            return Ok(());
+        }
+        let arrived = clock();
+        let Frame(_, env, offset) = serde_json::from_str(packet.json())?;
+        let n = env.data.n;
+        self.received += 1;
+        progress.received.fetch_add(1, Ordering::Relaxed);
+        if !self.mark(n) {
+            self.duplicated += 1;
+            return Ok(());
+        }
+        progress.distinct.fetch_add(1, Ordering::Relaxed);
+        if self.highest.is_some_and(|h| n < h) {
+            self.out_of_order += 1;
+        }
+        self.highest = Some(self.highest.map_or(n, |h| h.max(n)));
+        let latency = arrived.saturating_sub(env.data.t);
+        self.latencies_us.push(latency.min(u32::MAX as u64) as u32);
+        self.cursor.advance(&env, offset);
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! The scenarios, and the publish-then-drain phase `fanout`, `rooms` and `storm` share.
+
+pub mod fanout;
+pub mod hold;
+pub mod storm;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use crate::crowd::{Crowd, Totals};
+use crate::measure::{cpu_secs, per, percentiles_ms, round};
+use crate::publish::{Order, Publisher};
+use crate::socket::Phase;
+
+/// Where and how fast events are published.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Publishing {
+    /// Node the events are published at (default: the first --url).
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Events per second; 0 publishes flat out.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// What a publish phase did, for the report.
+struct Delivered {
+    publisher: Arc<Publisher>,
+    accepted: Vec<Vec<u64>>,
+    publish_secs: f64,
+    /// Publishing plus draining.
+    total_secs: f64,
+    server_cpu_secs: Option<f64>,
+}
+
+/// Publishes to `rooms` while the crowd listens, then lets deliveries drain: until all
+/// arrived, or none for `quiet`. Server CPU is counted over both.
+async fn publish_and_drain(
+    crowd: &Crowd,
+    common: &crate::Common,
+    publishing: &Publishing,
+    rooms: Vec<String>,
+    order: Order,
+    quiet: Duration,
+) -> Delivered {
+    let url = publishing.publish_url.as_deref().unwrap_or(&common.url[0]);
+    let publisher = Publisher::new(url, &common.api_key, rooms);
+    let cpu_before = cpu_secs(&common.pids);
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(publishing.duration);
+    publisher.run(publishing.rate, duration, order).await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    crowd.shared.phase.send_replace(Phase::Calm);
+    let accepted = publisher.accepted();
+    crowd.drain(crowd.expected(&accepted), quiet).await;
+    let total_secs = started.elapsed().as_secs_f64();
+    let server_cpu_secs = cpu_secs(&common.pids)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    Delivered {
+        publisher,
+        accepted,
+        publish_secs,
+        total_secs,
+        server_cpu_secs,
+    }
+}
+
+/// The delivery figures every publishing scenario reports.
+fn delivery_report(d: &Delivered, t: &mut Totals, publishing: &Publishing) -> Map<String, Value> {
+    let published = d.publisher.published();
+    let fields = json!({
+        "rate": if publishing.rate > 0.0 { json!(publishing.rate) } else { json!("max") },
+        "published": published,
+        "publish_failed": d.publisher.failed(),
+        "publishes_per_sec": round(published as f64 / d.publish_secs),
+        "expected_deliveries": t.expected,
+        "received": t.received,
+        "lost": t.lost,
+        "duplicated": t.duplicated,
+        "failed_sockets": t.failed_sockets,
+        "deliveries_per_sec": round(t.received as f64 / d.total_secs),
+        "server_cpu_secs": d.server_cpu_secs.map(round),
+        "deliveries_per_server_cpu_sec": per(t.received as f64, d.server_cpu_secs),
+        "latency_ms": percentiles_ms(std::mem::take(&mut t.latencies_us)),
+    });
+    match fields {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}

@@ -1,0 +1,556 @@
+//! Cluster history: one Redis stream per tenant and room, numbered in Redis.
+//!
+//! A publish is one Lua script ([`APPEND`]): it numbers the event in each of its rooms
+//! (`HINCRBY` on the room's meta hash, which also holds the epoch), writes the finished
+//! envelope into each room's stream (entry id `<seq>-0`, trimmed to the room's size and
+//! expired by its TTL), and publishes it on the cluster's `events` channel. Because the
+//! script is atomic and every node receives that channel in the order Redis ran the
+//! scripts, every node delivers a room's events in `seq` order, whichever node published
+//! them. Nodes deliver numbered events only from that channel (the publishing node too), via
+//! [`deliver_loop`].
+//!
+//! A reconnecting socket catches up with [`Catchups`]: it registers for its rooms, reads
+//! the backlog (one atomic [`READ`] over all its rooms, which also publishes a marker on
+//! this node's own channel), waits until [`deliver_loop`] reaches the marker (so every
+//! event numbered before the read has been delivered here, and the rest is still to come),
+//! and then, holding the delivery lock, sends the backlog and the live events that arrived
+//! meanwhile and are newer than it, and joins the rooms. Nothing is sent twice, nothing
+//! overtakes the backlog. (Waiting on the read's reply alone is not enough: the Redis client
+//! hands pushed messages over through a queue of its own, so a reply can overtake them.)
+//!
+//! Keys, under the cluster's prefix `p` (one hash tag on a Redis Cluster):
+//! `p:history:<tenant>/<room>` (stream) and `p:history-meta:<tenant>/<room>` (hash
+//! `epoch`, `seq`, kept for an hour past the last event so a client that saw it recovers
+//! without a gap); channels `p:events` (every node) and `p:sync:<node>` (markers).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::Script;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{Cursor, MAX_PAGE, Page};
+use crate::broadcaster::Deliver;
+use crate::cluster::conn::RedisConn;
+use crate::config::{ClusterMode, HistoryConfig};
+use crate::metrics::Counters;
+use crate::rooms::{RoomName, Tenant};
+
+/// How long a room's epoch and last `seq` outlive its last event (at least its TTL).
+const KEEP_MS: u64 = 3_600_000;
+
+/// KEYS: per room i, its meta hash (2i-1) and stream (2i).
+/// ARGV: 1 channel, 2 publish command, 3 envelope head (no closing brace), 4 envelope tail
+/// (`,"data":…}`), 5 event name, 6 event id; then per room, from 7 + 6(i-1): public name,
+/// scoped name, size, ttl ms, meta ttl ms, a fresh epoch (used when the room has none).
+/// Returns the rooms' seqs.
+const APPEND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 2
+local seqs, epochs = {}, {}
+for i = 1, n do
+  local b = 6 + (i - 1) * 6
+  local epoch = redis.call('HGET', KEYS[2 * i - 1], 'epoch')
+  if not epoch then
+    epoch = ARGV[b + 6]
+    redis.call('DEL', KEYS[2 * i])
+    redis.call('HSET', KEYS[2 * i - 1], 'epoch', epoch, 'seq', 0)
+  end
+  seqs[i] = redis.call('HINCRBY', KEYS[2 * i - 1], 'seq', 1)
+  epochs[i] = epoch
+end
+local body = ARGV[3] .. ',"seq":' .. seqs[1] .. ',"epoch":"' .. epochs[1] .. '"'
+if n > 1 then
+  local also = {}
+  for i = 2, n do
+    local b = 6 + (i - 1) * 6
+    also[#also + 1] = '{"room":"' .. ARGV[b + 1] .. '","seq":' .. seqs[i] .. ',"epoch":"' .. epochs[i] .. '"}'
+  end
+  body = body .. ',"also":[' .. table.concat(also, ',') .. ']'
+end
+body = body .. ARGV[4]
+local header = {}
+for i = 1, n do
+  local b = 6 + (i - 1) * 6
+  local stream = KEYS[2 * i]
+  local cutoff = now - tonumber(ARGV[b + 4])
+  for _ = 1, 64 do
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    if #first == 0 or tonumber(first[1][2][6]) >= cutoff then break end
+    redis.call('XDEL', stream, first[1][1])
+  end
+  redis.call('XADD', stream, 'MAXLEN', ARGV[b + 3], seqs[i] .. '-0',
+    'i', ARGV[6], 'e', ARGV[5], 't', now, 'p', body)
+  redis.call('PEXPIRE', stream, ARGV[b + 4])
+  redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[b + 5])
+  header[#header + 1] = ARGV[b + 2] .. '\30' .. seqs[i]
+end
+redis.call(ARGV[2], ARGV[1], ARGV[6] .. '\n' .. table.concat(header, '\31') .. '\n' .. ARGV[5] .. '\n' .. body)
+return seqs
+"#;
+
+/// KEYS: per room i, its meta hash (2i-1) and stream (2i).
+/// ARGV: 1 publish command, 2 marker channel, 3 marker ("" for none); then per room i,
+/// from 3i+1: since seq, limit, ttl ms.
+/// Returns per room `{epoch, last seq, first kept seq, {{seq, id, event, t, payload}...}}`
+/// (epoch "" for a room with no history).
+const READ: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
+  local since = tonumber(ARGV[3 * i + 1])
+  local cutoff = now - tonumber(ARGV[3 * i + 3])
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    out[i] = {'', 0, 1, {}}
+  else
+    local last = tonumber(redis.call('HGET', meta, 'seq'))
+    local first_kept = last + 1
+    local start = '-'
+    while true do
+      local head = redis.call('XRANGE', stream, start, '+', 'COUNT', 64)
+      local found = false
+      for _, e in ipairs(head) do
+        if tonumber(e[2][6]) >= cutoff then
+          first_kept = tonumber(string.match(e[1], '^(%d+)'))
+          found = true
+          break
+        end
+      end
+      if found or #head < 64 then break end
+      start = '(' .. head[#head][1]
+    end
+    local from = math.max(since + 1, first_kept)
+    local events = {}
+    if from <= last then
+      local entries = redis.call('XRANGE', stream, from .. '-0', '+', 'COUNT', ARGV[3 * i + 2])
+      for _, e in ipairs(entries) do
+        local f = e[2]
+        events[#events + 1] = {tonumber(string.match(e[1], '^(%d+)')), f[2], f[4], tonumber(f[6]), f[8]}
+      end
+    end
+    out[i] = {epoch, last, first_kept, events}
+  end
+end
+if ARGV[3] ~= '' then redis.call(ARGV[1], ARGV[2], ARGV[3]) end
+return out
+"#;
+
+/// One kept event, as read back from a stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub id: String,
+    pub event: String,
+    /// Milliseconds since the Unix epoch (Redis time) when it was kept.
+    pub at_ms: u64,
+    pub payload: Arc<RawValue>,
+}
+
+/// A room's history as one [`READ`] saw it.
+#[derive(Debug)]
+pub struct RoomRead {
+    /// Empty when the room has no history (never published to, or expired).
+    pub epoch: String,
+    pub last_seq: u64,
+    pub first_kept: u64,
+    pub events: Vec<Stored>,
+}
+
+impl RoomRead {
+    /// Whether `cursor` can be brought up to date from this read.
+    pub fn complete_from(&self, cursor: &Cursor) -> bool {
+        !self.epoch.is_empty()
+            && cursor.epoch == self.epoch
+            && cursor.seq <= self.last_seq
+            && cursor.seq + 1 >= self.first_kept
+    }
+}
+
+type RawRoom = (String, u64, u64, Vec<(u64, String, String, u64, String)>);
+
+/// One room of a numbered publish.
+pub struct Target<'a> {
+    pub room: &'a RoomName,
+    pub scoped: &'a str,
+}
+
+pub struct RedisHistory {
+    conn: RedisConn,
+    prefix: String,
+    channel: String,
+    sync_channel: String,
+    publish_cmd: &'static str,
+    config: HistoryConfig,
+    append: Script,
+    read: Script,
+    pub catchups: Catchups,
+}
+
+impl RedisHistory {
+    pub fn new(
+        conn: RedisConn,
+        prefix: &str,
+        node_id: &str,
+        mode: ClusterMode,
+        config: HistoryConfig,
+    ) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            channel: format!("{prefix}:events"),
+            sync_channel: format!("{prefix}:sync:{node_id}"),
+            publish_cmd: match mode {
+                ClusterMode::Standalone => "PUBLISH",
+                ClusterMode::Cluster => "SPUBLISH",
+            },
+            config,
+            append: Script::new(APPEND),
+            read: Script::new(READ),
+            catchups: Catchups::default(),
+        }
+    }
+
+    /// The channels [`deliver_loop`] reads, in one stream: every node's numbered events,
+    /// and this node's catch-up markers.
+    pub fn channels(&self) -> Vec<String> {
+        vec![self.channel.clone(), self.sync_channel.clone()]
+    }
+
+    fn keys(&self, scoped: &str) -> [String; 2] {
+        [
+            format!("{}:history-meta:{scoped}", self.prefix),
+            format!("{}:history:{scoped}", self.prefix),
+        ]
+    }
+
+    /// Numbers, keeps and publishes one event to every node. `head` is the envelope's JSON
+    /// without its closing brace and without `seq`/`epoch`/`also`; `tail` is `,"data":…}`.
+    /// Returns the event's `seq` in each room.
+    pub async fn append(
+        &self,
+        id: Uuid,
+        event: &str,
+        rooms: &[Target<'_>],
+        head: &str,
+        tail: &str,
+    ) -> redis::RedisResult<Vec<u64>> {
+        let mut invocation = self.append.prepare_invoke();
+        invocation
+            .arg(&self.channel)
+            .arg(self.publish_cmd)
+            .arg(head)
+            .arg(tail)
+            .arg(event)
+            .arg(id.to_string());
+        for target in rooms {
+            let retention = self.config.retention(target.room);
+            let ttl_ms = retention.ttl_secs.saturating_mul(1000).max(1);
+            for key in self.keys(target.scoped) {
+                invocation.key(key);
+            }
+            invocation
+                .arg(target.room.to_string())
+                .arg(target.scoped)
+                .arg(retention.size.max(1))
+                .arg(ttl_ms)
+                .arg(ttl_ms.max(KEEP_MS))
+                .arg(&*super::new_epoch());
+        }
+        invocation.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// Reads every room of `rooms` (scoped name, room, since seq, limit) in one atomic
+    /// step, then waits until this node has delivered every event numbered before it.
+    pub async fn read_synced(
+        &self,
+        rooms: &[(String, RoomName, u64, usize)],
+    ) -> redis::RedisResult<Vec<RoomRead>> {
+        let (marker, reached) = self.catchups.marker();
+        let read = self.read(rooms, &marker).await;
+        if read.is_ok() && tokio::time::timeout(SYNC_LIMIT, reached).await.is_err() {
+            tracing::warn!("catch-up went ahead before this node delivered what it read");
+        }
+        self.catchups.forget(&marker);
+        read
+    }
+
+    /// Reads every room of `rooms` (scoped name, room, since seq, limit) in one atomic
+    /// step; publishes `marker` to this node's sync channel unless it is empty.
+    async fn read(
+        &self,
+        rooms: &[(String, RoomName, u64, usize)],
+        marker: &str,
+    ) -> redis::RedisResult<Vec<RoomRead>> {
+        let mut invocation = self.read.prepare_invoke();
+        invocation
+            .arg(self.publish_cmd)
+            .arg(&self.sync_channel)
+            .arg(marker);
+        for (scoped, room, since, limit) in rooms {
+            for key in self.keys(scoped) {
+                invocation.key(key);
+            }
+            let ttl_ms = self.config.retention(room).ttl_secs.saturating_mul(1000);
+            invocation.arg(*since).arg(*limit).arg(ttl_ms);
+        }
+        let raw: Vec<RawRoom> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(raw
+            .into_iter()
+            .map(|(epoch, last_seq, first_kept, events)| RoomRead {
+                epoch,
+                last_seq,
+                first_kept,
+                events: events
+                    .into_iter()
+                    .filter_map(|(seq, id, event, at_ms, payload)| {
+                        let payload = RawValue::from_string(payload).ok()?;
+                        Some(Stored {
+                            seq,
+                            id,
+                            event,
+                            at_ms,
+                            payload: payload.into(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// The retained size of `room`: the most a recovery replays.
+    pub fn size_of(&self, room: &RoomName) -> usize {
+        self.config.retention(room).size.max(1)
+    }
+
+    /// Up to `limit` events of `room` after `since_seq`.
+    pub async fn page(
+        &self,
+        tenant: &Tenant,
+        room: &RoomName,
+        since_seq: u64,
+        limit: usize,
+    ) -> redis::RedisResult<Page> {
+        let scoped = room.scoped(tenant).into_owned();
+        let limit = limit.clamp(1, MAX_PAGE);
+        let read = self
+            .read(&[(scoped, room.clone(), since_seq, limit)], "")
+            .await?
+            .pop();
+        let read = read.unwrap_or(RoomRead {
+            epoch: String::new(),
+            last_seq: 0,
+            first_kept: 1,
+            events: Vec::new(),
+        });
+        Ok(Page {
+            room: room.clone(),
+            gap: since_seq + 1 < read.first_kept && since_seq < read.last_seq,
+            epoch: read.epoch.into(),
+            seq: read.last_seq,
+            events: read.events.into_iter().map(|e| e.payload).collect(),
+        })
+    }
+}
+
+/// A numbered event as every node receives it on the `events` channel:
+/// `<id>\n<scoped room>\x1e<seq>[\x1f...]\n<event name>\n<envelope>`.
+#[derive(Debug)]
+pub struct Numbered {
+    pub id: String,
+    pub rooms: Vec<(String, u64)>,
+    pub event: String,
+    pub payload: Arc<RawValue>,
+}
+
+impl Numbered {
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(4, '\n');
+        let id = parts.next()?.to_owned();
+        let rooms = parts
+            .next()?
+            .split('\x1f')
+            .map(|r| {
+                let (room, seq) = r.split_once('\x1e')?;
+                Some((room.to_owned(), seq.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let event = parts.next()?.to_owned();
+        let payload = RawValue::from_string(parts.next()?.to_owned()).ok()?;
+        Some(Self {
+            id,
+            rooms,
+            event,
+            payload: payload.into(),
+        })
+    }
+}
+
+/// Sockets catching up on rooms, and the live events they must not miss meanwhile. Its
+/// lock is also the delivery lock: [`deliver_loop`] holds it while it hands an event to
+/// local sockets, so a catch-up that holds it sees no live event slip past.
+#[derive(Default)]
+pub struct Catchups {
+    waiting: tokio::sync::Mutex<HashMap<String, Vec<Arc<Catchup>>>>,
+    /// Markers published by reads, and who waits for [`deliver_loop`] to reach each.
+    markers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    next_marker: AtomicU64,
+}
+
+/// How long a catch-up waits for this node's delivery to reach its read; past it, the
+/// socket may see an event twice (never miss one). Only a stalled node or a lost marker
+/// (Redis gone between the read and its publish) gets here.
+const SYNC_LIMIT: Duration = Duration::from_secs(5);
+
+/// One socket's catch-up: the live events of its rooms since it registered.
+#[derive(Default)]
+pub struct Catchup {
+    seen: Mutex<Vec<Arc<Numbered>>>,
+}
+
+/// Held while a catch-up sends its backlog and joins its rooms: no live delivery meanwhile.
+pub type DeliveryGuard<'a> = tokio::sync::MutexGuard<'a, HashMap<String, Vec<Arc<Catchup>>>>;
+
+impl Catchups {
+    /// A fresh marker, and a future that completes when [`deliver_loop`] reaches it.
+    fn marker(&self) -> (String, tokio::sync::oneshot::Receiver<()>) {
+        let marker = self.next_marker.fetch_add(1, Ordering::Relaxed).to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(marker.clone(), tx);
+        (marker, rx)
+    }
+
+    fn forget(&self, marker: &str) {
+        self.markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(marker);
+    }
+
+    fn reached(&self, marker: &[u8]) {
+        let Ok(marker) = std::str::from_utf8(marker) else {
+            return;
+        };
+        let waiter = self
+            .markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(marker);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Starts collecting the live events of `rooms` (scoped names) for one socket.
+    pub async fn register(&self, rooms: &[String]) -> Arc<Catchup> {
+        let catchup = Arc::new(Catchup::default());
+        let mut waiting = self.waiting.lock().await;
+        for room in rooms {
+            waiting
+                .entry(room.clone())
+                .or_default()
+                .push(catchup.clone());
+        }
+        catchup
+    }
+
+    /// Takes the delivery lock and ends `catchup`'s collection; returns the events it
+    /// collected, oldest first, with the lock, which the caller holds while it sends the
+    /// backlog and these, and joins the rooms.
+    pub async fn finish(
+        &self,
+        catchup: &Arc<Catchup>,
+        rooms: &[String],
+    ) -> (DeliveryGuard<'_>, Vec<Arc<Numbered>>) {
+        let mut waiting = self.waiting.lock().await;
+        for room in rooms {
+            if let Some(list) = waiting.get_mut(room) {
+                list.retain(|c| !Arc::ptr_eq(c, catchup));
+                if list.is_empty() {
+                    waiting.remove(room);
+                }
+            }
+        }
+        let seen = std::mem::take(&mut *catchup.seen.lock().unwrap_or_else(|e| e.into_inner()));
+        (waiting, seen)
+    }
+}
+
+/// Receives every numbered event of the cluster, in the order Redis numbered them, and
+/// delivers each to this node's sockets; records it for sockets catching up on its rooms.
+pub async fn deliver_loop(
+    history: Arc<RedisHistory>,
+    mut events: socketioxide_redis::drivers::MessageStream<(String, Vec<u8>)>,
+    io: Arc<dyn Deliver>,
+    counters: Arc<Counters>,
+) {
+    while let Some((channel, bytes)) = events.next().await {
+        if channel == history.sync_channel {
+            history.catchups.reached(&bytes);
+            continue;
+        }
+        let Some(numbered) = Numbered::decode(&bytes) else {
+            tracing::warn!("unreadable numbered event on the cluster channel");
+            continue;
+        };
+        let numbered = Arc::new(numbered);
+        let waiting = history.catchups.waiting.lock().await;
+        let mut told = HashSet::new();
+        for (room, _) in &numbered.rooms {
+            for catchup in waiting.get(room).into_iter().flatten() {
+                if told.insert(Arc::as_ptr(catchup) as usize) {
+                    catchup
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(numbered.clone());
+                }
+            }
+        }
+        let rooms = numbered
+            .rooms
+            .iter()
+            .map(|(r, _)| r.clone().into())
+            .collect();
+        match io
+            .deliver(rooms, &numbered.event, &numbered.payload, true)
+            .await
+        {
+            Ok(0) => {}
+            Ok(failed) => Counters::incr(&counters.delivery_failures, failed),
+            Err(e) => tracing::warn!(event = numbered.event, "local delivery failed: {e}"),
+        }
+        drop(waiting);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_the_append_script_publishes() {
+        let msg = "0193-id\nacme/project:1\x1e7\x1facme/agent:a\x1e2\nagent.status\n{\"seq\":7}";
+        let n = Numbered::decode(msg.as_bytes()).expect("decodes");
+        assert_eq!(n.id, "0193-id");
+        assert_eq!(
+            n.rooms,
+            vec![("acme/project:1".into(), 7), ("acme/agent:a".into(), 2)]
+        );
+        assert_eq!(n.event, "agent.status");
+        assert_eq!(n.payload.get(), "{\"seq\":7}");
+        assert!(Numbered::decode(b"id\nroom-without-seq\ne\n{}").is_none());
+        assert!(Numbered::decode(b"id\nr\x1e1\ne\nnot json").is_none());
+    }
+}
