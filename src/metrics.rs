@@ -9,6 +9,8 @@ pub struct Counters {
     /// Deliveries that did not reach one socket (its buffer was full or it was closing).
     /// Counted, never a publish failure: every other recipient got the event.
     pub delivery_failures: AtomicU64,
+    /// Cluster: numbered events this node missed on pub/sub and read back from Redis.
+    pub repaired_events: AtomicU64,
 }
 
 impl Counters {

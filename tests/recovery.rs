@@ -339,3 +339,67 @@ async fn two_publishers_on_two_nodes_number_one_room_contiguously() {
             .await;
     }
 }
+
+/// Cluster only: a node that missed a numbered event on pub/sub (here: one written to the
+/// room's stream behind every node's back) reads it back when the room's next event shows
+/// the jump, and its sockets still receive every event in order.
+#[tokio::test]
+async fn a_node_that_missed_an_event_reads_it_back_before_the_next() {
+    let redis = RedisServer::start().await;
+    let prefix = format!("rep{:08x}", rand::random::<u32>());
+    let a = TestServer::start_cluster_node_with("a", &redis, &prefix, "").await;
+    let b = TestServer::start_cluster_node_with("b", &redis, &prefix, "").await;
+    let mut on_b = admin(&b, json!({})).await;
+    on_b.subscribe("project:1").await;
+    publish(&a, "1", 1).await;
+    let first = on_b.event("workflow.progress").await;
+    assert_eq!(first["seq"], 1);
+
+    // Event 2 is numbered and kept as the publish script would, but never broadcast.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let room = "default/project:1";
+    let missed = json!({"id": "00000000-0000-7000-8000-000000000002", "type": "workflow.progress",
+        "room": "project:1", "timestamp": "2026-11-22T00:00:00.000Z", "seq": 2,
+        "epoch": first["epoch"], "data": {"workflow_id": "w", "project_id": "1", "progress": 2}});
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let _: () = redis::pipe()
+        .cmd("HINCRBY")
+        .arg(format!("{prefix}:history-meta:{room}"))
+        .arg("seq")
+        .arg(1)
+        .ignore()
+        .cmd("XADD")
+        .arg(format!("{prefix}:history:{room}"))
+        .arg("2-0")
+        .arg(&[
+            "i",
+            missed["id"].as_str().unwrap(),
+            "e",
+            "workflow.progress",
+        ])
+        .arg("t")
+        .arg(now_ms)
+        .arg("p")
+        .arg(missed.to_string())
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let third = publish(&a, "1", 3).await;
+    let got = on_b.event("workflow.progress").await;
+    assert_eq!(
+        got["id"], missed["id"],
+        "the missed event comes first: {got}"
+    );
+    assert_eq!(got["seq"], 2);
+    let got = on_b.event("workflow.progress").await;
+    assert_eq!(got["id"], third["id"]);
+    assert_eq!(got["seq"], 3);
+    let (_, stats) = b.get("/api/v1/websocket/stats", Some(KEY)).await;
+    assert_eq!(stats["cluster"]["repaired_events"], 1, "{stats}");
+}

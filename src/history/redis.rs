@@ -88,7 +88,7 @@ for i = 1, n do
     'i', ARGV[6], 'e', ARGV[5], 't', now, 'p', body)
   redis.call('PEXPIRE', stream, ARGV[b + 4])
   redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[b + 5])
-  header[#header + 1] = ARGV[b + 2] .. '\30' .. seqs[i]
+  header[#header + 1] = ARGV[b + 2] .. '\30' .. seqs[i] .. '\30' .. epochs[i]
 end
 redis.call(ARGV[2], ARGV[1], ARGV[6] .. '\n' .. table.concat(header, '\31') .. '\n' .. ARGV[5] .. '\n' .. body)
 return seqs
@@ -361,13 +361,21 @@ impl RedisHistory {
 }
 
 /// A numbered event as every node receives it on the `events` channel:
-/// `<id>\n<scoped room>\x1e<seq>[\x1f...]\n<event name>\n<envelope>`.
+/// `<id>\n<scoped room>\x1e<seq>\x1e<epoch>[\x1f...]\n<event name>\n<envelope>`.
 #[derive(Debug)]
 pub struct Numbered {
     pub id: String,
-    pub rooms: Vec<(String, u64)>,
+    pub rooms: Vec<Place>,
     pub event: String,
     pub payload: Arc<RawValue>,
+}
+
+/// An event's place in one of its rooms (scoped name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub room: String,
+    pub seq: u64,
+    pub epoch: String,
 }
 
 impl Numbered {
@@ -379,8 +387,12 @@ impl Numbered {
             .next()?
             .split('\x1f')
             .map(|r| {
-                let (room, seq) = r.split_once('\x1e')?;
-                Some((room.to_owned(), seq.parse().ok()?))
+                let mut fields = r.split('\x1e');
+                Some(Place {
+                    room: fields.next()?.to_owned(),
+                    seq: fields.next()?.parse().ok()?,
+                    epoch: fields.next()?.to_owned(),
+                })
             })
             .collect::<Option<Vec<_>>>()?;
         let event = parts.next()?.to_owned();
@@ -489,12 +501,18 @@ impl Catchups {
 
 /// Receives every numbered event of the cluster, in the order Redis numbered them, and
 /// delivers each to this node's sockets; records it for sockets catching up on its rooms.
+///
+/// A jump in a room's `seq` means this node missed events (its pub/sub buffer was full, or
+/// it lost Redis for a moment while others published): they are read back from the room's
+/// stream and delivered first, so its sockets still see every event, in order.
 pub async fn deliver_loop(
     history: Arc<RedisHistory>,
     mut events: socketioxide_redis::drivers::MessageStream<(String, Vec<u8>)>,
     io: Arc<dyn Deliver>,
     counters: Arc<Counters>,
 ) {
+    // The last (epoch, seq) delivered per room; bounded (forgetting only skips a repair).
+    let mut last: HashMap<String, (String, u64)> = HashMap::new();
     while let Some((channel, bytes)) = events.next().await {
         if channel == history.sync_channel {
             history.catchups.reached(&bytes);
@@ -504,35 +522,104 @@ pub async fn deliver_loop(
             tracing::warn!("unreadable numbered event on the cluster channel");
             continue;
         };
-        let numbered = Arc::new(numbered);
-        let waiting = history.catchups.waiting.lock().await;
-        let mut told = HashSet::new();
-        for (room, _) in &numbered.rooms {
-            for catchup in waiting.get(room).into_iter().flatten() {
-                if told.insert(Arc::as_ptr(catchup) as usize) {
-                    catchup
-                        .seen
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(numbered.clone());
+        for missed in repair(&history, &last, &numbered).await {
+            Counters::incr(&counters.repaired_events, 1);
+            deliver_one(&history, &*io, &counters, Arc::new(missed)).await;
+        }
+        if last.len() > 100_000 {
+            last.clear();
+        }
+        for place in &numbered.rooms {
+            last.insert(place.room.clone(), (place.epoch.clone(), place.seq));
+        }
+        deliver_one(&history, &*io, &counters, Arc::new(numbered)).await;
+    }
+}
+
+/// The events of `numbered`'s rooms between the last delivered one and it, read back from
+/// Redis; none when nothing is missing (or Redis cannot be read).
+async fn repair(
+    history: &RedisHistory,
+    last: &HashMap<String, (String, u64)>,
+    numbered: &Numbered,
+) -> Vec<Numbered> {
+    let mut missed = Vec::new();
+    for place in &numbered.rooms {
+        let Some((epoch, seq)) = last.get(&place.room) else {
+            continue;
+        };
+        if *epoch != place.epoch || place.seq <= seq + 1 {
+            continue;
+        }
+        let Some(room) = RoomName::unscope(&place.room).and_then(|(_, r)| RoomName::parse(r))
+        else {
+            continue;
+        };
+        let count = (place.seq - seq - 1) as usize;
+        let wanted = [(place.room.clone(), room, *seq, count)];
+        match history.read(&wanted, "").await {
+            Ok(reads) => {
+                tracing::warn!(
+                    room = place.room,
+                    count,
+                    "missed events read back from redis"
+                );
+                for stored in reads.into_iter().flat_map(|r| r.events) {
+                    if stored.seq < place.seq {
+                        missed.push(Numbered {
+                            id: stored.id,
+                            rooms: vec![Place {
+                                room: place.room.clone(),
+                                seq: stored.seq,
+                                epoch: place.epoch.clone(),
+                            }],
+                            event: stored.event,
+                            payload: stored.payload,
+                        });
+                    }
                 }
             }
+            Err(e) => tracing::warn!(room = place.room, "missed events not read back: {e}"),
         }
-        let rooms = numbered
-            .rooms
-            .iter()
-            .map(|(r, _)| r.clone().into())
-            .collect();
-        match io
-            .deliver(rooms, &numbered.event, &numbered.payload, true)
-            .await
-        {
-            Ok(0) => {}
-            Ok(failed) => Counters::incr(&counters.delivery_failures, failed),
-            Err(e) => tracing::warn!(event = numbered.event, "local delivery failed: {e}"),
-        }
-        drop(waiting);
     }
+    missed
+}
+
+/// Delivers one numbered event to this node's sockets, holding the delivery lock, and
+/// records it for the sockets catching up on its rooms.
+async fn deliver_one(
+    history: &RedisHistory,
+    io: &dyn Deliver,
+    counters: &Counters,
+    numbered: Arc<Numbered>,
+) {
+    let waiting = history.catchups.waiting.lock().await;
+    let mut told = HashSet::new();
+    for place in &numbered.rooms {
+        for catchup in waiting.get(&place.room).into_iter().flatten() {
+            if told.insert(Arc::as_ptr(catchup) as usize) {
+                catchup
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(numbered.clone());
+            }
+        }
+    }
+    let rooms = numbered
+        .rooms
+        .iter()
+        .map(|p| p.room.clone().into())
+        .collect();
+    match io
+        .deliver(rooms, &numbered.event, &numbered.payload, true)
+        .await
+    {
+        Ok(0) => {}
+        Ok(failed) => Counters::incr(&counters.delivery_failures, failed),
+        Err(e) => tracing::warn!(event = numbered.event, "local delivery failed: {e}"),
+    }
+    drop(waiting);
 }
 
 #[cfg(test)]
@@ -541,16 +628,24 @@ mod tests {
 
     #[test]
     fn decodes_what_the_append_script_publishes() {
-        let msg = "0193-id\nacme/project:1\x1e7\x1facme/agent:a\x1e2\nagent.status\n{\"seq\":7}";
+        let msg = "0193-id\nacme/project:1\x1e7\x1ee1\x1facme/agent:a\x1e2\x1ee2\nagent.status\n{\"seq\":7}";
         let n = Numbered::decode(msg.as_bytes()).expect("decodes");
         assert_eq!(n.id, "0193-id");
+        let place = |room: &str, seq, epoch: &str| Place {
+            room: room.into(),
+            seq,
+            epoch: epoch.into(),
+        };
         assert_eq!(
             n.rooms,
-            vec![("acme/project:1".into(), 7), ("acme/agent:a".into(), 2)]
+            vec![
+                place("acme/project:1", 7, "e1"),
+                place("acme/agent:a", 2, "e2")
+            ]
         );
         assert_eq!(n.event, "agent.status");
         assert_eq!(n.payload.get(), "{\"seq\":7}");
         assert!(Numbered::decode(b"id\nroom-without-seq\ne\n{}").is_none());
-        assert!(Numbered::decode(b"id\nr\x1e1\ne\nnot json").is_none());
+        assert!(Numbered::decode(b"id\nr\x1e1\x1ee\ne\nnot json").is_none());
     }
 }

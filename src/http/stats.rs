@@ -40,6 +40,9 @@ struct ClusterStats {
     users: u64,
     /// Pub/sub messages the adapter dropped because its buffer was full.
     dropped_messages: u64,
+    /// Numbered events this node missed on pub/sub and read back from Redis before
+    /// delivering the next one.
+    repaired_events: u64,
 }
 
 pub async fn stats(
@@ -61,6 +64,7 @@ pub async fn stats(
             users: this_node.users,
             nodes: vec![this_node],
             dropped_messages: 0,
+            repaired_events: 0,
         },
         Some(cluster) => {
             let up = cluster.status.is_up();
@@ -84,6 +88,7 @@ pub async fn stats(
                 users: users.unwrap_or(this_node.users),
                 nodes,
                 dropped_messages: cluster.dropped_messages(),
+                repaired_events: Counters::get(&state.counters.repaired_events),
             }
         }
     };

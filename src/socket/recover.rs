@@ -307,7 +307,7 @@ fn newer(numbered: &Numbered, read_up_to: &HashMap<&str, u64>) -> bool {
         || numbered
             .rooms
             .iter()
-            .any(|(room, seq)| read_up_to.get(room.as_str()).is_some_and(|m| seq > m))
+            .any(|p| read_up_to.get(p.room.as_str()).is_some_and(|m| p.seq > *m))
 }
 
 /// Merges per-room backlogs into one, oldest first by the time each was kept, keeping
