@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A tiny run of each bench scenario against a real single node and a two-node cluster on a
-# private redis-server: proves the harness works and nothing is lost. Figures come from
-# full runs (BENCHMARKS.md), never from this.
+# A tiny run of every bench scenario against a real single node and a two-node cluster on
+# a private redis-server, and against the Node socket.io reference (bench/reference/,
+# installed with `npm ci` when missing; skipped without Node): proves the harness works and
+# nothing is lost or duplicated. Figures come from full runs (BENCHMARKS.md), never from this.
 # Usage: bench/smoke.sh [DIR with roomcast and roomcast-bench binaries]
 set -euo pipefail
 bin=${1:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
@@ -9,35 +10,52 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return 0
-    sleep 0.05
-  done
-  echo "node on port $1 never became ready" >&2; return 1
-}
-node() { # node NAME PORT [REDIS_PORT]
-  { echo "[server]"; echo "bind = \"127.0.0.1:$2\""; echo "node_id = \"$1\""
-    echo "[log]"; echo 'level = "warn"'
-    if [ -n "${3:-}" ]; then echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$3\""; echo 'key_prefix = "smoke"'; fi
-  } > "$work/$1.toml"
-  "$bin/roomcast" serve --config "$work/$1.toml" 2> "$work/$1.log" &
-  pids+=($!)
-  wait_ready "$2"
+# run LABEL SCENARIO ARGS...: fails (roomcast-bench exits 1) on anything lost, duplicated
+# or out of order, or on a socket that could not connect.
+run() {
+  local label=$1; shift
+  if ! "$bin/roomcast-bench" "$@" > "$work/out.json"; then
+    cat "$work/out.json" >&2
+    echo "$label: FAILED" >&2; return 1
+  fi
+  python3 - "$label" "$work/out.json" <<'EOF'
+import json, sys
+label, r = sys.argv[1], json.load(open(sys.argv[2]))
+keys = ["sockets", "failed_sockets", "expected_deliveries", "lost", "duplicated", "reconnects", "recovered"]
+print(f"{label}: " + ", ".join(f"{k} {r[k]}" for k in keys if k in r))
+EOF
 }
 
-p1=$(free_port); node single "$p1"
-"$bin/roomcast-bench" fanout --url "http://127.0.0.1:$p1" --publish-url "http://127.0.0.1:$p1" \
-  --sockets 50 --rate 20 --duration 1 > "$work/single.json"
-echo "fanout, one node: $(tr -d ' \n' < "$work/single.json" | grep -o '"lost":[0-9]*')"
+# every_scenario LABEL URL: each single-node scenario at a tiny size.
+every_scenario() {
+  local url=(--url "$2")
+  run "$1 hold" hold "${url[@]}" --sockets 50 --settle 0
+  run "$1 fanout" fanout "${url[@]}" --sockets 50 --rate 20 --duration 1
+  run "$1 fanout flat out" fanout "${url[@]}" --sockets 20 --rate 0 --duration 0.5
+  run "$1 rooms" rooms "${url[@]}" --sockets 60 --rooms 6 --rate 50 --duration 1
+  run "$1 storm" storm "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-every 0.3
+}
+
+p=$(free_port); start_roomcast single "$p"
+every_scenario roomcast "http://127.0.0.1:$p"
 
 rp=$(free_port)
 redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no > "$work/redis.log" &
 pids+=($!)
 pa=$(free_port); pb=$(free_port)
-node a "$pa" "$rp"; node b "$pb" "$rp"
-"$bin/roomcast-bench" fanout --url "http://127.0.0.1:$pa,http://127.0.0.1:$pb" --publish-url "http://127.0.0.1:$pa" \
-  --sockets 50 --rate 20 --duration 1 > "$work/cluster.json"
-echo "fanout, two nodes: $(tr -d ' \n' < "$work/cluster.json" | grep -o '"lost":[0-9]*')"
+start_roomcast a "$pa" "$rp"; start_roomcast b "$pb" "$rp"
+both="http://127.0.0.1:$pa,http://127.0.0.1:$pb"
+run "roomcast cluster" cluster --url "$both" --publish-url "http://127.0.0.1:$pa" \
+  --sockets 50 --rate 20 --duration 1
+# A dropped socket comes back at the other node: recovery across the cluster.
+run "roomcast cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
+  --sockets 40 --rate 50 --duration 2 --drop-every 0.3
+
+if reference_installed; then
+  p=$(free_port); start_reference "$p"
+  every_scenario "node reference" "http://127.0.0.1:$p"
+else
+  echo "node reference: skipped (no node/npm)"
+fi

@@ -236,7 +236,14 @@ async fn nodes_work_on_a_redis_cluster() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(on_b.event("project.deleted").await["id"], body["id"]);
+    let e = on_b.event("project.deleted").await;
+    assert_eq!(e["id"], body["id"]);
+    // ...events are numbered in Redis (streams and scripts on one shard)...
+    assert_eq!(e["seq"], 1, "{e}");
+    let (_, page) = b
+        .get("/api/v1/rooms/project:1/history", Some(READ_KEY))
+        .await;
+    assert_eq!(page["events"][0]["id"], body["id"], "{page}");
     // ...and so do kicks.
     let (_, kicked) = a.post("/api/v1/users/alice/disconnect", json!({})).await;
     assert_eq!(kicked["disconnected"], 1);

@@ -98,12 +98,16 @@ async fn main() -> anyhow::Result<()> {
         Cli::Storm(args) => scenario::storm::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
-    check(&report)
+    if let Err(problems) = check(&report) {
+        eprintln!("roomcast-bench: {problems}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
-/// Fails the run when the harness saw anything it must not: lost or duplicated events,
-/// sockets that failed, publishes the server refused.
-fn check(report: &Value) -> anyhow::Result<()> {
+/// What the harness saw that it must not: lost, duplicated or reordered events, sockets
+/// that failed, publishes the server refused.
+fn check(report: &Value) -> Result<(), String> {
     let problems: Vec<String> = [
         "lost",
         "duplicated",
@@ -117,6 +121,9 @@ fn check(report: &Value) -> anyhow::Result<()> {
         _ => None,
     })
     .collect();
-    anyhow::ensure!(problems.is_empty(), "{}", problems.join(", "));
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join(", "))
+    }
 }
