@@ -273,11 +273,21 @@ impl Roomcast {
         let broadcaster = self.broadcaster.clone();
         let (limit, reconnect_after_ms) = (self.shutdown_timeout, self.reconnect_after_ms);
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        // The listener closes as soon as the signal comes; HTTP requests under way finish,
+        // and upgraded websockets are ours to close below.
         let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining");
-            let _ = draining.send(());
             ready.store(false, Ordering::Relaxed);
+            let _ = draining.send(());
+        });
+        let server = server.into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result,
+            _ = drain_started => {}
+        }
+        let steps = async {
             hub.emit_local(
                 "server.shutdown",
                 &serde_json::json!({ "reconnect_after_ms": reconnect_after_ms }),
@@ -288,15 +298,12 @@ impl Roomcast {
             if let Some(cluster) = cluster {
                 cluster.leave().await;
             }
-        });
-        let server = server.into_future();
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result,
-            _ = drain_started => {}
-        }
-        // Draining: the rest gets at most the shutdown timeout.
-        match tokio::time::timeout(limit, server).await {
+        };
+        // The server keeps being polled meanwhile: that is what closes its listener and
+        // lets requests under way finish.
+        let drain = async { tokio::join!(steps, server).1 };
+        // Draining gets at most the shutdown timeout.
+        match tokio::time::timeout(limit, drain).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!("shutdown timeout reached: closing what is left");

@@ -101,5 +101,14 @@ async fn shutdown_tells_sockets_and_closes_them() {
     server.shutdown();
     let notice = c.event("server.shutdown").await;
     assert_eq!(notice["reconnect_after_ms"], 1000);
+    // A draining node takes no new connection.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting connections while draining"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(c.closed().await);
 }

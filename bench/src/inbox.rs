@@ -106,7 +106,7 @@ pub struct Inbox {
     pub cursor: Cursor,
     pub handshake_us: Vec<u32>,
     pub subscribe_us: Vec<u32>,
-    /// From dropping the connection to being back in the room.
+    /// From reconnecting (after the pause that follows a drop) to being back in the room.
     pub reconnect_us: Vec<u32>,
     pub recovered: u64,
     pub not_recovered: u64,

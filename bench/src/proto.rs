@@ -6,6 +6,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -60,8 +61,12 @@ impl Conn {
             "{}/socket.io/?EIO=4&transport=websocket",
             base.replacen("http", "ws", 1)
         );
-        // No Nagle: acks and pongs are tiny and latency-bound.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+        // Small buffers (tungstenite's defaults are 128 KiB each way, per socket) keep the
+        // generator's memory low with 15,000 sockets; no Nagle: acks and pongs are tiny.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config), true)
             .await
             .with_context(|| format!("connecting to {url}"))?;
         Ok(Self { ws, next_ack: 0 })

@@ -112,11 +112,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def render_config(port: int, max_rooms: int = 100, max_body: int = 262144) -> str:
+def render_config(port: int, max_rooms: int = 100, max_body: int = 262144,
+                  node_id: str = NODE_ID, cluster: dict | None = None) -> str:
+    """The node's config.toml. `cluster` ({"redis_url", "key_prefix"}) adds a [cluster] table."""
+    cluster_toml = ""
+    if cluster is not None:
+        cluster_toml = f"""
+[cluster]
+redis_url = "{cluster['redis_url']}"
+key_prefix = "{cluster['key_prefix']}"
+node_ttl_secs = 3
+presence_grace_secs = 1
+"""
     return f"""
 [server]
 bind = "127.0.0.1:{port}"
-node_id = "{NODE_ID}"
+node_id = "{node_id}"
 
 [auth]
 jwt_secret = "{JWT_SECRET}"
@@ -144,7 +155,7 @@ scopes = ["read"]
 
 [log]
 level = "warn"
-"""
+{cluster_toml}"""
 
 
 class Server:
@@ -234,14 +245,16 @@ def roomcast_bin() -> Path:
     return Path(os.environ.get("ROOMCAST_BIN") or DEFAULT_BIN)
 
 
-def start_server(**limits: Any) -> Server:
+def start_server(node_id: str = NODE_ID, cluster: dict | None = None, **limits: Any) -> Server:
+    """Starts `roomcast serve` on a free port and waits for /ready. `cluster`
+    ({"redis_url", "key_prefix"}) makes it a node of that cluster."""
     binary = roomcast_bin()
     if not binary.exists():
         pytest.fail(f"roomcast binary not found at {binary}; run `cargo build` or set ROOMCAST_BIN")
     workdir = Path(tempfile.mkdtemp(prefix="roomcast-e2e-"))
     port = free_port()
     config = workdir / "config.toml"
-    config.write_text(render_config(port, **limits))
+    config.write_text(render_config(port, node_id=node_id, cluster=cluster, **limits))
     log_path = workdir / "server.log"
     # The child must read only our file: drop any ROOMCAST_* overrides from the caller.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
@@ -252,6 +265,7 @@ def start_server(**limits: Any) -> Server:
                             env=env, cwd=workdir)
     log.close()
     server = Server(proc, f"http://127.0.0.1:{port}", workdir, log_path)
+    server.node_id = node_id
     deadline = time.monotonic() + READY_DEADLINE_S
     try:
         while True:
@@ -295,6 +309,111 @@ def server_factory():
     finally:
         for srv in started:
             srv.stop()
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+REDIS_BIN = os.environ.get("REDIS_SERVER_BIN") or "redis-server"
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port (never 6379), no persistence."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, workdir: Path):
+        self.proc = proc
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}"
+        self.workdir = workdir
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis() -> RedisServer:
+    port = free_port()
+    while port == 6379:
+        port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="roomcast-e2e-redis-"))
+    log = open(workdir / "redis.log", "wb")
+    try:
+        proc = subprocess.Popen(
+            [REDIS_BIN, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    except FileNotFoundError:
+        pytest.fail(f"{REDIS_BIN} not found: the cluster tests need redis-server (or set REDIS_SERVER_BIN)")
+    finally:
+        log.close()
+    redis = RedisServer(proc, port, workdir)
+    deadline = time.monotonic() + 10
+    while not _redis_ping(port):
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            redis.stop()
+            pytest.fail(f"redis-server on port {port} did not answer PING; log:\n"
+                        f"{(workdir / 'redis.log').read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return redis
+
+
+class Cluster:
+    """A redis-server and Roomcast nodes sharing its URL and a key prefix."""
+
+    def __init__(self, redis: RedisServer, key_prefix: str):
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.nodes: list[Server] = []
+
+    def add_node(self, node_id: str, **limits: Any) -> Server:
+        srv = start_server(node_id=node_id,
+                           cluster={"redis_url": self.redis.url, "key_prefix": self.key_prefix},
+                           **limits)
+        self.nodes.append(srv)
+        return srv
+
+    def wait_for_nodes(self, timeout: float = 10.0) -> None:
+        """Until every node lists every node in stats.cluster.nodes."""
+        want = sorted(n.node_id for n in self.nodes)
+
+        def seen(srv: Server) -> list[str]:
+            try:
+                r = srv.get("/api/v1/websocket/stats", key=API_KEY)
+                return sorted(n["node_id"] for n in r.json()["cluster"]["nodes"])
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                return []
+
+        for srv in self.nodes:
+            wait_for(lambda srv=srv: seen(srv) == want, timeout, interval=0.1,
+                     message=f"stats.cluster.nodes at {srv.node_id} == {want}")
+
+    def stop(self) -> None:
+        for srv in self.nodes:
+            srv.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A redis-server and two nodes, `py-a` and `py-b` (cluster.nodes), of one cluster."""
+    c = Cluster(start_redis(), f"rc-py-{uuid.uuid4().hex[:8]}")
+    try:
+        c.add_node("py-a")
+        c.add_node("py-b")
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.stop()
 
 
 # --------------------------------------------------------------------------- clients

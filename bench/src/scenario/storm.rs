@@ -41,8 +41,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         every: Duration::from_secs_f64(args.drop_every),
         max_pause: Duration::from_millis(args.max_pause_ms),
     };
-    let unstable = (args.common.sockets as f64 * args.drop_fraction.clamp(0.0, 1.0)).round();
-    let crowd = Crowd::gather(&args.common, &names, true, Some((drops, unstable as usize))).await?;
+    let unstable =
+        (args.common.sockets as f64 * args.drop_fraction.clamp(0.0, 1.0)).round() as usize;
+    let crowd = Crowd::gather(&args.common, &names, true, Some((drops, unstable))).await?;
     let connect_secs = crowd.connect_secs;
     // A dropped socket may need a reconnect, a replay and a slow handshake: wait longer.
     let quiet = Duration::from_secs(3);

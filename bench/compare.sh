@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs each bench scenario against Roomcast and against the Node socket.io reference
+# (bench/reference/) with the same parameters, then prints a Markdown table per scenario:
+# figure, Roomcast, Node, ratio. Every run gets a fresh server (memory, history and GC
+# start clean) and the two servers never run at the same time; the load generator shares
+# the machine with them. Builds nothing.
+#
+# Usage: bench/compare.sh [DIR with roomcast and roomcast-bench binaries]  (default target/release)
+# Sizes, from the environment (defaults suit a 2-core machine):
+#   HOLD_SOCKETS=5000                                  hold, and connect (hold without subscribe)
+#   FANOUT_SOCKETS=1000 FANOUT_RATE=50 FANOUT_SECS=10  fanout at a fixed rate
+#   FLAT_SECS=5                                        fanout flat out, same sockets
+#   ROOMS_SOCKETS=1000 ROOMS=100 ROOMS_RATE=0 ROOMS_SECS=5
+#   STORM_SOCKETS=1000 STORM_RATE=50 STORM_SECS=10
+#   SCENARIOS="hold connect fanout flat rooms storm"   the ones to run, in order
+#   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
+#   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
+# `cluster` is not compared: the reference runs socket.io's in-memory adapter, one process.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-$root/target/release}
+work=$(mktemp -d)
+out=${OUT:-$work/runs}
+mkdir -p "$out"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+source "$root/bench/lib.sh"
+
+: "${HOLD_SOCKETS:=5000}" "${FANOUT_SOCKETS:=1000}" "${FANOUT_RATE:=50}" "${FANOUT_SECS:=10}" "${FLAT_SECS:=5}"
+: "${ROOMS_SOCKETS:=1000}" "${ROOMS:=100}" "${ROOMS_RATE:=0}" "${ROOMS_SECS:=5}"
+: "${STORM_SOCKETS:=1000}" "${STORM_RATE:=50}" "${STORM_SECS:=10}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm}" "${BENCH_ARGS:=}"
+
+# The roomcast-bench arguments of a scenario (without --url and --pids).
+scenario_args() {
+  case $1 in
+    hold) echo "hold --sockets $HOLD_SOCKETS" ;;
+    connect) echo "hold --sockets $HOLD_SOCKETS --no-subscribe" ;;
+    fanout) echo "fanout --sockets $FANOUT_SOCKETS --rate $FANOUT_RATE --duration $FANOUT_SECS" ;;
+    flat) echo "fanout --sockets $FANOUT_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
+    rooms) echo "rooms --sockets $ROOMS_SOCKETS --rooms $ROOMS --rate $ROOMS_RATE --duration $ROOMS_SECS" ;;
+    storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
+    *) echo "unknown scenario $1" >&2; return 1 ;;
+  esac
+}
+
+# One run of SCENARIO against SERVER (roomcast | node) on a fresh server.
+run_one() {
+  local scenario=$1 server=$2 port args
+  args=$(scenario_args "$scenario")
+  port=$(free_port)
+  if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario" "$port"; else start_reference "$port"; fi
+  echo "$scenario on $server: roomcast-bench $args $BENCH_ARGS" >&2
+  # A run that loses events exits 1 but still prints its figures: keep going.
+  # shellcheck disable=SC2086
+  "$bin/roomcast-bench" $args $BENCH_ARGS --url "http://127.0.0.1:$port" --pids "$server_pid" \
+    > "$out/$scenario.$server.json" 2> "$out/$scenario.$server.err" ||
+    echo "  exit $?: $(tail -n 1 "$out/$scenario.$server.err")" >&2
+  stop_server "$server_pid"
+}
+
+need=$((HOLD_SOCKETS + 100))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
+  echo "open-file limit $(ulimit -n) is below $need: lower HOLD_SOCKETS or raise ulimit -n" >&2
+  exit 1
+fi
+reference_installed || { echo "the Node reference needs node and npm" >&2; exit 1; }
+
+for scenario in $SCENARIOS; do
+  scenario_args "$scenario" > /dev/null
+  run_one "$scenario" roomcast
+  run_one "$scenario" node
+done
+
+echo "# Roomcast vs Node socket.io 4.8.4 reference — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, node $(node --version)"
+python3 "$root/bench/table.py" "$out" $SCENARIOS
+[ -n "${OUT:-}" ] && echo "runs kept in $out" >&2
+exit 0

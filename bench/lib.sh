@@ -1,0 +1,57 @@
+# Shell helpers bench/smoke.sh and bench/compare.sh share (sourced, not run).
+# Expects: $bin (directory with roomcast and roomcast-bench), $work (a scratch directory),
+# and a `pids` array the caller kills on exit.
+
+bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+reference="$bench_dir/reference"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_ready() { # wait_ready PORT
+  for _ in $(seq 1 200); do
+    curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "server on port $1 never became ready" >&2; return 1
+}
+
+# start_roomcast NAME PORT [REDIS_PORT]: a Roomcast node with a generated config; its pid
+# is appended to `pids` and stored in $server_pid.
+start_roomcast() {
+  { echo "[server]"; echo "bind = \"127.0.0.1:$2\""; echo "node_id = \"$1\""
+    echo "[log]"; echo 'level = "warn"'
+    if [ -n "${3:-}" ]; then # the nodes of one cluster share Redis and the key prefix
+      echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$3\""; echo "key_prefix = \"bench$3\""
+    fi
+  } > "$work/$1.toml"
+  "$bin/roomcast" serve --config "$work/$1.toml" 2> "$work/$1.log" &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_ready "$2"
+}
+
+# start_reference PORT: the Node socket.io reference; pid in $server_pid.
+start_reference() {
+  PORT=$1 node "$reference/server.js" 2> "$work/reference-$1.log" &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_ready "$1"
+}
+
+stop_server() { # stop_server PID: stops it and forgets it, so cleanup never signals a reused pid
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local keep=() p
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
+
+# reference_installed: true when the reference's node_modules match its lockfile, running
+# `npm ci` first when they are missing or stale and npm is available.
+reference_installed() {
+  command -v node >/dev/null || return 1
+  if [ ! -d "$reference/node_modules" ] || [ "$reference/package-lock.json" -nt "$reference/node_modules/.package-lock.json" ]; then
+    command -v npm >/dev/null || return 1
+    npm ci --prefix "$reference" --no-audit --no-fund >&2
+  fi
+}
