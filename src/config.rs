@@ -219,6 +219,9 @@ pub struct LimitsConfig {
     pub polling_max_payload_bytes: u64,
     /// Packets buffered per socket before further emits to it are dropped (and counted).
     pub socket_buffer_packets: usize,
+    /// `project:`/`agent:` rooms with more users than this announce no `presence.joined` /
+    /// `presence.left` (each would go to every member: quadratic in the room's size).
+    pub presence_announce_max_users: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,6 +299,7 @@ impl Default for LimitsConfig {
             ws_max_frame_bytes: 64 * 1024,
             polling_max_payload_bytes: 64 * 1024,
             socket_buffer_packets: 1024,
+            presence_announce_max_users: 100,
         }
     }
 }

@@ -205,18 +205,18 @@ impl Roomcast {
             idempotency,
             p.history.clone(),
         );
-        let grace = Duration::from_secs(p.config.cluster.presence_grace_secs);
-        Presence::start(
-            p.queue,
-            p.presence_store.clone(),
-            broadcaster.clone(),
-            grace,
-        );
+        let announcer = presence::Announcer {
+            store: p.presence_store.clone(),
+            broadcaster: broadcaster.clone(),
+            grace: Duration::from_secs(p.config.cluster.presence_grace_secs),
+            max_users: p.config.limits.presence_announce_max_users,
+        };
+        Presence::start(p.queue, announcer.clone());
         if let Some(cluster) = &p.cluster {
             tokio::spawn(
                 cluster
                     .clone()
-                    .run(io.clone(), p.presence.clone(), broadcaster.clone()),
+                    .run(io.clone(), p.presence.clone(), announcer),
             );
         }
         let ready = Arc::new(AtomicBool::new(false));
@@ -275,6 +275,13 @@ impl Roomcast {
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         // The listener closes as soon as the signal comes; HTTP requests under way finish,
         // and upgraded websockets are ours to close below.
+        // Small frames (the handshake's answer, then `connection.established`) must not wait
+        // for the client's delayed ACK: without TCP_NODELAY a connect costs ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining");
@@ -332,6 +339,21 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
     }
 }
+
+/// Binds `addr` with a listen backlog deep enough for a reconnect storm (the default 128
+/// overflows when thousands of clients come back at once; the kernel caps it at
+/// `net.core.somaxconn`).
+pub async fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -100,7 +100,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let server = roomcast::Roomcast::new(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.server.bind).await?;
+    let listener = roomcast::listen(config.server.bind).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         node_id = server.node_id(),

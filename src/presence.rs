@@ -114,14 +114,10 @@ impl Presence {
         )
     }
 
-    /// Spawns the worker that applies queued changes to `store` and announces transitions.
-    pub fn start(
-        queue: PresenceQueue,
-        store: Arc<dyn PresenceStore>,
-        broadcaster: EventBroadcaster,
-        grace: Duration,
-    ) {
-        tokio::spawn(run(queue.0, store, broadcaster, grace));
+    /// Spawns the worker that applies queued changes to the store and announces
+    /// transitions.
+    pub fn start(queue: PresenceQueue, announcer: Announcer) {
+        tokio::spawn(run(queue.0, announcer));
     }
 
     fn record(
@@ -241,12 +237,7 @@ pub async fn members(
     Ok(members)
 }
 
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<Op>,
-    store: Arc<dyn PresenceStore>,
-    broadcaster: EventBroadcaster,
-    grace: Duration,
-) {
+async fn run(mut rx: mpsc::UnboundedReceiver<Op>, announcer: Announcer) {
     while let Some(op) = rx.recv().await {
         match op {
             Op::Change {
@@ -255,32 +246,24 @@ async fn run(
                 delta,
                 announce,
             } => {
-                let result = store.change(&key, &field, delta, announce.is_some()).await;
+                let result = announcer
+                    .store
+                    .change(&key, &field, delta, announce.is_some())
+                    .await;
                 let Some((tenant, room, user)) = announce else {
                     continue;
                 };
                 match result {
-                    Ok(Transition::Joined) => {
-                        announce_event(&broadcaster, &tenant, &room, &user, "presence.joined")
-                            .await;
-                    }
+                    Ok(Transition::Joined) => announcer.joined(&tenant, &room, &user).await,
                     Ok(Transition::Leaving(token)) => {
-                        schedule_left(
-                            store.clone(),
-                            broadcaster.clone(),
-                            tenant,
-                            room,
-                            user,
-                            token,
-                            grace,
-                        );
+                        announcer.schedule_left(tenant, room, user, token).await;
                     }
                     Ok(Transition::Unchanged | Transition::Rejoined) => {}
                     Err(e) => tracing::debug!("presence change not stored: {e}"),
                 }
             }
             Op::Resync(entries) => {
-                if let Err(e) = store.resync(entries).await {
+                if let Err(e) = announcer.store.resync(entries).await {
                     tracing::warn!("presence resync failed: {e}");
                 }
             }
@@ -288,41 +271,67 @@ async fn run(
     }
 }
 
-/// After `grace`, announces `presence.left` if the user is still gone.
-pub fn schedule_left(
-    store: Arc<dyn PresenceStore>,
-    broadcaster: EventBroadcaster,
-    tenant: Tenant,
-    room: RoomName,
-    user: Id,
-    token: String,
-    grace: Duration,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(grace).await;
-        let key = room.scoped(&tenant);
-        match store.confirm_left(&key, user.as_str(), &token).await {
-            Ok(true) => announce_event(&broadcaster, &tenant, &room, &user, "presence.left").await,
-            Ok(false) => {}
-            Err(e) => tracing::debug!("presence.left not confirmed: {e}"),
-        }
-    });
+/// Announces `presence.joined` and `presence.left` in rooms small enough for it.
+#[derive(Clone)]
+pub struct Announcer {
+    pub store: Arc<dyn PresenceStore>,
+    pub broadcaster: EventBroadcaster,
+    /// How long a last leave waits for the user to come back before it is announced.
+    pub grace: Duration,
+    /// Rooms with more users announce nothing: every join would go to every member, which
+    /// grows with the square of the room (a room of 5,000 filling up sends 12.5 M notices).
+    pub max_users: u64,
 }
 
-async fn announce_event(
-    broadcaster: &EventBroadcaster,
-    tenant: &Tenant,
-    room: &RoomName,
-    user: &Id,
-    name: &'static str,
-) {
-    let data = json!({"user_id": user, "room": room});
-    if let Err(e) = broadcaster
-        .with_tenant(tenant.clone())
-        .announce(name, room.clone(), &data)
-        .await
-    {
-        tracing::debug!(name, "presence event not published: {e}");
+impl Announcer {
+    /// After the grace period, announces `presence.left` if the user is still gone. Whether
+    /// the room is small enough is judged now, with the user counted, like the join was.
+    pub async fn schedule_left(&self, tenant: Tenant, room: RoomName, user: Id, token: String) {
+        if !self.small_enough(&tenant, &room, 1).await {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.grace).await;
+            let key = room.scoped(&tenant);
+            match this.store.confirm_left(&key, user.as_str(), &token).await {
+                Ok(true) => this.publish(&tenant, &room, &user, "presence.left").await,
+                Ok(false) => {}
+                Err(e) => tracing::debug!("presence.left not confirmed: {e}"),
+            }
+        });
+    }
+
+    async fn joined(&self, tenant: &Tenant, room: &RoomName, user: &Id) {
+        if self.small_enough(tenant, room, 0).await {
+            self.publish(tenant, room, user, "presence.joined").await;
+        }
+    }
+
+    /// Whether `room` has at most `max_users` users, counting `extra` more.
+    async fn small_enough(&self, tenant: &Tenant, room: &RoomName, extra: u64) -> bool {
+        if self.max_users == 0 {
+            return false;
+        }
+        match self.store.count(&room.scoped(tenant)).await {
+            Ok(users) => users + extra <= self.max_users,
+            Err(e) => {
+                tracing::debug!("presence not announced: {e}");
+                false
+            }
+        }
+    }
+
+    async fn publish(&self, tenant: &Tenant, room: &RoomName, user: &Id, name: &'static str) {
+        let data = json!({"user_id": user, "room": room});
+        if let Err(e) = self
+            .broadcaster
+            .with_tenant(tenant.clone())
+            .announce(name, room.clone(), &data)
+            .await
+        {
+            tracing::debug!(name, "presence event not published: {e}");
+        }
     }
 }
 

@@ -170,3 +170,40 @@ async fn kicking_a_user_disconnects_all_their_sockets() {
         .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn rooms_past_the_announce_limit_announce_nothing() {
+    let server = TestServer::start_with(
+        "[limits]\npresence_announce_max_users = 2\n[cluster]\npresence_grace_secs = 1",
+    )
+    .await;
+    let mut watcher = member(&server, "watcher", &["1"]).await;
+    watcher.subscribe("project:1").await;
+    assert_eq!(
+        watcher.event("presence.joined").await["data"]["user_id"],
+        "watcher"
+    );
+    let mut alice = member(&server, "alice", &["1"]).await;
+    alice.subscribe("project:1").await;
+    assert_eq!(
+        watcher.event("presence.joined").await["data"]["user_id"],
+        "alice"
+    );
+    // A third user makes the room too big to announce in...
+    let mut bob = member(&server, "bob", &["1"]).await;
+    bob.subscribe("project:1").await;
+    until_connections(&server, "project:1", 3).await;
+    server.publish_marker().await;
+    watcher
+        .assert_not_before("presence.joined", "system.notification")
+        .await;
+    // ...and its leave is not announced either; once back at two users, leaves are.
+    drop(bob);
+    until_connections(&server, "project:1", 2).await;
+    drop(alice);
+    let left = watcher.event("presence.left").await;
+    assert_eq!(
+        left["data"]["user_id"], "alice",
+        "bob's leave was not announced: {left}"
+    );
+}

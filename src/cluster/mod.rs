@@ -18,11 +18,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
-use crate::broadcaster::EventBroadcaster;
 use crate::config::{ClusterConfig, ClusterMode, HistoryConfig, OnUnavailable};
 use crate::events::Timestamp;
 use crate::history::RedisHistory;
-use crate::presence::{self, Presence, PresenceStore};
+use crate::presence::{Announcer, Presence};
 use crate::rooms::{Id, RoomName};
 use crate::socket::Census;
 use conn::RedisConn;
@@ -88,7 +87,6 @@ pub struct Cluster {
     prefix: String,
     node_id: String,
     ttl: Duration,
-    grace: Duration,
     request_timeout: Duration,
     pub status: Arc<ClusterStatus>,
     pub store: Arc<RedisStore>,
@@ -113,7 +111,6 @@ impl Cluster {
             prefix,
             node_id: node_id.to_owned(),
             ttl: Duration::from_secs(config.node_ttl_secs),
-            grace,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             status: Arc::new(ClusterStatus::new(config.on_unavailable)),
         })
@@ -201,14 +198,14 @@ impl Cluster {
         self: Arc<Self>,
         census: Arc<dyn Census>,
         presence: Presence,
-        broadcaster: EventBroadcaster,
+        announcer: Announcer,
     ) {
         let period = (self.ttl / 3).clamp(Duration::from_millis(250), Duration::from_secs(2));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.beat(&*census, &presence, &broadcaster).await {
+            if let Err(e) = self.beat(&*census, &presence, &announcer).await {
                 self.status.set_down(e.to_string());
             }
         }
@@ -218,7 +215,7 @@ impl Cluster {
         &self,
         census: &dyn Census,
         presence: &Presence,
-        broadcaster: &EventBroadcaster,
+        announcer: &Announcer,
     ) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
         let ping_cmd = redis::cmd("PING");
@@ -263,11 +260,11 @@ impl Cluster {
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
-        self.reap_dead(broadcaster).await
+        self.reap_dead(announcer).await
     }
 
     /// Finds nodes whose heartbeat expired and takes their presence out, once cluster-wide.
-    async fn reap_dead(&self, broadcaster: &EventBroadcaster) -> Result<(), redis::RedisError> {
+    async fn reap_dead(&self, announcer: &Announcer) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
         for id in self.known_nodes().await? {
             let alive: bool = redis::cmd("EXISTS")
@@ -294,7 +291,6 @@ impl Cluster {
                 .reap(&id, true)
                 .await
                 .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "reap", e.0)))?;
-            let store: Arc<dyn PresenceStore> = self.store.clone();
             for (key, field, token) in pending {
                 let Some((tenant, room)) = RoomName::unscope(&key) else {
                     continue;
@@ -304,15 +300,7 @@ impl Cluster {
                 else {
                     continue;
                 };
-                presence::schedule_left(
-                    store.clone(),
-                    broadcaster.clone(),
-                    tenant,
-                    room,
-                    user,
-                    token,
-                    self.grace,
-                );
+                announcer.schedule_left(tenant, room, user, token).await;
             }
             redis::cmd("ZREM")
                 .arg(self.nodes_key())
