@@ -217,6 +217,9 @@ pub struct LimitsConfig {
     pub ws_max_frame_bytes: usize,
     /// Largest HTTP long-polling payload a client may send (bytes).
     pub polling_max_payload_bytes: u64,
+    /// Each websocket's read buffer (bytes), held for the socket's life: clients mostly
+    /// receive, so a small one saves memory per socket; a bigger message takes more reads.
+    pub ws_read_buffer_bytes: usize,
     /// Packets buffered per socket before further emits to it are dropped (and counted).
     pub socket_buffer_packets: usize,
     /// `project:`/`agent:` rooms with more users than this announce no `presence.joined` /
@@ -298,6 +301,7 @@ impl Default for LimitsConfig {
             ws_max_message_bytes: 64 * 1024,
             ws_max_frame_bytes: 64 * 1024,
             polling_max_payload_bytes: 64 * 1024,
+            ws_read_buffer_bytes: 1024,
             socket_buffer_packets: 1024,
             presence_announce_max_users: 100,
         }

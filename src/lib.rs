@@ -232,7 +232,9 @@ impl Roomcast {
             started: Instant::now(),
             ready: ready.clone(),
         };
-        let router = http::router(state, p.config.limits.max_http_body_bytes).layer(layer);
+        let router = http::router(state, p.config.limits.max_http_body_bytes)
+            .layer(layer)
+            .layer(axum::middleware::map_request(socket::detach_head));
         Self {
             router,
             broadcaster,
@@ -329,6 +331,7 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         .connect_timeout(Duration::from_millis(server.connect_timeout_ms))
         .ws_max_message_size(limits.ws_max_message_bytes)
         .ws_max_frame_size(limits.ws_max_frame_bytes)
+        .ws_read_buffer_size(limits.ws_read_buffer_bytes.max(256))
         .max_payload(limits.polling_max_payload_bytes)
         .max_buffer_size(limits.socket_buffer_packets);
     let websocket = server.transports.contains(&Transport::Websocket);

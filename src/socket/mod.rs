@@ -78,6 +78,33 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> Vec<A::InitRes
         .collect()
 }
 
+/// Gives a Socket.IO request's URI and headers their own small allocations.
+///
+/// hyper parses a request's head in place: its header values and path are slices of the
+/// connection's read buffer (8 KiB or more). engineioxide keeps the request head for the
+/// socket's whole life, and with it that buffer: about 16 KB per idle websocket. Copying
+/// the few bytes of the head out lets the buffer go once the connection is upgraded.
+pub async fn detach_head(mut req: axum::extract::Request) -> axum::extract::Request {
+    if !req.uri().path().starts_with("/socket.io") {
+        return req;
+    }
+    if let Ok(uri) = http::Uri::try_from(req.uri().to_string()) {
+        // axum keeps the URI as it came, too.
+        if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
+            original.0 = uri.clone();
+        }
+        *req.uri_mut() = uri;
+    }
+    let mut headers = http::HeaderMap::with_capacity(req.headers().len());
+    for (name, value) in req.headers() {
+        if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
+            headers.append(name.clone(), value);
+        }
+    }
+    *req.headers_mut() = headers;
+    req
+}
+
 /// The rooms a socket is in, by their public names (the tenant prefix removed).
 pub fn public_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<RoomName> {
     s.rooms()
