@@ -71,32 +71,26 @@ pub async fn recover<A: Adapter>(
             .collect::<Vec<_>>(),
     );
     let accepted = check(s, ctx, identity, since, &mut outcome);
+    let job = Job {
+        s,
+        ctx,
+        identity,
+        accepted,
+        outcome,
+    };
     match &ctx.history {
-        HistoryStore::Memory(history) => {
-            from_memory(
-                s,
-                ctx,
-                identity,
-                history,
-                accepted,
-                outcome,
-                send_established,
-            )
-            .await
-        }
-        HistoryStore::Redis(history) => {
-            from_redis(
-                s,
-                ctx,
-                identity,
-                history,
-                accepted,
-                outcome,
-                send_established,
-            )
-            .await
-        }
+        HistoryStore::Memory(history) => from_memory(job, history, send_established).await,
+        HistoryStore::Redis(history) => from_redis(job, history, send_established).await,
     }
+}
+
+/// What both ways of recovering work on.
+struct Job<'a, A: Adapter> {
+    s: &'a SocketRef<A>,
+    ctx: &'a SocketCtx,
+    identity: &'a Identity,
+    accepted: Vec<Accepted>,
+    outcome: Outcome,
 }
 
 /// Checks every room of `since` against the token and the room limit; refused rooms go
@@ -165,14 +159,17 @@ fn emit<A: Adapter>(s: &SocketRef<A>, event: &str, payload: &serde_json::value::
 /// Single node: the rooms' logs are held from reading the backlog to sending it, which
 /// keeps publishes to those rooms waiting meanwhile.
 async fn from_memory<A: Adapter>(
-    s: &SocketRef<A>,
-    ctx: &SocketCtx,
-    identity: &Identity,
+    job: Job<'_, A>,
     history: &History,
-    accepted: Vec<Accepted>,
-    mut outcome: Outcome,
     send_established: impl FnOnce(&Outcome),
 ) {
+    let Job {
+        s,
+        ctx,
+        identity,
+        accepted,
+        mut outcome,
+    } = job;
     let keys: Vec<_> = accepted
         .iter()
         .map(|a| (a.scoped.clone(), a.room.clone()))
@@ -218,14 +215,17 @@ async fn from_memory<A: Adapter>(
 /// the node's delivery lock, sends the backlog, then the live events that
 /// arrived meanwhile and are newer than it, and joins the rooms.
 async fn from_redis<A: Adapter>(
-    s: &SocketRef<A>,
-    ctx: &SocketCtx,
-    identity: &Identity,
+    job: Job<'_, A>,
     history: &RedisHistory,
-    accepted: Vec<Accepted>,
-    mut outcome: Outcome,
     send_established: impl FnOnce(&Outcome),
 ) {
+    let Job {
+        s,
+        ctx,
+        identity,
+        accepted,
+        mut outcome,
+    } = job;
     if accepted.is_empty() {
         // A plain connect: no round trip to Redis.
         send_established(&outcome);
