@@ -366,3 +366,46 @@ async fn stats_count_connections() {
     let (r, _) = server.get("/ready", None).await;
     assert_eq!((h, r), (200, 200));
 }
+
+/// `GET /api/v1/schema` describes the envelope and every event type's `data`, from the
+/// server's own structs: what a typed client is generated from.
+#[tokio::test]
+async fn the_schema_endpoint_describes_every_event_type() {
+    let server = TestServer::start().await;
+    let (status, schema) = server.get("/api/v1/schema", None).await;
+    assert_eq!(status, 200, "{schema}");
+    let events = schema["events"].as_object().unwrap();
+    assert_eq!(events.len(), 18, "{:?}", events.keys());
+    let updated = &events["project.updated"];
+    assert!(
+        updated["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("project_id")),
+        "{updated}"
+    );
+    assert_eq!(updated["additionalProperties"], false, "{updated}");
+    // The envelope schema names exactly what a delivered event carries.
+    let mut c = admin(&server, "s", &["project:1"]).await;
+    let (_, published) = server
+        .post(
+            "/api/v1/events",
+            json!({"type": "project.updated", "data": {"project_id": 1}}),
+        )
+        .await;
+    let e = c.event("project.updated").await;
+    assert_eq!(e["id"], published["id"]);
+    let known = schema["envelope"]["properties"].as_object().unwrap();
+    for field in e.as_object().unwrap().keys() {
+        assert!(
+            known.contains_key(field),
+            "{field} not in the envelope schema"
+        );
+    }
+    for field in schema["envelope"]["required"].as_array().unwrap() {
+        assert!(
+            e.get(field.as_str().unwrap()).is_some(),
+            "{field} missing in {e}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod events;
 mod health;
 mod history;
 mod presence;
+mod schema;
 mod stats;
 mod users;
 
@@ -62,6 +63,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             "/api/v1/users/{user_id}/disconnect",
             post(users::disconnect),
         )
+        .route("/api/v1/schema", get(schema::schema))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(max_body))
