@@ -292,10 +292,17 @@ impl Roomcast {
         });
         let server = server.into_future();
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result,
-            _ = drain_started => {}
-        }
+        let mut drain_started = drain_started;
+        // With no HTTP request under way the server future ends in the very poll that sent
+        // `draining` (hyper does not track upgraded websockets), so either branch can win.
+        let finished = tokio::select! {
+            result = &mut server => Some(result),
+            _ = &mut drain_started => None,
+        };
+        let finished = match finished {
+            Some(result) if drain_started.try_recv().is_err() => return result,
+            other => other,
+        };
         let steps = async {
             hub.emit_local(
                 "server.shutdown",
@@ -310,7 +317,15 @@ impl Roomcast {
         };
         // The server keeps being polled meanwhile: that is what closes its listener and
         // lets requests under way finish.
-        let drain = async { tokio::join!(steps, server).1 };
+        let drain = async {
+            match finished {
+                Some(result) => {
+                    steps.await;
+                    result
+                }
+                None => tokio::join!(steps, server).1,
+            }
+        };
         // Draining gets at most the shutdown timeout.
         match tokio::time::timeout(limit, drain).await {
             Ok(result) => result,
