@@ -33,6 +33,9 @@ step "JS end-to-end tests (socket.io-client)"
   npm test
 )
 
+step "TypeScript client (clients/js)"
+(cd clients/js && { [ -d node_modules ] && [ ! package-lock.json -nt node_modules/.package-lock.json ] || npm ci --no-audit --no-fund; } && npm test)
+
 step "Python end-to-end tests (python-socketio)"
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then

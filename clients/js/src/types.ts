@@ -1,0 +1,253 @@
+// Wire types of the Roomcast protocol (WEBSOCKET_API.md sections 2, 4, 5 and 11).
+
+/** An id: 1 to 128 of [A-Za-z0-9_.-]. Publishers may send integers; clients always get strings. */
+export type Id = string;
+
+export interface ProjectUpdated {
+  project_id: Id;
+  project_name?: string;
+  status?: string;
+  updated_by?: string;
+  repository_url?: string;
+  changes?: Record<string, unknown>;
+}
+
+export interface ProjectDeleted {
+  project_id: Id;
+  deleted_by?: string;
+}
+
+export interface AgentStatusChanged {
+  agent_id: Id;
+  status: string;
+  previous_status?: string;
+  project_id?: Id;
+}
+
+/** `agent.connected` and `agent.disconnected`. */
+export interface AgentConnection {
+  agent_id: Id;
+  project_id?: Id;
+  reason?: string;
+}
+
+export interface WorkflowStarted {
+  workflow_id: Id;
+  project_id: Id;
+  name?: string;
+  triggered_by?: string;
+}
+
+export interface WorkflowProgress {
+  workflow_id: Id;
+  project_id: Id;
+  /** Integer 0–100. */
+  progress: number;
+  step?: string;
+  message?: string;
+  eta_seconds?: number;
+}
+
+export interface WorkflowCompleted {
+  workflow_id: Id;
+  project_id: Id;
+  result?: unknown;
+  duration_ms?: number;
+}
+
+export interface WorkflowFailed {
+  workflow_id: Id;
+  project_id: Id;
+  error: string;
+  step?: string;
+}
+
+/** `pr.created`, `pr.updated` and `pr.closed`. */
+export interface PullRequest {
+  project_id: Id;
+  number: number;
+  title: string;
+  url?: string;
+  author?: string;
+  state?: string;
+  merged?: boolean;
+}
+
+/** `issue.created`, `issue.updated` and `issue.closed`. */
+export interface Issue {
+  project_id: Id;
+  number: number;
+  title: string;
+  url?: string;
+  author?: string;
+  state?: string;
+}
+
+export interface AiSuggestion {
+  suggestion_id: Id;
+  content: string;
+  title?: string;
+  kind?: string;
+  user_id?: Id;
+  project_id?: Id;
+}
+
+export interface AiAnalysisComplete {
+  analysis_id: Id;
+  project_id: Id;
+  summary: string;
+}
+
+export type Severity = "info" | "warning" | "error" | "critical";
+
+export interface SystemNotification {
+  title: string;
+  message: string;
+  severity?: Severity;
+}
+
+/** `presence.joined` and `presence.left`. */
+export interface Presence {
+  user_id: Id;
+  room: string;
+}
+
+/** Event type → the type of the envelope's `data`. */
+export interface EventPayloads {
+  "project.updated": ProjectUpdated;
+  "project.deleted": ProjectDeleted;
+  "agent.status_changed": AgentStatusChanged;
+  "agent.connected": AgentConnection;
+  "agent.disconnected": AgentConnection;
+  "workflow.started": WorkflowStarted;
+  "workflow.progress": WorkflowProgress;
+  "workflow.completed": WorkflowCompleted;
+  "workflow.failed": WorkflowFailed;
+  "pr.created": PullRequest;
+  "pr.updated": PullRequest;
+  "pr.closed": PullRequest;
+  "issue.created": Issue;
+  "issue.updated": Issue;
+  "issue.closed": Issue;
+  "ai.suggestion": AiSuggestion;
+  "ai.analysis_complete": AiAnalysisComplete;
+  "system.notification": SystemNotification;
+  "presence.joined": Presence;
+  "presence.left": Presence;
+}
+
+export type EventType = keyof EventPayloads;
+
+export const EVENT_TYPES: readonly EventType[] = [
+  "project.updated",
+  "project.deleted",
+  "agent.status_changed",
+  "agent.connected",
+  "agent.disconnected",
+  "workflow.started",
+  "workflow.progress",
+  "workflow.completed",
+  "workflow.failed",
+  "pr.created",
+  "pr.updated",
+  "pr.closed",
+  "issue.created",
+  "issue.updated",
+  "issue.closed",
+  "ai.suggestion",
+  "ai.analysis_complete",
+  "system.notification",
+  "presence.joined",
+  "presence.left",
+];
+
+/** An event's place in one room: `seq` is contiguous per room within one `epoch`. */
+export interface RoomPosition {
+  room: string;
+  seq: number;
+  epoch: string;
+}
+
+/** The envelope of any event, typed or custom. */
+export interface EnvelopeOf<T extends string, D> {
+  /** UUIDv7; the same for every recipient of one publish. */
+  id: string;
+  type: T;
+  /** The primary room (public name, no tenant). */
+  room: string;
+  /** RFC 3339 UTC with milliseconds. */
+  timestamp: string;
+  /** Absent for volatile events and presence notices. */
+  seq?: number;
+  epoch?: string;
+  /** The event's place in its other rooms (an agent event with a project_id). */
+  also?: RoomPosition[];
+  data: D;
+}
+
+/** The envelope of a typed event; with no argument, the union over every type. */
+export type Envelope<K extends EventType = EventType> = {
+  [P in K]: EnvelopeOf<P, EventPayloads[P]>;
+}[K];
+
+/** A custom event (`POST /api/v1/broadcast`): any JSON data. */
+export type CustomEnvelope = EnvelopeOf<string, unknown>;
+
+export type RoomRecovery =
+  | { replayed: number; epoch: string; seq: number; gap?: undefined; error?: undefined }
+  | { gap: true; epoch: string; seq: number; replayed?: undefined; error?: undefined }
+  | { error: "invalid_room" | "forbidden" | "too_many_rooms" | string; gap?: undefined; replayed?: undefined };
+
+/** `connection.established` (not an envelope). */
+export interface ConnectionEstablished {
+  sid: string;
+  user_id: string;
+  tenant: string;
+  rooms: string[];
+  server_time: string;
+  node_id: string;
+  recovered?: boolean;
+  recovery?: Record<string, RoomRecovery>;
+}
+
+export interface AuthExpiring {
+  expires_at: string;
+  expires_in_secs: number;
+}
+
+export interface AuthExpired {
+  code: "token_expired" | string;
+  expired_at: string;
+}
+
+export interface ServerShutdown {
+  reconnect_after_ms: number;
+}
+
+export interface WireError {
+  code: string;
+  message: string;
+  room?: string;
+  field?: string;
+}
+
+export type Ack<T> = ({ ok: true } & T) | { ok: false; error: WireError };
+
+export interface PresenceReply {
+  room: string;
+  connections: number;
+  users: { user_id: string; connections: number }[];
+}
+
+export interface HistoryReply {
+  room: string;
+  epoch: string;
+  seq: number;
+  gap: boolean;
+  events: Array<Envelope | CustomEnvelope>;
+}
+
+export interface RefreshReply {
+  expires_at: string;
+  left_rooms: string[];
+}

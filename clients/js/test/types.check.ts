@@ -1,0 +1,37 @@
+// Compile-only checks of the public types (npm test runs `tsc -p test/tsconfig.json`).
+import { createClient, type Envelope, type RoomcastError } from "../dist/index.js";
+import { useEvent, useRoom } from "../dist/react/index.js";
+
+const client = createClient({ url: "http://127.0.0.1:1", token: "t", autoConnect: false });
+
+client.on("workflow.progress", (env) => {
+  const progress: number = env.data.progress;
+  const type: "workflow.progress" = env.type;
+  // @ts-expect-error workflow.progress has no `title`
+  void env.data.title;
+  void progress, type;
+});
+client.on("pr.created", (env) => {
+  const merged: boolean | undefined = env.data.merged;
+  void merged;
+});
+client.on("gap", ({ room, epoch, seq }) => void [room, epoch, seq]);
+client.on("error", (err: RoomcastError) => void err.code);
+// @ts-expect-error not an event type
+client.on("project.renamed", () => undefined);
+
+const any: Envelope = {} as Envelope;
+if (any.type === "system.notification") {
+  const severity: "info" | "warning" | "error" | "critical" | undefined = any.data.severity;
+  void severity;
+}
+
+export function Component() {
+  useRoom("project:1", {
+    "issue.closed": (env) => void env.data.number,
+    // @ts-expect-error the handler gets a workflow.failed envelope
+    "workflow.failed": (env: Envelope<"pr.created">) => void env,
+  });
+  useEvent("presence.joined", (env) => void env.data.user_id);
+  return null;
+}
