@@ -12,10 +12,16 @@
 #   FLAT_SECS=5                                        fanout flat out, same sockets
 #   ROOMS_SOCKETS=1000 ROOMS=100 ROOMS_RATE=0 ROOMS_SECS=5
 #   STORM_SOCKETS=1000 STORM_RATE=50 STORM_SECS=10
-#   SCENARIOS="hold connect fanout flat rooms storm"   the ones to run, in order
+#   CLUSTER_SOCKETS=1000 CLUSTER_RATE=50 CLUSTER_SECS=10  cluster, cluster-flat and cluster-storm:
+#                                                      two nodes on a private redis-server,
+#                                                      publishing at the first
+#   SCENARIOS="hold connect fanout flat rooms storm cluster cluster-flat cluster-storm"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
-# `cluster` is not compared: the reference runs socket.io's in-memory adapter, one process.
+# In the cluster scenarios the reference runs two socket.io processes on socket.io's own
+# Redis adapters: @socket.io/redis-adapter for cluster and cluster-flat (the usual
+# deployment), @socket.io/redis-streams-adapter for cluster-storm (the only one with which
+# socket.io recovers a session at another node).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/target/release}
@@ -30,7 +36,8 @@ source "$root/bench/lib.sh"
 : "${HOLD_SOCKETS:=5000}" "${FANOUT_SOCKETS:=1000}" "${FANOUT_RATE:=50}" "${FANOUT_SECS:=10}" "${FLAT_SECS:=5}"
 : "${ROOMS_SOCKETS:=1000}" "${ROOMS:=100}" "${ROOMS_RATE:=0}" "${ROOMS_SECS:=5}"
 : "${STORM_SOCKETS:=1000}" "${STORM_RATE:=50}" "${STORM_SECS:=10}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm}" "${BENCH_ARGS:=}"
+: "${CLUSTER_SOCKETS:=1000}" "${CLUSTER_RATE:=50}" "${CLUSTER_SECS:=10}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm cluster cluster-flat cluster-storm}" "${BENCH_ARGS:=}"
 
 # The roomcast-bench arguments of a scenario (without --url and --pids).
 scenario_args() {
@@ -41,23 +48,40 @@ scenario_args() {
     flat) echo "fanout --sockets $FANOUT_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
     rooms) echo "rooms --sockets $ROOMS_SOCKETS --rooms $ROOMS --rate $ROOMS_RATE --duration $ROOMS_SECS" ;;
     storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
+    cluster) echo "cluster --sockets $CLUSTER_SOCKETS --rate $CLUSTER_RATE --duration $CLUSTER_SECS" ;;
+    cluster-flat) echo "cluster --sockets $CLUSTER_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
+    cluster-storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
 
-# One run of SCENARIO against SERVER (roomcast | node) on a fresh server.
+# One run of SCENARIO against SERVER (roomcast | node) on a fresh server, or on two fresh
+# nodes and a fresh redis-server for the cluster scenarios.
 run_one() {
-  local scenario=$1 server=$2 port args
+  local scenario=$1 server=$2 args port urls=() node_pids=() publish=()
   args=$(scenario_args "$scenario")
-  port=$(free_port)
-  if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario" "$port"; else start_reference "$port"; fi
+  local nodes=1 redis=""
+  case $scenario in cluster*) nodes=2; start_redis; redis=$redis_port ;; esac
+  local adapter=redis
+  [ "$scenario" = cluster-storm ] && adapter=streams
+  for i in $(seq 1 "$nodes"); do
+    port=$(free_port)
+    if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario-$i" "$port" $redis
+    else start_reference "$port" $redis $adapter; fi
+    urls+=("http://127.0.0.1:$port"); node_pids+=("$server_pid")
+  done
+  [ "$nodes" -gt 1 ] && publish=(--publish-url "${urls[0]}")
+  local url_list pid_list
+  url_list=$(IFS=,; echo "${urls[*]}"); pid_list=$(IFS=,; echo "${node_pids[*]}")
   echo "$scenario on $server: roomcast-bench $args $BENCH_ARGS" >&2
   # A run that loses events exits 1 but still prints its figures: keep going.
   # shellcheck disable=SC2086
-  "$bin/roomcast-bench" $args $BENCH_ARGS --url "http://127.0.0.1:$port" --pids "$server_pid" \
+  "$bin/roomcast-bench" $args $BENCH_ARGS --url "$url_list" "${publish[@]}" --pids "$pid_list" \
     > "$out/$scenario.$server.json" 2> "$out/$scenario.$server.err" ||
     echo "  exit $?: $(tail -n 1 "$out/$scenario.$server.err")" >&2
-  stop_server "$server_pid"
+  for p in "${node_pids[@]}"; do stop_server "$p"; done
+  [ -n "$redis" ] && stop_server "$redis_pid"
+  return 0
 }
 
 need=$((HOLD_SOCKETS + 100))

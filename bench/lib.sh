@@ -30,12 +30,29 @@ start_roomcast() {
   wait_ready "$2"
 }
 
-# start_reference PORT: the Node socket.io reference; pid in $server_pid.
+# start_reference PORT [REDIS_PORT [ADAPTER]]: the Node socket.io reference; with a Redis
+# port, a cluster node on socket.io's redis adapter (ADAPTER redis) or redis-streams adapter
+# (ADAPTER streams). Its pid is appended to `pids` and stored in $server_pid.
 start_reference() {
-  PORT=$1 node "$reference/server.js" 2> "$work/reference-$1.log" &
+  REDIS_URL=${2:+redis://127.0.0.1:$2} ADAPTER=${3:-redis} NODE_ID="reference-$1" PORT=$1 \
+    node "$reference/server.js" 2> "$work/reference-$1.log" &
   server_pid=$!
   pids+=("$server_pid")
   wait_ready "$1"
+}
+
+# start_redis: a private redis-server on a free port, keeping nothing on disk; port in
+# $redis_port, pid appended to `pids` and stored in $redis_pid.
+start_redis() {
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no > "$work/redis-$redis_port.log" &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  for _ in $(seq 1 200); do
+    redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.05
+  done
+  echo "redis-server on port $redis_port never answered" >&2; return 1
 }
 
 stop_server() { # stop_server PID: stops it and forgets it, so cleanup never signals a reused pid

@@ -41,9 +41,7 @@ every_scenario() {
 p=$(free_port); start_roomcast single "$p"
 every_scenario roomcast "http://127.0.0.1:$p"
 
-rp=$(free_port)
-redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no > "$work/redis.log" &
-pids+=($!)
+start_redis; rp=$redis_port
 pa=$(free_port); pb=$(free_port)
 start_roomcast a "$pa" "$rp"; start_roomcast b "$pb" "$rp"
 both="http://127.0.0.1:$pa,http://127.0.0.1:$pb"
@@ -56,6 +54,14 @@ run "roomcast cluster storm" storm --url "$both" --publish-url "http://127.0.0.1
 if reference_installed; then
   p=$(free_port); start_reference "$p"
   every_scenario "node reference" "http://127.0.0.1:$p"
+  # The reference as a cluster: two socket.io nodes on the redis-streams adapter.
+  pa=$(free_port); pb=$(free_port)
+  start_reference "$pa" "$rp" streams; start_reference "$pb" "$rp" streams
+  both="http://127.0.0.1:$pa,http://127.0.0.1:$pb"
+  run "node reference cluster" cluster --url "$both" --publish-url "http://127.0.0.1:$pa" \
+    --sockets 50 --rate 20 --duration 1
+  run "node reference cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
+    --sockets 40 --rate 50 --duration 2 --drop-every 0.3
 else
   echo "node reference: skipped (no node/npm)"
 fi

@@ -33,6 +33,8 @@ FIGURES = {
     "fanout": DELIVERY,
     "flat": DELIVERY,
     "rooms": DELIVERY,
+    "cluster": DELIVERY,
+    "cluster-flat": DELIVERY,
     "storm": [
         ("reconnects", "reconnects"),
         ("recovered", "recovered"),
@@ -47,6 +49,7 @@ FIGURES = {
         *LATENCY[2:3],
     ],
 }
+FIGURES["cluster-storm"] = FIGURES["storm"]
 TITLES = {
     "hold": "hold: idle sockets, each subscribed to project:bench",
     "connect": "connect: idle sockets, handshake only (hold --no-subscribe)",
@@ -54,6 +57,9 @@ TITLES = {
     "flat": "fanout: one room, flat out",
     "rooms": "rooms: sockets over many project rooms, random rooms",
     "storm": "storm: drops and recovery during publishing",
+    "cluster": "cluster: two nodes on Redis, one room, fixed rate, publishing at node A",
+    "cluster-flat": "cluster: two nodes on Redis, one room, flat out, publishing at node A",
+    "cluster-storm": "cluster storm: drops, coming back at either node, with recovery",
 }
 
 

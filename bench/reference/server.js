@@ -1,4 +1,4 @@
-// The Node reference for bench/compare.sh: plain socket.io 4.8.4 (in-memory adapter) with
+// The Node reference for bench/compare.sh: plain socket.io 4.8.4 (in-memory adapter, or Redis for a cluster) with
 // the subset of Roomcast's contract the load generator uses, so `roomcast-bench` runs
 // against both unchanged. Not a second implementation of Roomcast: no typed events, no
 // presence, no stats, no token lifetime, no per-room seq/epoch.
@@ -16,11 +16,20 @@
 // and `connection.established` says `recovered: true`. Middlewares run again on recovery
 // (skipMiddlewares: false), as Roomcast checks the token on every handshake.
 //
-// Env: PORT (8100), SECRET, API_KEY, NODE_ID, RECOVERY (1), RECOVERY_WINDOW_MS (120000).
+// Cluster: with REDIS_URL set, the nodes share Redis through socket.io's own adapters:
+// ADAPTER=redis (default) is @socket.io/redis-adapter (pub/sub; recovery only at the node
+// that kept the session), ADAPTER=streams is @socket.io/redis-streams-adapter (Redis
+// streams; socket.io's recovery at any node).
+//
+// Env: PORT (8100), SECRET, API_KEY, NODE_ID, RECOVERY (1), RECOVERY_WINDOW_MS (120000),
+// REDIS_URL (unset: one process, in-memory adapter), ADAPTER (redis | streams).
 
 import { createServer } from "node:http";
 import { randomBytes } from "node:crypto";
 import { Server } from "socket.io";
+import { createAdapter as redisAdapter } from "@socket.io/redis-adapter";
+import { createAdapter as streamsAdapter } from "@socket.io/redis-streams-adapter";
+import { createClient } from "redis";
 import jwt from "jsonwebtoken";
 
 const PORT = Number(process.env.PORT ?? 8100);
@@ -29,6 +38,8 @@ const API_KEY = process.env.API_KEY ?? "roomcast-dev-key";
 const NODE_ID = process.env.NODE_ID ?? "node-reference";
 const RECOVERY = (process.env.RECOVERY ?? "1") !== "0";
 const RECOVERY_WINDOW_MS = Number(process.env.RECOVERY_WINDOW_MS ?? 120000);
+const REDIS_URL = process.env.REDIS_URL;
+const ADAPTER = process.env.ADAPTER ?? "redis";
 const MAX_ROOMS = 100;
 const MAX_BODY_BYTES = 262144;
 
@@ -107,9 +118,22 @@ function requestedRooms(payload) {
 
 // ---- socket.io --------------------------------------------------------------------------
 
+/** The adapter factory for REDIS_URL and ADAPTER, or undefined for the in-memory one. */
+async function clusterAdapter() {
+  if (!REDIS_URL) return undefined;
+  const client = createClient({ url: REDIS_URL });
+  await client.connect();
+  if (ADAPTER === "streams") return streamsAdapter(client);
+  if (ADAPTER !== "redis") throw new Error(`ADAPTER is redis or streams, not ${ADAPTER}`);
+  const sub = client.duplicate();
+  await sub.connect();
+  return redisAdapter(client, sub);
+}
+
 const http = createServer(handleHttp);
 const io = new Server(http, {
   serveClient: false,
+  adapter: await clusterAdapter(),
   connectionStateRecovery: RECOVERY
     ? { maxDisconnectionDuration: RECOVERY_WINDOW_MS, skipMiddlewares: false }
     : undefined,
@@ -269,6 +293,7 @@ function uuidv7() {
 }
 
 http.listen(PORT, "127.0.0.1", () => {
-  console.error(`reference listening on 127.0.0.1:${PORT} (recovery ${RECOVERY ? "on" : "off"})`);
+  const adapter = REDIS_URL ? `${ADAPTER} adapter on ${REDIS_URL}` : "in-memory adapter";
+  console.error(`reference listening on 127.0.0.1:${PORT} (${adapter}, recovery ${RECOVERY ? "on" : "off"})`);
 });
 for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => process.exit(0));
