@@ -31,10 +31,19 @@ function newClient(sub) {
 
 function Room({ room, onEvent }) {
   const state = useConnectionState();
+  const [last, setLast] = useState(null);
   const { status, error } = useRoom(room, {
-    "project.updated": (env) => onEvent(env),
+    "project.updated": (env) => {
+      setLast(env);
+      onEvent(env);
+    },
   });
-  return h("p", { "data-testid": "room" }, `${state} ${status}${error ? ` ${error.code}` : ""}`);
+  return h(
+    "div",
+    null,
+    h("p", { "data-testid": "room" }, `${state} ${status}${error ? ` ${error.code}` : ""}`),
+    h("p", { "data-testid": "last" }, last ? `${last.room} is ${last.data.status}` : "no event yet"),
+  );
 }
 
 async function isSubscribed(client, room) {
@@ -50,7 +59,7 @@ async function isSubscribed(client, room) {
 for (const strict of [false, true]) {
   test(`useRoom subscribes, receives an event and unsubscribes on unmount${strict ? " (StrictMode)" : ""}`, async () => {
     const client = newClient(strict ? "strict" : "plain");
-    const room = strict ? "project:51" : "project:50";
+    const room = strict ? "project:2" : "project:1";
     const events = [];
     const tree = h(RoomcastProvider, { client }, h(Room, { room, onEvent: (env) => events.push(env) }));
     const view = render(strict ? h(StrictMode, null, tree) : tree);
@@ -58,8 +67,11 @@ for (const strict of [false, true]) {
     await waitFor(() => assert.equal(screen.getByTestId("room").textContent, "connected subscribed"), { timeout: 5000 });
     assert.equal(await isSubscribed(client, room), true);
 
+    assert.equal(screen.getByTestId("last").textContent, "no event yet");
     const published = await srv.publish("project.updated", { project_id: room.slice(8), status: "active" });
-    await waitFor(() => assert.equal(events.length, 1), { timeout: 5000 });
+    // The component renders the event published over HTTP.
+    await waitFor(() => assert.equal(screen.getByTestId("last").textContent, `${room} is active`), { timeout: 5000 });
+    assert.equal(events.length, 1);
     assert.equal(events[0].id, published.id);
     assert.equal(events[0].data.status, "active");
 
