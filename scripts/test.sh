@@ -49,4 +49,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 "$venv/bin/python" -m pytest tests/python -q
 
+step "Python client (clients/python)"
+stamp="$venv/.roomcast-client.sha256"
+want=$(sha256sum clients/python/pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -e 'clients/python[test]'
+  echo "$want" > "$stamp"
+fi
+"$venv/bin/python" -m pytest clients/python -q
+
 step "all tests passed"

@@ -1,0 +1,34 @@
+"""The one error type of the client."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class RoomcastError(Exception):
+    """An error reported by the server (an ack with `ok: false`, an `error` event, a refused
+    handshake) or by the client itself (`timeout`, `not_connected`, `connect_failed`,
+    `token_unavailable`, `invalid_event`).
+
+    `code` is the server's stable error code, e.g. `forbidden`, `invalid_room`,
+    `too_many_rooms`, `token_expired` (WEBSOCKET_API.md section 7); `room` is set for the
+    room errors.
+    """
+
+    def __init__(self, code: str, message: str, room: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.room = room
+
+    @classmethod
+    def from_wire(cls, error: Any, fallback: str = "error") -> "RoomcastError":
+        """From the server's `{code, message, room?}`."""
+        if not isinstance(error, dict):
+            return cls(fallback, f"{fallback}: {error!r}")
+        code = error.get("code") or fallback
+        return cls(str(code), str(error.get("message") or code), error.get("room"))
+
+    def __repr__(self) -> str:
+        room = f", room={self.room!r}" if self.room is not None else ""
+        return f"RoomcastError(code={self.code!r}, message={self.message!r}{room})"
