@@ -136,11 +136,13 @@ export class RoomcastClient {
    * last connection dropped (or given to createClient). Commands sent meanwhile are not in it.
    */
   private toRestore: Set<string>;
+  /** The fixed token (without getToken): the last one the server accepted in `auth.refresh`. */
+  private staticToken: string | undefined;
 
   constructor(options: ClientOptions) {
     if (!options.token && !options.getToken) throw new TypeError("createClient needs token or getToken");
     this.ackTimeout = options.ackTimeout ?? 10_000;
-    const staticToken = options.token;
+    this.staticToken = options.token;
     this.tokenSource = options.getToken;
     for (const room of options.rooms ?? []) this.subscribed.add(room);
     this.toRestore = new Set(this.subscribed);
@@ -162,7 +164,7 @@ export class RoomcastClient {
         const since = this.since();
         const source = this.tokenSource;
         if (!source) {
-          cb({ token: staticToken, since });
+          cb({ token: this.staticToken, since });
           return;
         }
         Promise.resolve()
@@ -359,6 +361,8 @@ export class RoomcastClient {
       fresh = await this.tokenSource();
     }
     const reply = await this.command<RefreshReply>("auth.refresh", { token: fresh });
+    // Later reconnects send the token the server accepted, not the one it replaced.
+    if (!this.tokenSource) this.staticToken = fresh;
     for (const room of reply.left_rooms ?? []) {
       this.subscribed.delete(room);
       this.forget(room);

@@ -46,3 +46,26 @@ test("on auth.expiring the client refreshes with getToken and stays connected pa
   const pong = await client.ping();
   assert.equal(pong.pong, true);
 });
+
+test("with a fixed token, refresh(token) is what later reconnects send", async () => {
+  const firstExp = Math.floor(Date.now() / 1000) + 2;
+  const fixed = createClient({
+    url: srv.url,
+    token: srv.mintToken({ sub: "iris", exp: firstExp }),
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 200,
+  });
+  try {
+    await waitForState(fixed, "connected");
+    await fixed.refresh(srv.mintToken({ sub: "iris" }));
+    // Past the first token's expiry, the transport drops: the reconnect must carry the new token.
+    const wait = firstExp * 1000 + 500 - Date.now();
+    if (wait > 0) await delay(wait);
+    const established = nextEvent(fixed, "established", { timeout: 5000 });
+    fixed.socket.io.engine.close();
+    assert.equal((await established).user_id, "iris");
+    assert.equal(fixed.state, "connected");
+  } finally {
+    fixed.close();
+  }
+});
