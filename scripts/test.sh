@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Roomcast test: formatting and lints, the Rust unit and behaviour tests, the
-# end-to-end suites with the real socket.io-client (Node) and python-socketio clients.
+# end-to-end suites with the real socket.io-client (Node) and python-socketio clients, and
+# the browser tests of /debug and /admin in headless Chromium (/usr/bin/chromium).
 # Installs the JS and Python test dependencies on first use (npm ci, a venv in .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,15 @@ bench/smoke.sh "$root/target/debug"
 step "JS end-to-end tests (socket.io-client)"
 (
   cd tests/js
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+  npm test
+)
+
+step "Browser tests (headless Chromium)"
+(
+  cd tests/browser
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund
   fi
