@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Roomcast test: formatting and lints, the Rust unit and behaviour tests, the
-# end-to-end suites with the real socket.io-client (Node) and python-socketio clients.
+# bench smoke run, the end-to-end suites with the real socket.io-client (Node) and
+# python-socketio clients, the JS and Python client packages (clients/) against a real
+# server, and the browser tests of /debug and /admin in headless Chromium (/usr/bin/chromium).
 # Installs the JS and Python test dependencies on first use (npm ci, a venv in .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,15 @@ step "JS end-to-end tests (socket.io-client)"
 
 step "TypeScript client (clients/js)"
 (cd clients/js && { [ -d node_modules ] && [ ! package-lock.json -nt node_modules/.package-lock.json ] || npm ci --no-audit --no-fund; } && npm test)
+
+step "Browser tests (headless Chromium)"
+(
+  cd tests/browser
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+  npm test
+)
 
 step "Python end-to-end tests (python-socketio)"
 venv="$root/.venv"

@@ -313,6 +313,7 @@ impl EventBroadcaster {
         };
         if counted {
             Counters::incr(&self.counters.events_published, 1);
+            self.counters.by_type.incr(event_type);
         }
         if failed > 0 {
             Counters::incr(&self.counters.delivery_failures, failed);

@@ -25,7 +25,27 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub publish: PublishConfig,
     pub history: HistoryConfig,
+    pub pages: PagesConfig,
     pub log: LogConfig,
+}
+
+/// The pages the server serves itself (HTML and JS embedded in the binary).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PagesConfig {
+    /// `/debug`: the interactive test client. Holds no secrets; needs no key to load.
+    pub debug: bool,
+    /// `/admin`: the live dashboard. The page asks for an API key with scope `admin`.
+    pub admin: bool,
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        Self {
+            debug: true,
+            admin: true,
+        }
+    }
 }
 
 /// How much of each room's past is kept for replay: the last `size` events, none older
@@ -190,6 +210,8 @@ pub enum Scope {
     Publish,
     /// Stats, presence and history endpoints.
     Read,
+    /// `GET /api/v1/admin/overview` (the `/admin` page).
+    Admin,
 }
 
 impl Scope {
@@ -197,6 +219,7 @@ impl Scope {
         match self {
             Self::Publish => "publish",
             Self::Read => "read",
+            Self::Admin => "admin",
         }
     }
 }
@@ -252,12 +275,13 @@ impl Default for Config {
                 key: Some(DEV_API_KEY.into()),
                 key_sha256: None,
                 tenant: None,
-                scopes: vec![Scope::Publish, Scope::Read],
+                scopes: vec![Scope::Publish, Scope::Read, Scope::Admin],
             }],
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
             publish: PublishConfig::default(),
             history: HistoryConfig::default(),
+            pages: PagesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -432,6 +456,12 @@ impl Config {
                     key.name
                 ));
             }
+            if key.tenant.is_some() && key.scopes.contains(&Scope::Admin) {
+                return invalid(format!(
+                    "api_keys[{i}] ({}): the admin scope shows every tenant; a key bound to a tenant cannot have it",
+                    key.name
+                ));
+            }
         }
         if let Some(node_id) = &self.server.node_id
             && (node_id.is_empty() || node_id.len() > 128)
@@ -552,6 +582,22 @@ mod tests {
         let text = config.to_masked_toml();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("redis://***@127.0.0.1:6379/0"), "{text}");
+    }
+
+    #[test]
+    fn the_shipped_file_matches_the_defaults() {
+        let shipped = Config::from_toml(include_str!("../config.toml")).unwrap();
+        let default = Config::default().with_fallbacks();
+        assert_eq!(shipped.to_masked_toml(), default.to_masked_toml());
+    }
+
+    #[test]
+    fn tenant_keys_cannot_be_admins() {
+        let err = Config::from_toml(
+            "[[api_keys]]\nname = \"t\"\nkey = \"tenant-key-1\"\ntenant = \"acme\"\nscopes = [\"read\", \"admin\"]",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("admin scope"), "{err}");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! - [`socket`]: the connect middleware and one file per client command.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
-//! - [`http`]: one file per endpoint group.
-//! - [`metrics`]: process-wide counters.
+//! - [`http`]: one file per endpoint group, and the `/debug` and `/admin` pages (assets in
+//!   `clients/web/`, embedded in the binary).
+//! - [`metrics`]: process-wide counters, events per second by type, recent errors.
 //!
 //! Data flows one way: a request (socket command or HTTP call) is authenticated into an
 //! identity, validated into a typed value, routed by `rooms`, published by the broadcaster
@@ -220,6 +221,8 @@ impl Roomcast {
             );
         }
         let ready = Arc::new(AtomicBool::new(false));
+        let rates = Arc::new(metrics::Rates::default());
+        tokio::spawn(rates.clone().run(p.counters.clone()));
         let state = http::AppState {
             api_keys: Arc::new(ApiKeys::from_config(&p.config.api_keys)),
             broadcaster: broadcaster.clone(),
@@ -228,6 +231,8 @@ impl Roomcast {
             history: p.history.clone(),
             cluster: p.cluster.clone(),
             counters: p.counters,
+            rates,
+            pages: p.config.pages.clone(),
             node_id: p.node_id.clone(),
             started: Instant::now(),
             ready: ready.clone(),

@@ -94,6 +94,14 @@ impl ApiError {
     }
 }
 
+/// The code and message of an error answer, left on the response for
+/// [`super::record_errors`] to note in the recent errors.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, field) = self.parts();
@@ -101,7 +109,9 @@ impl IntoResponse for ApiError {
         if let Some(field) = field {
             error["field"] = field.into();
         }
-        (status, Json(json!({"error": error}))).into_response()
+        let mut response = (status, Json(json!({"error": error}))).into_response();
+        response.extensions_mut().insert(Answered { code, message });
+        response
     }
 }
 

@@ -1,11 +1,15 @@
-//! The HTTP API: one file per endpoint group. Handlers take extractors ([`ApiCaller`],
-//! [`JsonBody`], `State`) and return `Result<_, ApiError>`; the error's mapping to a status
-//! and a `{error: {code, message, field?}}` body is written once, in [`ApiError`].
+//! The HTTP API: one file per endpoint group, and `pages` for the `/debug` and `/admin` pages.
+//! Handlers take extractors ([`ApiCaller`], [`JsonBody`], `State`) and return
+//! `Result<_, ApiError>`; the error's mapping to a status and a `{error: {code, message,
+//! field?}}` body is written once, in [`ApiError`], and every error answer is noted in the
+//! recent errors the admin overview shows.
 
+mod admin;
 mod error;
 mod events;
 mod health;
 mod history;
+mod pages;
 mod presence;
 mod schema;
 mod stats;
@@ -17,8 +21,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -28,9 +34,9 @@ pub use error::ApiError;
 use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
-use crate::config::Scope;
+use crate::config::{PagesConfig, Scope};
 use crate::history::HistoryStore;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Rates};
 use crate::presence::PresenceStore;
 use crate::rooms::Tenant;
 use crate::socket::Hub;
@@ -46,6 +52,9 @@ pub struct AppState {
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,
+    /// Events per second by type, sampled from `counters`.
+    pub rates: Arc<Rates>,
+    pub pages: PagesConfig,
     pub node_id: Arc<str>,
     pub started: Instant,
     /// True while the server accepts work; `/ready` answers 503 otherwise.
@@ -53,7 +62,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, max_body: usize) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/api/v1/events", post(events::publish_event))
         .route("/api/v1/broadcast", post(events::publish_custom))
         .route("/api/v1/websocket/stats", get(stats::stats))
@@ -64,10 +73,35 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             post(users::disconnect),
         )
         .route("/api/v1/schema", get(schema::schema))
+        .route("/api/v1/admin/overview", get(admin::overview))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_errors,
+        ));
+    api.merge(pages::routes(&state.pages))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Notes every error answer of the API (its code, route and message; never a header or
+/// body of the request) in the recent errors the admin page shows.
+async fn record_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let at = format!("{} {route}", req.method());
+    let response = next.run(req).await;
+    if let Some(answered) = response.extensions().get::<error::Answered>() {
+        state
+            .counters
+            .errors
+            .record("http", answered.code, at, &answered.message);
+    }
+    response
 }
 
 /// A scope an endpoint requires, as a type, so the check runs before the body is read.
@@ -83,6 +117,11 @@ impl RequiredScope for Publish {
 pub struct Read;
 impl RequiredScope for Read {
     const SCOPE: Scope = Scope::Read;
+}
+
+pub struct Admin;
+impl RequiredScope for Admin {
+    const SCOPE: Scope = Scope::Admin;
 }
 
 /// The tenant a request acts in: the `tenant` asked for (default `default`), which a key

@@ -15,7 +15,7 @@ use crate::socket::RoomMembers;
 const TOP_ROOMS: usize = 10;
 
 #[derive(Serialize)]
-pub struct Stats {
+pub(super) struct Stats {
     node_id: String,
     uptime_secs: u64,
     connections: u64,
@@ -30,7 +30,7 @@ pub struct Stats {
 }
 
 #[derive(Serialize)]
-struct ClusterStats {
+pub(super) struct ClusterStats {
     mode: &'static str,
     /// `up` / `down` in cluster mode, `null` on a single node.
     redis: Option<&'static str>,
@@ -49,7 +49,12 @@ pub async fn stats(
     State(state): State<AppState>,
     _caller: ApiCaller<Read>,
 ) -> Result<Json<Stats>, ApiError> {
-    let snapshot = state.hub.snapshot(TOP_ROOMS);
+    Ok(Json(gather(&state, TOP_ROOMS).await))
+}
+
+/// This node's figures with its `top` fullest rooms, and the cluster's.
+pub(super) async fn gather(state: &AppState, top: usize) -> Stats {
+    let snapshot = state.hub.snapshot(top);
     let this_node = NodeInfo {
         node_id: state.node_id.to_string(),
         connections: snapshot.connections,
@@ -93,7 +98,7 @@ pub async fn stats(
         }
     };
     let c = &state.counters;
-    Ok(Json(Stats {
+    Stats {
         node_id: state.node_id.to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
         connections: snapshot.connections,
@@ -105,5 +110,5 @@ pub async fn stats(
         delivery_failures: Counters::get(&c.delivery_failures),
         top_rooms: snapshot.top_rooms,
         cluster,
-    }))
+    }
 }

@@ -55,6 +55,14 @@ pub async fn authenticate<A: Adapter>(
         }
         Err(e) => {
             Counters::incr(&ctx.counters.auth_failures, 1);
+            let message = match e {
+                AuthError::TokenMissing => "connect_error: no token in the handshake",
+                AuthError::TokenInvalid => "connect_error: the token does not verify",
+                AuthError::TokenExpired => "connect_error: the token has expired",
+            };
+            ctx.counters
+                .errors
+                .record("handshake", e.code(), s.ns().to_owned(), message);
             tracing::debug!(sid = %s.id, code = e.code(), "handshake refused");
             Err(e)
         }

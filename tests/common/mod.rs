@@ -21,6 +21,7 @@ pub const SECRET: &str = "test-secret-0123456789abcdef";
 pub const KEY: &str = "test-key-full";
 pub const ACME_KEY: &str = "test-key-acme";
 pub const READ_KEY: &str = "test-key-read";
+pub const ADMIN_KEY: &str = "test-key-admin";
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -123,6 +124,10 @@ impl TestServer {
             name = "reader"
             key = "{READ_KEY}"
             scopes = ["read"]
+            [[api_keys]]
+            name = "admin"
+            key = "{ADMIN_KEY}"
+            scopes = ["admin"]
             {extra}
             "#
         );

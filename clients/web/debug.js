@@ -1,0 +1,170 @@
+// The /debug page: connect with a token, subscribe to rooms, watch events, publish one.
+import { RoomcastSocket, fill, h } from "/pages/roomcast.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_ROWS = 500;
+let socket = null;
+let received = 0;
+
+function status(text, cls) {
+  const el = $("status");
+  el.className = `status ${cls}`;
+  fill(el, text);
+}
+
+function setConnected(on) {
+  $("connect").disabled = on;
+  $("disconnect").disabled = !on;
+}
+
+function showRooms(rooms) {
+  fill($("rooms"), rooms.length ? rooms.join(", ") : "(none)");
+}
+
+function answer(text, ok) {
+  const el = $("ack");
+  el.className = ok ? "ok" : "bad";
+  fill(el, text);
+}
+
+/** One row per event, newest on top; server commands' own events included. */
+function addEvent(name, payload) {
+  const env = payload && typeof payload === "object" ? payload : {};
+  const isEnvelope = typeof env.id === "string" && "data" in env;
+  const row = h(
+    "tr",
+    {},
+    h("td", { class: "mono" }, new Date().toLocaleTimeString()),
+    h("td", { class: "mono" }, name),
+    h("td", { class: "mono" }, isEnvelope ? String(env.room ?? "") : ""),
+    h("td", { class: "num" }, isEnvelope && env.seq !== undefined ? String(env.seq) : ""),
+    h("td", { class: "mono data" }, JSON.stringify(isEnvelope ? env.data : payload)),
+  );
+  const body = $("events").tBodies[0];
+  body.prepend(row);
+  while (body.rows.length > MAX_ROWS) body.deleteRow(-1);
+  received += 1;
+  fill($("event-count"), `(${received})`);
+}
+
+function connect(e) {
+  e.preventDefault();
+  if (socket) socket.disconnect();
+  const token = $("token").value.trim();
+  const namespace = $("namespace").value;
+  socket = new RoomcastSocket({ path: $("path").value.trim() || "/socket.io/", namespace, auth: { token } });
+  const me = socket;
+  status(`Connecting to ${namespace}…`, "muted");
+  setConnected(true);
+  me.on("connect", () => status(`Connected to ${namespace} (sid ${me.sid})`, "ok"));
+  me.on("connect_error", (err) => {
+    if (socket !== me) return;
+    status(`connect_error: ${err.message}`, "bad");
+    setConnected(false);
+    socket = null;
+  });
+  me.on("disconnect", (reason) => {
+    if (socket !== me) return;
+    status(`Disconnected (${reason})`, "muted");
+    setConnected(false);
+    socket = null;
+  });
+  me.on("connection.established", (info) => {
+    fill($("established"), JSON.stringify(info, null, 2));
+    status(`Connected as ${info.user_id} (tenant ${info.tenant}, node ${info.node_id})`, "ok");
+    showRooms(info.rooms ?? []);
+  });
+  me.onAny((name, payload) => addEvent(name, payload));
+  me.connect();
+}
+
+async function command(name) {
+  const room = $("room").value.trim();
+  if (!socket || !socket.connected) {
+    answer("Not connected", false);
+    return;
+  }
+  try {
+    const ack = await socket.emitWithAck(name, { room });
+    if (ack?.ok) {
+      answer(`${name} ${room}: ok`, true);
+      if (Array.isArray(ack.rooms)) refreshRooms(name, ack.rooms);
+    } else {
+      const err = ack?.error ?? {};
+      answer(`${name} ${room}: ${err.code ?? "error"}: ${err.message ?? JSON.stringify(ack)}`, false);
+    }
+  } catch (err) {
+    answer(`${name} ${room}: ${err.message}`, false);
+  }
+}
+
+/** The joined list after a subscribe/unsubscribe ack (which names the rooms it changed). */
+function refreshRooms(name, changed) {
+  const text = $("rooms").textContent;
+  const current = new Set(text === "(none)" ? [] : text.split(", "));
+  for (const r of changed) {
+    if (name === "subscribe") current.add(r);
+    else current.delete(r);
+  }
+  showRooms([...current]);
+}
+
+async function publish(e) {
+  e.preventDefault();
+  const out = $("publish-result");
+  let data;
+  try {
+    data = JSON.parse($("event-data").value);
+  } catch (err) {
+    out.className = "bad";
+    fill(out, `Data is not JSON: ${err.message}`);
+    return;
+  }
+  const body = { type: $("event-type").value.trim(), data };
+  const tenant = $("tenant").value.trim();
+  if (tenant) body.tenant = tenant;
+  try {
+    const res = await fetch("/api/v1/events", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${$("api-key").value}` },
+      body: JSON.stringify(body),
+    });
+    const json = await res.json().catch(() => null);
+    if (res.ok) {
+      out.className = "ok";
+      fill(out, `${res.status}: published ${json.type} to ${json.rooms.join(", ")} (id ${json.id})`);
+    } else {
+      out.className = "bad";
+      const err = json?.error ?? {};
+      fill(out, `${res.status} ${err.code ?? ""}: ${err.message ?? ""}${err.field ? ` (field ${err.field})` : ""}`);
+    }
+  } catch (err) {
+    out.className = "bad";
+    fill(out, `Request failed: ${err.message}`);
+  }
+}
+
+async function loadTypes() {
+  try {
+    const res = await fetch("/api/v1/schema");
+    const schema = await res.json();
+    fill($("event-types"), ...Object.keys(schema.events ?? {}).map((t) => h("option", { value: t })));
+  } catch {
+    // The list is a convenience only.
+  }
+}
+
+$("connect-form").addEventListener("submit", connect);
+$("disconnect").addEventListener("click", () => socket?.disconnect());
+$("room-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  command("subscribe");
+});
+$("unsubscribe").addEventListener("click", () => command("unsubscribe"));
+$("publish-form").addEventListener("submit", publish);
+$("clear").addEventListener("click", () => {
+  $("events").tBodies[0].replaceChildren();
+  received = 0;
+  fill($("event-count"), "(0)");
+});
+loadTypes();

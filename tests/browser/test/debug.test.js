@@ -1,0 +1,102 @@
+// /debug in a real browser: connect with a token, subscribe, see an event published over HTTP.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+
+import { WAIT_MS, launchChromium, mintToken, openPage, publish, screenshot, startServer, API_KEY } from "../lib/helpers.js";
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchChromium();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** Waits until the element `selector` shows `text`. */
+function shows(page, selector, text) {
+  return page.locator(selector).filter({ hasText: text }).first().waitFor({ timeout: WAIT_MS });
+}
+
+test("the debug page connects, subscribes, shows ack errors and events as they arrive", async () => {
+  const page = await openPage(browser, server.url);
+  await page.goto(`${server.url}/debug`);
+  await shows(page, "h1", "Roomcast debug client");
+  await shows(page, "#status", "Disconnected");
+
+  await page.getByLabel("Token").fill(mintToken({ sub: "alice", projects: ["42"] }));
+  await page.getByRole("button", { name: "Connect", exact: true }).click();
+  await shows(page, "#status", "Connected as alice (tenant default, node browser-node)");
+  await shows(page, "#established", '"user_id": "alice"');
+  await shows(page, "#rooms", "user:alice");
+
+  await page.getByLabel("Room", { exact: true }).fill("project:42");
+  await page.getByRole("button", { name: "Subscribe", exact: true }).click();
+  await shows(page, "#ack", "subscribe project:42: ok");
+  await shows(page, "#rooms", "project:42");
+
+  // A room the token does not grant: the ack's error code is shown.
+  await page.getByLabel("Room", { exact: true }).fill("project:3");
+  await page.getByRole("button", { name: "Subscribe", exact: true }).click();
+  await shows(page, "#ack", "subscribe project:3: forbidden: your token does not grant this room");
+
+  // Published over HTTP by a backend (this test): the row shows type, room, seq and data.
+  const res = await publish(server.url, { type: "project.updated", data: { project_id: "42", status: "from-the-test" } });
+  assert.equal(res.status, 202, JSON.stringify(res.body));
+  const row = page.locator("#events tbody tr").filter({ hasText: "from-the-test" });
+  await row.waitFor({ timeout: WAIT_MS });
+  const cells = await row.locator("td").allTextContents();
+  assert.equal(cells[1], "project.updated");
+  assert.equal(cells[2], "project:42");
+  assert.equal(cells[3], "1");
+  assert.deepEqual(JSON.parse(cells[4]), { project_id: "42", status: "from-the-test" });
+
+  // Published from the page itself, with an API key typed in.
+  await page.getByLabel("API key").fill(API_KEY);
+  await page.getByLabel("Data (JSON)").fill('{"project_id": "42", "status": "from-the-page"}');
+  await page.getByRole("button", { name: "Publish", exact: true }).click();
+  await shows(page, "#publish-result", "202: published project.updated to project:42");
+  await page.locator("#events tbody tr").filter({ hasText: "from-the-page" }).waitFor({ timeout: WAIT_MS });
+  // presence.joined for alice also came in; the two publishes are the two project.updated rows.
+  assert.equal(await page.locator("#events tbody tr").filter({ hasText: "project.updated" }).count(), 2);
+  await shows(page, "#events", "presence.joined");
+
+  // A wrong key: the HTTP error code is shown.
+  await page.getByLabel("API key").fill("not-a-key");
+  await page.getByRole("button", { name: "Publish", exact: true }).click();
+  await shows(page, "#publish-result", "401 unauthorized");
+
+  await page.getByLabel("Room", { exact: true }).fill("project:42");
+  await page.getByRole("button", { name: "Unsubscribe" }).click();
+  await shows(page, "#ack", "unsubscribe project:42: ok");
+  await shows(page, "#rooms", "global, user:alice");
+  assert.ok(!(await page.locator("#rooms").textContent()).includes("project:42"));
+
+  const file = await screenshot(page, "debug.png");
+  console.log(`screenshot: ${file}`);
+  assert.deepEqual(page.foreign, [], "the page loaded nothing from elsewhere");
+  assert.deepEqual(page.consoleErrors.filter((e) => !e.includes("401")), [], "no script errors");
+
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await shows(page, "#status", "Disconnected (io client disconnect)");
+});
+
+test("the debug page shows a refused handshake's code, and the /ws namespace works", async () => {
+  const page = await openPage(browser, server.url);
+  await page.goto(`${server.url}/debug`);
+  await page.getByLabel("Token").fill("not-a-jwt");
+  await page.getByRole("button", { name: "Connect", exact: true }).click();
+  await shows(page, "#status", "connect_error: token_invalid");
+
+  await page.getByLabel("Namespace").selectOption("/ws");
+  await page.getByLabel("Token").fill(mintToken({ sub: "bob" }));
+  await page.getByRole("button", { name: "Connect", exact: true }).click();
+  await shows(page, "#status", "Connected as bob");
+  const res = await publish(server.url, { type: "system.notification", data: { title: "hello", message: "to /ws" } });
+  assert.equal(res.status, 202);
+  await page.locator("#events tbody tr").filter({ hasText: "to /ws" }).waitFor({ timeout: WAIT_MS });
+});
