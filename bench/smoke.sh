@@ -12,6 +12,18 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 source "$(dirname "$0")/lib.sh"
 
+# report LABEL: prints the figures of the last run ($work/out.json) on one line; exits 1 when
+# a socket could not connect.
+report() {
+  python3 - "$1" "$work/out.json" <<'EOF'
+import json, sys
+label, r = sys.argv[1], json.load(open(sys.argv[2]))
+keys = ["sockets", "failed_sockets", "expected_deliveries", "lost", "duplicated", "reconnects", "recovered"]
+print(f"{label}: " + ", ".join(f"{k} {r[k]}" for k in keys if k in r))
+sys.exit(1 if r["failed_sockets"] else 0)
+EOF
+}
+
 # run LABEL SCENARIO ARGS...: fails (roomcast-bench exits 1) on anything lost, duplicated
 # or out of order, or on a socket that could not connect.
 run() {
@@ -20,12 +32,16 @@ run() {
     cat "$work/out.json" >&2
     echo "$label: FAILED" >&2; return 1
   fi
-  python3 - "$label" "$work/out.json" <<'EOF'
-import json, sys
-label, r = sys.argv[1], json.load(open(sys.argv[2]))
-keys = ["sockets", "failed_sockets", "expected_deliveries", "lost", "duplicated", "reconnects", "recovered"]
-print(f"{label}: " + ", ".join(f"{k} {r[k]}" for k in keys if k in r))
-EOF
+  report "$label"
+}
+
+# observe LABEL SCENARIO ARGS...: like run, but losses are reported, not failed: for the
+# reference's cluster storm, where socket.io's own recovery on the redis-streams adapter
+# drops events now and then (BENCHMARKS.md). A socket that cannot connect still fails.
+observe() {
+  local label=$1; shift
+  "$bin/roomcast-bench" "$@" > "$work/out.json" || true
+  report "$label"
 }
 
 # every_scenario LABEL URL: each single-node scenario at a tiny size.
@@ -60,7 +76,7 @@ if reference_installed; then
   both="http://127.0.0.1:$pa,http://127.0.0.1:$pb"
   run "node reference cluster" cluster --url "$both" --publish-url "http://127.0.0.1:$pa" \
     --sockets 50 --rate 20 --duration 1
-  run "node reference cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
+  observe "node reference cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
     --sockets 40 --rate 50 --duration 2 --drop-every 0.3
 else
   echo "node reference: skipped (no node/npm)"
