@@ -7,6 +7,7 @@
 //! - [`rooms`]: room names, tenant scoping and the access policy.
 //! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope.
 //! - [`broadcaster`]: [`EventBroadcaster`], the single publish path.
+//! - [`github`]: GitHub webhook signatures and payloads → `pr.*` / `issue.*` events.
 //! - [`socket`]: the connect middleware and one file per client command.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
@@ -42,6 +43,7 @@ pub mod broadcaster;
 pub mod cluster;
 pub mod config;
 pub mod events;
+pub mod github;
 pub mod history;
 pub mod http;
 pub mod idempotency;
@@ -226,6 +228,8 @@ impl Roomcast {
             hub: io.clone(),
             presence_store: p.presence_store,
             history: p.history.clone(),
+            github: Arc::new(github::Github::from_config(&p.config.github)),
+            max_batch_events: p.config.publish.max_batch_events,
             cluster: p.cluster.clone(),
             counters: p.counters,
             node_id: p.node_id.clone(),

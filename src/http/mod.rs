@@ -10,6 +10,7 @@ mod presence;
 mod schema;
 mod stats;
 mod users;
+mod webhooks;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
 use crate::config::Scope;
+use crate::github::Github;
 use crate::history::HistoryStore;
 use crate::metrics::Counters;
 use crate::presence::PresenceStore;
@@ -43,6 +45,9 @@ pub struct AppState {
     pub hub: Arc<dyn Hub>,
     pub presence_store: Arc<dyn PresenceStore>,
     pub history: HistoryStore,
+    pub github: Arc<Github>,
+    /// Most events in one batch publish.
+    pub max_batch_events: usize,
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,
@@ -55,7 +60,9 @@ pub struct AppState {
 pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/api/v1/events", post(events::publish_event))
+        .route("/api/v1/events/batch", post(events::publish_batch))
         .route("/api/v1/broadcast", post(events::publish_custom))
+        .route("/webhooks/github", post(webhooks::github))
         .route("/api/v1/websocket/stats", get(stats::stats))
         .route("/api/v1/rooms/{room}/presence", get(presence::presence))
         .route("/api/v1/rooms/{room}/history", get(history::history))
