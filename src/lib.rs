@@ -252,8 +252,33 @@ impl Roomcast {
     }
 
     /// The axum router: the HTTP API with the Socket.IO layer, to mount in another app.
+    /// See [`Self::into_router`], which also marks the server ready.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// For a program that runs Roomcast inside its own axum app: the router (HTTP API,
+    /// `/webhooks/github` and Socket.IO at `/socket.io/`) to merge into the app, and the
+    /// broadcaster to publish with. From now on `/ready` answers 200 and
+    /// [`EventBroadcaster::global`] is this server's; the program owns the listener and its
+    /// shutdown (there is no drain: use [`Self::serve`] for that).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> anyhow::Result<()> {
+    /// let config = roomcast::Config::default().with_fallbacks();
+    /// let (roomcast, events) = roomcast::Roomcast::new(&config).await?.into_router();
+    /// let app = axum::Router::new()
+    ///     .route("/app/health", axum::routing::get(|| async { "ok" }))
+    ///     .merge(roomcast);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+    /// # let _ = events;
+    /// axum::serve(listener, app).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_router(self) -> (Router, EventBroadcaster) {
+        self.broadcaster.install_global();
+        self.ready.store(true, Ordering::Relaxed);
+        (self.router, self.broadcaster)
     }
 
     pub fn broadcaster(&self) -> EventBroadcaster {
