@@ -8,6 +8,7 @@
 //! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope.
 //! - [`broadcaster`]: [`EventBroadcaster`], the single publish path.
 //! - [`github`]: GitHub webhook signatures and payloads → `pr.*` / `issue.*` events.
+//! - [`ingest`]: durable ingest from a Redis stream (a consumer group over all nodes).
 //! - [`socket`]: the connect middleware and one file per client command.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
@@ -47,6 +48,7 @@ pub mod github;
 pub mod history;
 pub mod http;
 pub mod idempotency;
+pub mod ingest;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
@@ -85,6 +87,8 @@ pub struct Roomcast {
     node_id: Arc<str>,
     shutdown_timeout: Duration,
     reconnect_after_ms: u64,
+    /// Turned true at the start of a drain: the stream ingest stops taking entries.
+    stop_ingest: tokio::sync::watch::Sender<bool>,
 }
 
 /// What [`Roomcast::assemble`] needs besides the Socket.IO layer.
@@ -153,7 +157,7 @@ impl Roomcast {
             history,
             cluster: cluster.clone(),
         };
-        Ok(match &cluster {
+        match &cluster {
             Some(c) => {
                 let (layer, io) = builder
                     .with_adapter::<socketioxide_redis::CustomRedisAdapter<_, cluster::driver::ResilientDriver>>(
@@ -166,7 +170,7 @@ impl Roomcast {
                 let (layer, io) = builder.build_layer();
                 Self::assemble(layer, io, parts)
             }
-        })
+        }
     }
 
     /// Everything past the adapter choice: one code path for a single node and a cluster.
@@ -174,7 +178,7 @@ impl Roomcast {
         layer: SocketIoLayer<A>,
         io: SocketIo<A>,
         p: Parts,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         for init in socket::register(&io) {
             init.spawn();
         }
@@ -221,6 +225,14 @@ impl Roomcast {
                     .run(io.clone(), p.presence.clone(), announcer),
             );
         }
+        let (stop_ingest, ingest_stopped) = tokio::sync::watch::channel(false);
+        if let (Some(ingest), Some(url)) =
+            (&p.config.ingest.redis_streams, p.config.ingest_redis_url())
+        {
+            let consumer =
+                ingest::StreamIngest::new(ingest.clone(), url, &p.node_id, broadcaster.clone())?;
+            tokio::spawn(consumer.run(ingest_stopped));
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let state = http::AppState {
             api_keys: Arc::new(ApiKeys::from_config(&p.config.api_keys)),
@@ -239,7 +251,7 @@ impl Roomcast {
         let router = http::router(state, p.config.limits.max_http_body_bytes)
             .layer(layer)
             .layer(axum::middleware::map_request(socket::detach_head));
-        Self {
+        Ok(Self {
             router,
             broadcaster,
             ready,
@@ -248,7 +260,8 @@ impl Roomcast {
             node_id: p.node_id,
             shutdown_timeout: Duration::from_secs(p.config.server.shutdown_timeout_secs),
             reconnect_after_ms: p.config.server.reconnect_after_ms,
-        }
+            stop_ingest,
+        })
     }
 
     /// The axum router: the HTTP API with the Socket.IO layer, to mount in another app.
@@ -302,6 +315,7 @@ impl Roomcast {
         self.ready.store(true, Ordering::Relaxed);
         let (ready, hub, cluster) = (self.ready.clone(), self.hub.clone(), self.cluster.clone());
         let broadcaster = self.broadcaster.clone();
+        let stop_ingest = self.stop_ingest.clone();
         let (limit, reconnect_after_ms) = (self.shutdown_timeout, self.reconnect_after_ms);
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         // The listener closes as soon as the signal comes; HTTP requests under way finish,
@@ -333,6 +347,9 @@ impl Roomcast {
             other => other,
         };
         let steps = async {
+            // No new stream entries are taken; what is not acknowledged stays pending for
+            // the nodes that remain (or this one after its restart).
+            let _ = stop_ingest.send(true);
             hub.emit_local(
                 "server.shutdown",
                 &serde_json::json!({ "reconnect_after_ms": reconnect_after_ms }),

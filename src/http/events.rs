@@ -13,18 +13,19 @@ use crate::broadcaster::{EventBroadcaster, Published};
 use crate::events::{Event, EventError, EventName, FieldError};
 use crate::rooms::{RoomName, Tenant};
 
+/// The body of `POST /api/v1/events`, also one event of a batch or of the stream ingest.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishEvent {
     #[serde(rename = "type")]
-    event_type: String,
+    pub event_type: String,
     #[serde(default)]
-    data: Value,
+    pub data: Value,
     #[serde(default)]
-    tenant: Option<Tenant>,
+    pub tenant: Option<Tenant>,
     /// Live delivery only: no `seq`, not kept in history.
     #[serde(default)]
-    volatile: bool,
+    pub volatile: bool,
 }
 
 /// `POST /api/v1/events/batch`: events as in `POST /api/v1/events`, published in order.

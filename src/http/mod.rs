@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
+pub use events::PublishEvent;
 
 use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
@@ -154,12 +155,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 _ => ApiError::MalformedJson(rejection.body_text()),
             }
         })?;
-        // Syntax first, over the whole body, so a broken document is never reported as a
-        // shape error about whichever field came before the break.
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        let value = serde_path_to_error::deserialize(value)
-            .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))?;
-        Ok(JsonBody(value))
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a JSON document as the HTTP API does: syntax errors are `malformed_json`, shape
+/// errors `invalid_payload` with the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, over the whole body, so a broken document is never reported as a
+    // shape error about whichever field came before the break.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))
 }
