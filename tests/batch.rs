@@ -142,3 +142,20 @@ async fn a_retried_batch_with_an_idempotency_key_publishes_nothing_twice() {
     c.assert_not_before("workflow.progress", "system.notification")
         .await;
 }
+
+#[tokio::test]
+async fn a_publish_failure_stops_the_batch_and_answers_each_event() {
+    let mut redis = RedisServer::start().await;
+    let server = TestServer::start_cluster_node("a", &redis, "batchfail").await;
+    redis.kill();
+    server.until_ready(false).await;
+    let (status, body) = server
+        .post(
+            "/api/v1/events/batch",
+            json!({"events": [progress(1), progress(2)]}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["events"][0]["error"]["code"], "cluster_unavailable");
+    assert_eq!(body["events"][1]["error"]["code"], "skipped");
+}
