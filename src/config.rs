@@ -1,6 +1,7 @@
 //! The whole configuration schema: defaults, the TOML file, `ROOMCAST_<SECTION>__<KEY>`
 //! environment overrides and validation. Every setting is documented in `config.toml`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,8 @@ pub struct Config {
     pub publish: PublishConfig,
     pub history: HistoryConfig,
     pub pages: PagesConfig,
+    pub github: GithubConfig,
+    pub ingest: IngestConfig,
     pub log: LogConfig,
 }
 
@@ -44,6 +47,78 @@ impl Default for PagesConfig {
         Self {
             debug: true,
             admin: true,
+        }
+    }
+}
+
+/// `POST /webhooks/github`: GitHub webhooks turned into `pr.*` / `issue.*` events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GithubConfig {
+    /// The webhook's secret: every delivery must carry a valid `X-Hub-Signature-256`.
+    /// Unset: the endpoint answers `404 github_not_configured`.
+    pub webhook_secret: Option<String>,
+    /// The tenant the events are published into.
+    pub tenant: String,
+    /// `"owner/repo" = "<project_id>"`: which `project:` room a repository's events go to
+    /// (repository names compared case-insensitively). Other repositories are ignored.
+    pub projects: BTreeMap<String, String>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            webhook_secret: None,
+            tenant: "default".into(),
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Durable ingest from a Redis stream; off unless the section is present.
+    pub redis_streams: Option<RedisStreamsIngest>,
+}
+
+/// Consume events from a Redis stream as one consumer group: every node of the group takes
+/// a share, acknowledges an entry only after publishing it, and takes over the entries of
+/// consumers that died.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisStreamsIngest {
+    /// The Redis holding the stream; `cluster.redis_url` when unset (standalone Redis only).
+    pub redis_url: Option<String>,
+    pub stream: String,
+    pub group: String,
+    /// Where entries that can never be published go, with the validation error.
+    pub dead_letter_stream: String,
+    /// The dead-letter stream is trimmed to about this many entries.
+    pub dead_letter_max_len: u64,
+    /// Entries read per round trip.
+    pub batch_size: usize,
+    /// How long one XREADGROUP waits for new entries.
+    pub block_ms: u64,
+    /// An entry another consumer read but has not acknowledged for this long is taken over
+    /// (its consumer is presumed dead).
+    pub claim_idle_ms: u64,
+    /// How often to look for such entries.
+    pub claim_interval_ms: u64,
+}
+
+impl Default for RedisStreamsIngest {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            stream: "roomcast:events".into(),
+            group: "roomcast".into(),
+            dead_letter_stream: "roomcast:events:dead".into(),
+            dead_letter_max_len: 10_000,
+            batch_size: 100,
+            block_ms: 2_000,
+            claim_idle_ms: 30_000,
+            claim_interval_ms: 5_000,
         }
     }
 }
@@ -86,12 +161,15 @@ impl Default for HistoryConfig {
 pub struct PublishConfig {
     /// How long a publish's `Idempotency-Key` (or `X-GitHub-Delivery`) is remembered.
     pub idempotency_window_secs: u64,
+    /// Most events one `POST /api/v1/events/batch` may carry.
+    pub max_batch_events: usize,
 }
 
 impl Default for PublishConfig {
     fn default() -> Self {
         Self {
             idempotency_window_secs: 300,
+            max_batch_events: 100,
         }
     }
 }
@@ -282,6 +360,8 @@ impl Default for Config {
             publish: PublishConfig::default(),
             history: HistoryConfig::default(),
             pages: PagesConfig::default(),
+            github: GithubConfig::default(),
+            ingest: IngestConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -499,6 +579,11 @@ impl Config {
                     .into(),
             );
         }
+        if self.publish.max_batch_events == 0 {
+            return invalid("publish.max_batch_events must be at least 1".into());
+        }
+        self.validate_github()?;
+        self.validate_ingest()?;
         if self.dev_secrets_in_use() && !self.server.bind.ip().is_loopback() {
             return invalid(format!(
                 "the development JWT secret or API key is in use and server.bind ({}) is not a loopback address; \
@@ -507,6 +592,98 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_github(&self) -> Result<(), ConfigError> {
+        let github = &self.github;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(secret) = &github.webhook_secret
+            && secret.len() < 16
+        {
+            return invalid("github.webhook_secret must be at least 16 bytes".into());
+        }
+        if Tenant::parse(&github.tenant).is_none() {
+            return invalid(format!(
+                "github.tenant {:?} is not a valid tenant id",
+                github.tenant
+            ));
+        }
+        for (repo, project) in &github.projects {
+            if repo.split('/').filter(|part| !part.is_empty()).count() != 2 {
+                return invalid(format!("github.projects: {repo:?} is not \"owner/repo\""));
+            }
+            if crate::rooms::Id::parse(project).is_none() {
+                return invalid(format!(
+                    "github.projects.\"{repo}\": {project:?} is not a valid project id"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
+        let Some(ingest) = &self.ingest.redis_streams else {
+            return Ok(());
+        };
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        match (
+            &ingest.redis_url,
+            &self.cluster.redis_url,
+            self.cluster.mode,
+        ) {
+            (Some(url), _, _) => {
+                if redis::Client::open(url.as_str()).is_err() {
+                    return invalid(
+                        "ingest.redis_streams.redis_url is not a valid redis:// URL".into(),
+                    );
+                }
+            }
+            (None, Some(_), ClusterMode::Standalone) => {}
+            (None, Some(_), ClusterMode::Cluster) => {
+                return invalid(
+                    "ingest.redis_streams: set redis_url (ingest reads one standalone Redis, not a Redis Cluster)"
+                        .into(),
+                );
+            }
+            (None, None, _) => {
+                return invalid(
+                    "ingest.redis_streams needs redis_url (or cluster.redis_url)".into(),
+                );
+            }
+        }
+        if ingest.stream.is_empty()
+            || ingest.group.is_empty()
+            || ingest.dead_letter_stream.is_empty()
+        {
+            return invalid(
+                "ingest.redis_streams: stream, group and dead_letter_stream must be non-empty"
+                    .into(),
+            );
+        }
+        if ingest.stream == ingest.dead_letter_stream {
+            return invalid(
+                "ingest.redis_streams: dead_letter_stream must differ from stream".into(),
+            );
+        }
+        if ingest.batch_size == 0 || ingest.block_ms == 0 || ingest.claim_interval_ms == 0 {
+            return invalid(
+                "ingest.redis_streams: batch_size, block_ms and claim_interval_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if ingest.claim_idle_ms < 1000 {
+            return invalid("ingest.redis_streams.claim_idle_ms must be at least 1000".into());
+        }
+        Ok(())
+    }
+
+    /// The Redis the stream ingest reads, when it is on.
+    pub fn ingest_redis_url(&self) -> Option<&str> {
+        let ingest = self.ingest.redis_streams.as_ref()?;
+        ingest
+            .redis_url
+            .as_deref()
+            .or(self.cluster.redis_url.as_deref())
     }
 
     /// True when the shipped development secret or API key is configured.
@@ -527,14 +704,21 @@ impl Config {
             }
         };
         mask(&mut masked.auth.jwt_secret);
+        mask(&mut masked.github.webhook_secret);
         for key in &mut masked.api_keys {
             mask(&mut key.key);
         }
-        if let Some(url) = &mut masked.cluster.redis_url
-            && let Some(at) = url.rfind('@')
-            && let Some(scheme_end) = url.find("://")
-        {
-            url.replace_range(scheme_end + 3..at, "***");
+        let mask_url = |url: &mut Option<String>| {
+            if let Some(url) = url
+                && let Some(at) = url.rfind('@')
+                && let Some(scheme_end) = url.find("://")
+            {
+                url.replace_range(scheme_end + 3..at, "***");
+            }
+        };
+        mask_url(&mut masked.cluster.redis_url);
+        if let Some(ingest) = &mut masked.ingest.redis_streams {
+            mask_url(&mut ingest.redis_url);
         }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
@@ -598,6 +782,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("admin scope"), "{err}");
+    }
+
+    #[test]
+    fn github_projects_must_be_repositories_and_ids() {
+        Config::from_toml("[github]\nwebhook_secret = \"0123456789abcdef\"\n[github.projects]\n\"acme/web\" = \"42\"").unwrap();
+        for bad in [
+            "\"acme\" = \"42\"",
+            "\"acme/web\" = \"a b\"",
+            "\"a/b/c\" = \"1\"",
+        ] {
+            let err = Config::from_toml(&format!("[github.projects]\n{bad}")).unwrap_err();
+            assert!(err.to_string().contains("github.projects"), "{bad}: {err}");
+        }
+        assert!(Config::from_toml("[github]\nwebhook_secret = \"short\"").is_err());
+    }
+
+    #[test]
+    fn ingest_needs_a_redis() {
+        let err = Config::from_toml("[ingest.redis_streams]\nstream = \"s\"").unwrap_err();
+        assert!(err.to_string().contains("redis_url"), "{err}");
+        let config = Config::from_toml(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n[ingest.redis_streams]",
+        )
+        .unwrap();
+        assert_eq!(config.ingest_redis_url(), Some("redis://127.0.0.1:1"));
+        assert!(Config::default().ingest_redis_url().is_none());
     }
 
     #[test]

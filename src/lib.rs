@@ -7,6 +7,8 @@
 //! - [`rooms`]: room names, tenant scoping and the access policy.
 //! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope.
 //! - [`broadcaster`]: [`EventBroadcaster`], the single publish path.
+//! - [`github`]: GitHub webhook signatures and payloads → `pr.*` / `issue.*` events.
+//! - [`ingest`]: durable ingest from a Redis stream (a consumer group over all nodes).
 //! - [`socket`]: the connect middleware and one file per client command.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
@@ -43,9 +45,11 @@ pub mod broadcaster;
 pub mod cluster;
 pub mod config;
 pub mod events;
+pub mod github;
 pub mod history;
 pub mod http;
 pub mod idempotency;
+pub mod ingest;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
@@ -84,6 +88,8 @@ pub struct Roomcast {
     node_id: Arc<str>,
     shutdown_timeout: Duration,
     reconnect_after_ms: u64,
+    /// Turned true at the start of a drain: the stream ingest stops taking entries.
+    stop_ingest: tokio::sync::watch::Sender<bool>,
 }
 
 /// What [`Roomcast::assemble`] needs besides the Socket.IO layer.
@@ -152,7 +158,7 @@ impl Roomcast {
             history,
             cluster: cluster.clone(),
         };
-        Ok(match &cluster {
+        match &cluster {
             Some(c) => {
                 let (layer, io) = builder
                     .with_adapter::<socketioxide_redis::CustomRedisAdapter<_, cluster::driver::ResilientDriver>>(
@@ -165,7 +171,7 @@ impl Roomcast {
                 let (layer, io) = builder.build_layer();
                 Self::assemble(layer, io, parts)
             }
-        })
+        }
     }
 
     /// Everything past the adapter choice: one code path for a single node and a cluster.
@@ -173,7 +179,7 @@ impl Roomcast {
         layer: SocketIoLayer<A>,
         io: SocketIo<A>,
         p: Parts,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         for init in socket::register(&io) {
             init.spawn();
         }
@@ -220,6 +226,14 @@ impl Roomcast {
                     .run(io.clone(), p.presence.clone(), announcer),
             );
         }
+        let (stop_ingest, ingest_stopped) = tokio::sync::watch::channel(false);
+        if let (Some(ingest), Some(url)) =
+            (&p.config.ingest.redis_streams, p.config.ingest_redis_url())
+        {
+            let consumer =
+                ingest::StreamIngest::new(ingest.clone(), url, &p.node_id, broadcaster.clone())?;
+            tokio::spawn(consumer.run(ingest_stopped));
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let rates = Arc::new(metrics::Rates::default());
         tokio::spawn(rates.clone().run(p.counters.clone()));
@@ -229,6 +243,8 @@ impl Roomcast {
             hub: io.clone(),
             presence_store: p.presence_store,
             history: p.history.clone(),
+            github: Arc::new(github::Github::from_config(&p.config.github)),
+            max_batch_events: p.config.publish.max_batch_events,
             cluster: p.cluster.clone(),
             counters: p.counters,
             rates,
@@ -240,7 +256,7 @@ impl Roomcast {
         let router = http::router(state, p.config.limits.max_http_body_bytes)
             .layer(layer)
             .layer(axum::middleware::map_request(socket::detach_head));
-        Self {
+        Ok(Self {
             router,
             broadcaster,
             ready,
@@ -249,12 +265,38 @@ impl Roomcast {
             node_id: p.node_id,
             shutdown_timeout: Duration::from_secs(p.config.server.shutdown_timeout_secs),
             reconnect_after_ms: p.config.server.reconnect_after_ms,
-        }
+            stop_ingest,
+        })
     }
 
     /// The axum router: the HTTP API with the Socket.IO layer, to mount in another app.
+    /// See [`Self::into_router`], which also marks the server ready.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// For a program that runs Roomcast inside its own axum app: the router (HTTP API,
+    /// `/webhooks/github` and Socket.IO at `/socket.io/`) to merge into the app, and the
+    /// broadcaster to publish with. From now on `/ready` answers 200 and
+    /// [`EventBroadcaster::global`] is this server's; the program owns the listener and its
+    /// shutdown (there is no drain: use [`Self::serve`] for that).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> anyhow::Result<()> {
+    /// let config = roomcast::Config::default().with_fallbacks();
+    /// let (roomcast, events) = roomcast::Roomcast::new(&config).await?.into_router();
+    /// let app = axum::Router::new()
+    ///     .route("/app/health", axum::routing::get(|| async { "ok" }))
+    ///     .merge(roomcast);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+    /// # let _ = events;
+    /// axum::serve(listener, app).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_router(self) -> (Router, EventBroadcaster) {
+        self.broadcaster.install_global();
+        self.ready.store(true, Ordering::Relaxed);
+        (self.router, self.broadcaster)
     }
 
     pub fn broadcaster(&self) -> EventBroadcaster {
@@ -278,6 +320,7 @@ impl Roomcast {
         self.ready.store(true, Ordering::Relaxed);
         let (ready, hub, cluster) = (self.ready.clone(), self.hub.clone(), self.cluster.clone());
         let broadcaster = self.broadcaster.clone();
+        let stop_ingest = self.stop_ingest.clone();
         let (limit, reconnect_after_ms) = (self.shutdown_timeout, self.reconnect_after_ms);
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         // The listener closes as soon as the signal comes; HTTP requests under way finish,
@@ -309,6 +352,9 @@ impl Roomcast {
             other => other,
         };
         let steps = async {
+            // No new stream entries are taken; what is not acknowledged stays pending for
+            // the nodes that remain (or this one after its restart).
+            let _ = stop_ingest.send(true);
             hub.emit_local(
                 "server.shutdown",
                 &serde_json::json!({ "reconnect_after_ms": reconnect_after_ms }),

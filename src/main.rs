@@ -55,7 +55,171 @@ enum Command {
     },
     /// Validate a config and print the effective settings (secrets masked).
     CheckConfig(ConfigArg),
+    /// Publish one typed event over the HTTP API (POST /api/v1/events), for scripts and cron.
+    Publish {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The event type, e.g. `project.updated`.
+        #[arg(long = "type")]
+        event_type: String,
+        /// The event's data as JSON, or `-` to read it from stdin.
+        #[arg(long)]
+        data: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Server base URL (http:// only); from the config's `server.bind` when omitted.
+        #[arg(long, env = "ROOMCAST_URL")]
+        url: Option<String>,
+        /// API key with the `publish` scope; the config's first plain `key` with that scope
+        /// when omitted.
+        #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Publish at most once per key (a retry of the same run publishes nothing twice).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Live delivery only: no `seq`, not kept in history.
+        #[arg(long)]
+        volatile: bool,
+    },
+    /// Print a documented config with fresh random secrets (the API key itself goes to stderr).
+    Genconfig,
 }
+
+/// What `roomcast publish` sends.
+struct PublishArgs {
+    config: ConfigArg,
+    event_type: String,
+    data: String,
+    tenant: Option<String>,
+    url: Option<String>,
+    api_key: Option<String>,
+    idempotency_key: Option<String>,
+    volatile: bool,
+}
+
+fn publish(args: PublishArgs) -> Result<(), String> {
+    let data = if args.data == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?
+    } else {
+        args.data
+    };
+    let data: serde_json::Value =
+        serde_json::from_str(&data).map_err(|e| format!("--data is not JSON: {e}"))?;
+    // The config is read only for what the flags leave out.
+    let mut loaded = None;
+    let mut config = || -> Result<Config, String> {
+        if loaded.is_none() {
+            loaded = Some(load(&args.config)?);
+        }
+        loaded.clone().ok_or_else(|| "no config".to_owned())
+    };
+    let base = match args.url {
+        Some(url) => url,
+        None => {
+            let mut addr = config()?.server.bind;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}")
+        }
+    };
+    let key = match args.api_key {
+        Some(key) => key,
+        None => config()?
+            .api_keys
+            .iter()
+            .find(|k| k.scopes.contains(&roomcast::config::Scope::Publish))
+            .and_then(|k| k.key.clone())
+            .ok_or("give --api-key (or ROOMCAST_API_KEY): the config has no plain key with the publish scope")?,
+    };
+    let mut body = serde_json::json!({"type": args.event_type, "data": data});
+    if let Some(tenant) = args.tenant {
+        body["tenant"] = tenant.into();
+    }
+    if args.volatile {
+        body["volatile"] = true.into();
+    }
+    let url = format!("{}/api/v1/events", base.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (status, answer) = runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(key)
+            .timeout(Duration::from_secs(30))
+            .json(&body);
+        if let Some(k) = &args.idempotency_key {
+            request = request.header("Idempotency-Key", k);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        Ok::<_, String>((status, text))
+    })?;
+    if status.is_success() {
+        println!("{answer}");
+        return Ok(());
+    }
+    let error: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+    let error = &error["error"];
+    Err(match (error["code"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(message)) => format!("{} {code}: {message}", status.as_u16()),
+        _ => format!("{} {answer}", status.as_u16()),
+    })
+}
+
+/// The shipped config.toml with its development secrets replaced by fresh random ones.
+fn genconfig() -> Result<(), String> {
+    use sha2::Digest;
+    let hex = |bytes: [u8; 32]| hex::encode(bytes);
+    let jwt_secret = hex(rand::random());
+    let api_key = format!("rc_{}", hex(rand::random()));
+    let api_key_sha256 = hex::encode(sha2::Sha256::digest(api_key.as_bytes()));
+    let webhook_secret = hex(rand::random());
+    let mut text = include_str!("../config.toml").to_owned();
+    for (from, to) in [
+        (
+            format!("jwt_secret = \"{}\"", roomcast::config::DEV_JWT_SECRET),
+            format!("jwt_secret = \"{jwt_secret}\""),
+        ),
+        (
+            format!(
+                "name = \"dev\"\nkey = \"{}\"",
+                roomcast::config::DEV_API_KEY
+            ),
+            format!(
+                "name = \"default\"\n# the key itself was printed once, on stderr, by genconfig\nkey_sha256 = \"{api_key_sha256}\""
+            ),
+        ),
+        (
+            GENCONFIG_WEBHOOK_LINE.to_owned(),
+            format!("webhook_secret = \"{webhook_secret}\""),
+        ),
+    ] {
+        if text.matches(&from).count() != 1 {
+            return Err(format!("genconfig: the template lacks {from:?}"));
+        }
+        text = text.replace(&from, &to);
+    }
+    println!("# Generated by `roomcast genconfig` with fresh secrets. Keep this file private.");
+    print!("{text}");
+    eprintln!("API key (publish, read), shown only now: {api_key}");
+    Ok(())
+}
+
+/// The commented-out webhook secret in config.toml that genconfig fills in.
+const GENCONFIG_WEBHOOK_LINE: &str = "# webhook_secret = \"a-long-random-string\"";
 
 fn load(arg: &ConfigArg) -> Result<Config, String> {
     let default = PathBuf::from("config.toml");
@@ -129,6 +293,26 @@ fn main() -> ExitCode {
             }
             print!("{}", config.to_masked_toml());
         }),
+        Command::Publish {
+            config,
+            event_type,
+            data,
+            tenant,
+            url,
+            api_key,
+            idempotency_key,
+            volatile,
+        } => publish(PublishArgs {
+            config,
+            event_type,
+            data,
+            tenant,
+            url,
+            api_key,
+            idempotency_key,
+            volatile,
+        }),
+        Command::Genconfig => genconfig(),
         Command::Token {
             config,
             sub,

@@ -21,6 +21,9 @@ pub struct PullRequest {
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<bool>,
+    /// What happened, e.g. GitHub's `synchronize` or `labeled` for a `pr.updated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 /// `issue.created`, `issue.updated`, `issue.closed`.
@@ -36,6 +39,9 @@ pub struct Issue {
     pub author: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// What happened, e.g. GitHub's `labeled` or `assigned` for an `issue.updated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 impl Payload for PullRequest {

@@ -21,13 +21,20 @@ pub enum ApiError {
     ClusterUnavailable(String),
     IdempotencyInProgress,
     InvalidIdempotencyKey,
+    InvalidSignature,
+    GithubNotConfigured,
+    BatchTooLarge(usize),
+    /// The error of event `i` of a batch: its code, with `events[i]` in the field.
+    InBatch(usize, Box<ApiError>),
+    /// A batch event not published because an earlier one failed.
+    Skipped(usize),
     Internal(String),
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, String, Option<&str>) {
+    fn parts(&self) -> (StatusCode, &'static str, String, Option<String>) {
         use StatusCode as S;
-        match self {
+        let (status, code, message, field) = match self {
             Self::Unauthorized => (
                 S::UNAUTHORIZED,
                 "unauthorized",
@@ -51,7 +58,7 @@ impl ApiError {
                 S::UNPROCESSABLE_ENTITY,
                 "invalid_payload",
                 f.message.clone(),
-                Some(&f.field),
+                Some(f.field.as_str()),
             ),
             Self::InvalidEventName(m) => (
                 S::UNPROCESSABLE_ENTITY,
@@ -63,7 +70,7 @@ impl ApiError {
                 S::UNPROCESSABLE_ENTITY,
                 "invalid_room",
                 f.message.clone(),
-                Some(&f.field),
+                Some(f.field.as_str()),
             ),
             Self::PayloadTooLarge => (
                 S::PAYLOAD_TOO_LARGE,
@@ -89,8 +96,56 @@ impl ApiError {
                 "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 None,
             ),
+            Self::InvalidSignature => (
+                S::UNAUTHORIZED,
+                "invalid_signature",
+                "X-Hub-Signature-256 is missing or does not match the body (github.webhook_secret)"
+                    .into(),
+                None,
+            ),
+            Self::GithubNotConfigured => (
+                S::NOT_FOUND,
+                "github_not_configured",
+                "GitHub webhooks are off: set github.webhook_secret".into(),
+                None,
+            ),
+            Self::BatchTooLarge(max) => (
+                S::UNPROCESSABLE_ENTITY,
+                "batch_too_large",
+                format!("a batch holds 1 to {max} events (publish.max_batch_events)"),
+                Some("events"),
+            ),
+            Self::InBatch(i, inner) => {
+                let (status, code, message, field) = inner.parts();
+                let field = match field {
+                    Some(f) => format!("events[{i}].{f}"),
+                    None => format!("events[{i}]"),
+                };
+                return (status, code, format!("events[{i}]: {message}"), Some(field));
+            }
+            Self::Skipped(failed) => (
+                S::SERVICE_UNAVAILABLE,
+                "skipped",
+                format!("not published: events[{failed}] failed and events are published in order"),
+                None,
+            ),
             Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
+        };
+        (status, code, message, field.map(str::to_owned))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// `{code, message, field?}`: the `error` object of a response body.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (_, code, message, field) = self.parts();
+        let mut error = json!({"code": code, "message": message});
+        if let Some(field) = field {
+            error["field"] = field.into();
         }
+        error
     }
 }
 
@@ -104,12 +159,8 @@ pub struct Answered {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message, field) = self.parts();
-        let mut error = json!({"code": code, "message": message});
-        if let Some(field) = field {
-            error["field"] = field.into();
-        }
-        let mut response = (status, Json(json!({"error": error}))).into_response();
+        let (status, code, message, _) = self.parts();
+        let mut response = (status, Json(json!({"error": self.to_json()}))).into_response();
         response.extensions_mut().insert(Answered { code, message });
         response
     }

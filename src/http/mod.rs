@@ -14,6 +14,7 @@ mod presence;
 mod schema;
 mod stats;
 mod users;
+mod webhooks;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -30,11 +31,13 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
+pub use events::PublishEvent;
 
 use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
 use crate::config::{PagesConfig, Scope};
+use crate::github::Github;
 use crate::history::HistoryStore;
 use crate::metrics::{Counters, Rates};
 use crate::presence::PresenceStore;
@@ -49,6 +52,9 @@ pub struct AppState {
     pub hub: Arc<dyn Hub>,
     pub presence_store: Arc<dyn PresenceStore>,
     pub history: HistoryStore,
+    pub github: Arc<Github>,
+    /// Most events in one batch publish.
+    pub max_batch_events: usize,
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,
@@ -64,7 +70,9 @@ pub struct AppState {
 pub fn router(state: AppState, max_body: usize) -> Router {
     let api = Router::new()
         .route("/api/v1/events", post(events::publish_event))
+        .route("/api/v1/events/batch", post(events::publish_batch))
         .route("/api/v1/broadcast", post(events::publish_custom))
+        .route("/webhooks/github", post(webhooks::github))
         .route("/api/v1/websocket/stats", get(stats::stats))
         .route("/api/v1/rooms/{room}/presence", get(presence::presence))
         .route("/api/v1/rooms/{room}/history", get(history::history))
@@ -186,12 +194,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 _ => ApiError::MalformedJson(rejection.body_text()),
             }
         })?;
-        // Syntax first, over the whole body, so a broken document is never reported as a
-        // shape error about whichever field came before the break.
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        let value = serde_path_to_error::deserialize(value)
-            .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))?;
-        Ok(JsonBody(value))
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a JSON document as the HTTP API does: syntax errors are `malformed_json`, shape
+/// errors `invalid_payload` with the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, over the whole body, so a broken document is never reported as a
+    // shape error about whichever field came before the break.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))
 }

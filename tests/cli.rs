@@ -1,0 +1,146 @@
+//! The `roomcast` binary: `publish` reaches a socket of a running server; `genconfig` prints
+//! a config with fresh secrets that `check-config` accepts.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+/// Runs the built binary with `args` (off the async runtime: it blocks).
+async fn roomcast(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(&args)
+            .env_remove("ROOMCAST_URL")
+            .env_remove("ROOMCAST_API_KEY")
+            .output()
+            .expect("run roomcast")
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn publish_from_the_command_line_reaches_the_room() {
+    let server = TestServer::start().await;
+    let mut acme = server.connect(&token_for("dev", "acme", &["7"])).await;
+    assert_eq!(acme.subscribe("project:7").await["ok"], true);
+    let url = server.url("");
+    let out = roomcast(args(&[
+        "publish",
+        "--url",
+        &url,
+        "--api-key",
+        KEY,
+        "--tenant",
+        "acme",
+        "--type",
+        "project.updated",
+        "--data",
+        r#"{"project_id": 7, "status": "active"}"#,
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON answer");
+    let event = acme.event("project.updated").await;
+    assert_eq!(event["id"], answer["id"]);
+    assert_eq!(event["data"]["status"], "active");
+    assert_eq!(answer["tenant"], "acme");
+}
+
+#[tokio::test]
+async fn a_refused_publish_exits_non_zero_with_the_error_code() {
+    let server = TestServer::start().await;
+    let url = server.url("");
+    for (key, data, code) in [
+        (KEY, r#"{"project_id": "a b"}"#, "invalid_payload"),
+        ("wrong-key-123", r#"{"project_id": 1}"#, "unauthorized"),
+    ] {
+        let out = roomcast(args(&[
+            "publish",
+            "--url",
+            &url,
+            "--api-key",
+            key,
+            "--type",
+            "project.updated",
+            "--data",
+            data,
+        ]))
+        .await;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(code), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = roomcast(args(&[
+        "publish",
+        "--url",
+        &url,
+        "--api-key",
+        KEY,
+        "--type",
+        "project.updated",
+        "--data",
+        "{nope",
+    ]))
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data is not JSON"));
+}
+
+#[tokio::test]
+async fn genconfig_prints_a_config_with_fresh_secrets_that_check_config_accepts() {
+    let first = roomcast(args(&["genconfig"])).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = String::from_utf8(first.stdout).unwrap();
+    assert!(!text.contains(roomcast::config::DEV_JWT_SECRET));
+    assert!(!text.contains(roomcast::config::DEV_API_KEY));
+    let again = String::from_utf8(roomcast(args(&["genconfig"])).await.stdout).unwrap();
+    assert_ne!(text, again, "secrets must be fresh on every run");
+
+    let path = std::env::temp_dir().join(format!("roomcast-genconfig-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let check = roomcast(args(&["check-config", "--config", path.to_str().unwrap()])).await;
+    let _ = std::fs::remove_file(&path);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains("configuration is valid"), "{out}");
+    assert!(
+        !out.contains("# warning"),
+        "genconfig must not ship dev secrets: {out}"
+    );
+
+    // The key printed on stderr is the one the config accepts: a server started with the
+    // generated config takes it.
+    let key = String::from_utf8_lossy(&first.stderr)
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let config = roomcast::Config::from_toml(&text).unwrap();
+    let keys = roomcast::auth::ApiKeys::from_config(&config.api_keys);
+    assert!(
+        keys.verify(&key).is_some(),
+        "stderr key {key:?} not in the config"
+    );
+}
