@@ -11,6 +11,8 @@
 //! - `rooms`: N sockets over R `project:` rooms, publishing to random rooms.
 //! - `storm`: sockets drop their connection and come back with recovery while events are
 //!   published; every socket must end with every event exactly once, in order.
+//! - `soak`: a long `storm` where the sockets churn throughout; server memory and open
+//!   file descriptors before, at peak and after, which must come back to where they were.
 //!
 //! Layout: [`proto`] frames packets, [`socket`] runs one socket, [`inbox`] records what it
 //! received, [`crowd`] runs all of them, [`publish`] sends events, [`measure`] reads
@@ -43,6 +45,8 @@ enum Cli {
     Rooms(scenario::fanout::RoomsArgs),
     /// Sockets drop and come back with recovery while events are published.
     Storm(scenario::storm::Args),
+    /// A long storm of churning sockets: memory and descriptors before, during and after.
+    Soak(scenario::soak::SoakArgs),
 }
 
 /// Where the sockets connect and how they authenticate; every scenario takes these.
@@ -96,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cli::Rooms(args) => scenario::fanout::run("rooms", args.fanout, args.rooms).await?,
         Cli::Storm(args) => scenario::storm::run(args).await?,
+        Cli::Soak(args) => scenario::soak::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Err(problems) = check(&report) {

@@ -48,6 +48,17 @@ fn vm_rss(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Open file descriptors of the processes together (entries of /proc/<pid>/fd); `None`
+/// without pids.
+pub fn open_fds(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let count =
+        |pid: &u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    Some(pids.iter().map(count).sum())
+}
+
 /// `{p50, p90, p99, p999, max}` in milliseconds of microsecond samples (sorted here).
 pub fn percentiles_ms(mut samples: Vec<u32>) -> Value {
     samples.sort_unstable();

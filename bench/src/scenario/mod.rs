@@ -2,6 +2,7 @@
 
 pub mod fanout;
 pub mod hold;
+pub mod soak;
 pub mod storm;
 
 use std::sync::Arc;
