@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 const ROOMS: usize = 4;
 const EVENTS: usize = 120;
@@ -28,6 +28,7 @@ async fn life(
     drop_after: Option<usize>,
     gate: Arc<Semaphore>,
     joined: Arc<Semaphore>,
+    mut publishing: watch::Receiver<bool>,
 ) -> (Vec<String>, Vec<String>) {
     let connect = |server, auth: Value| {
         let gate = gate.clone();
@@ -39,6 +40,9 @@ async fn life(
     let mut c = connect(first, json!({ "token": token })).await;
     assert_eq!(c.subscribe(&room).await["ok"], true);
     joined.add_permits(1);
+    // Nothing is published before every socket joined, which can take longer than the
+    // wait for one event on a busy machine: start waiting for events when publishing does.
+    let _ = publishing.wait_for(|started| *started).await;
     let mut ids = Vec::with_capacity(expected);
     // What arrived on which connection, by `seq`, for a readable failure.
     let mut trace = Vec::new();
@@ -109,6 +113,7 @@ async fn storm(nodes: &[&TestServer]) {
 
     let gate = Arc::new(Semaphore::new(200));
     let joined = Arc::new(Semaphore::new(0));
+    let (start, publishing) = watch::channel(false);
     let mut lives = Vec::new();
     for i in 0..sockets {
         let room = i % ROOMS;
@@ -127,6 +132,7 @@ async fn storm(nodes: &[&TestServer]) {
             drop_after,
             gate.clone(),
             joined.clone(),
+            publishing.clone(),
         )));
     }
     tokio::time::timeout(
@@ -137,6 +143,7 @@ async fn storm(nodes: &[&TestServer]) {
     .expect("all sockets joined")
     .unwrap()
     .forget();
+    start.send_replace(true);
 
     let mut published: HashMap<usize, Vec<String>> = HashMap::new();
     for (n, room) in plan.iter().enumerate() {
