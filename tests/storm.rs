@@ -18,6 +18,15 @@ use tokio::sync::{Semaphore, watch};
 const ROOMS: usize = 4;
 const EVENTS: usize = 120;
 
+/// What the sockets of a storm share: the gate that bounds connects in flight, the count of
+/// sockets that joined, and whether publishing started.
+#[derive(Clone)]
+struct Crowd {
+    gate: Arc<Semaphore>,
+    joined: Arc<Semaphore>,
+    publishing: watch::Receiver<bool>,
+}
+
 /// One socket's life: connect at `first`, join its room, read; if chosen, drop once after
 /// `drop_after` events and come back at `second` with `since`. Returns the event ids it received, in order.
 async fn life(
@@ -26,10 +35,13 @@ async fn life(
     room: String,
     expected: usize,
     drop_after: Option<usize>,
-    gate: Arc<Semaphore>,
-    joined: Arc<Semaphore>,
-    mut publishing: watch::Receiver<bool>,
+    crowd: Crowd,
 ) -> (Vec<String>, Vec<String>) {
+    let Crowd {
+        gate,
+        joined,
+        mut publishing,
+    } = crowd;
     let connect = |server, auth: Value| {
         let gate = gate.clone();
         async move {
@@ -111,9 +123,12 @@ async fn storm(nodes: &[&TestServer]) {
         .map(|r| plan.iter().filter(|p| **p == r).count())
         .collect();
 
-    let gate = Arc::new(Semaphore::new(200));
-    let joined = Arc::new(Semaphore::new(0));
     let (start, publishing) = watch::channel(false);
+    let crowd = Crowd {
+        gate: Arc::new(Semaphore::new(200)),
+        joined: Arc::new(Semaphore::new(0)),
+        publishing,
+    };
     let mut lives = Vec::new();
     for i in 0..sockets {
         let room = i % ROOMS;
@@ -130,14 +145,12 @@ async fn storm(nodes: &[&TestServer]) {
             format!("project:{room}"),
             expected,
             drop_after,
-            gate.clone(),
-            joined.clone(),
-            publishing.clone(),
+            crowd.clone(),
         )));
     }
     tokio::time::timeout(
         Duration::from_secs(120),
-        joined.acquire_many(sockets as u32),
+        crowd.joined.acquire_many(sockets as u32),
     )
     .await
     .expect("all sockets joined")
