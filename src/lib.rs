@@ -11,7 +11,8 @@
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
 //! - [`http`]: one file per endpoint group.
-//! - [`metrics`]: process-wide counters.
+//! - [`limits`]: connection limits and token buckets (handshakes, events, publishes).
+//! - [`metrics`]: counters for stats and `GET /metrics`.
 //!
 //! Data flows one way: a request (socket command or HTTP call) is authenticated into an
 //! identity, validated into a typed value, routed by `rooms`, published by the broadcaster
@@ -45,6 +46,7 @@ pub mod events;
 pub mod history;
 pub mod http;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
@@ -96,6 +98,7 @@ struct Parts {
     lifetimes: Arc<Lifetimes>,
     history: history::HistoryStore,
     cluster: Option<Arc<Cluster>>,
+    limits: Arc<limits::Limits>,
 }
 
 impl Roomcast {
@@ -125,6 +128,7 @@ impl Roomcast {
             ))),
         };
         let counters = Arc::new(Counters::default());
+        let limits = Arc::new(limits::Limits::new(&config.limits));
         let lifetimes = Arc::new(Lifetimes::new(
             config.auth.expiry_warning_secs,
             config.auth.leeway_secs,
@@ -138,6 +142,7 @@ impl Roomcast {
             presence_store: presence_store.clone(),
             lifetimes: lifetimes.clone(),
             history: history.clone(),
+            limits: limits.clone(),
         });
         let builder = socketio_builder(config).with_state(ctx);
         let parts = Parts {
@@ -150,6 +155,7 @@ impl Roomcast {
             lifetimes,
             history,
             cluster: cluster.clone(),
+            limits,
         };
         Ok(match &cluster {
             Some(c) => {
@@ -177,6 +183,7 @@ impl Roomcast {
             init.spawn();
         }
         tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
+        tokio::spawn(p.limits.clone().run_sweeper());
         let io = Arc::new(io);
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let window = Duration::from_secs(p.config.publish.idempotency_window_secs);
@@ -228,6 +235,8 @@ impl Roomcast {
             history: p.history.clone(),
             cluster: p.cluster.clone(),
             counters: p.counters,
+            limits: p.limits,
+            metrics_public: p.config.metrics.public,
             node_id: p.node_id.clone(),
             started: Instant::now(),
             ready: ready.clone(),
@@ -284,7 +293,11 @@ impl Roomcast {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+        // ConnectInfo gives the connect middleware each client's address (handshake limit).
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining");
             ready.store(false, Ordering::Relaxed);
@@ -348,7 +361,13 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         .ws_max_frame_size(limits.ws_max_frame_bytes)
         .ws_read_buffer_size(limits.ws_read_buffer_bytes.max(256))
         .max_payload(limits.polling_max_payload_bytes)
-        .max_buffer_size(limits.socket_buffer_packets);
+        .max_buffer_size(limits.socket_buffer_packets)
+        .with_parser(
+            socketioxide::ParserConfig::common()
+                .max_incoming_binaries(limits.max_binary_attachments)
+                .max_incoming_binary_buf_size(limits.max_binary_bytes)
+                .packet_completion_timeout(BINARY_COMPLETION_TIMEOUT),
+        );
     let websocket = server.transports.contains(&Transport::Websocket);
     let polling = server.transports.contains(&Transport::Polling);
     match (websocket, polling) {
@@ -372,6 +391,10 @@ pub async fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> 
 }
 
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// How long the binary attachments of one packet may take to arrive (socketioxide: 60 s):
+/// a partial packet holds up to `limits.max_binary_bytes` meanwhile.
+const BINARY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -21,6 +21,10 @@ pub enum ApiError {
     ClusterUnavailable(String),
     IdempotencyInProgress,
     InvalidIdempotencyKey,
+    /// The API key's publish budget is spent; retry after this many milliseconds.
+    RateLimited {
+        retry_after_ms: u64,
+    },
     Internal(String),
 }
 
@@ -89,6 +93,12 @@ impl ApiError {
                 "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 None,
             ),
+            Self::RateLimited { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this API key is over limits.publish_per_key_per_sec; nothing was published".into(),
+                None,
+            ),
             Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
         }
     }
@@ -101,8 +111,24 @@ impl IntoResponse for ApiError {
         if let Some(field) = field {
             error["field"] = field.into();
         }
-        (status, Json(json!({"error": error}))).into_response()
+        if let Self::RateLimited { retry_after_ms } = self {
+            error["retry_after_ms"] = retry_after_ms.into();
+        }
+        let mut response = (status, Json(json!({"error": error}))).into_response();
+        if let Self::RateLimited { retry_after_ms } = self {
+            error_retry_after(&mut response, retry_after_ms);
+        }
+        response
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up (HTTP has no finer unit), and the exact
+/// wait as `retry_after_ms` in the body.
+fn error_retry_after(response: &mut Response, retry_after_ms: u64) {
+    let secs = retry_after_ms.div_ceil(1000).max(1);
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
 }
 
 impl From<EventError> for ApiError {

@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod health;
 mod history;
+mod metrics;
 mod presence;
 mod schema;
 mod stats;
@@ -30,6 +31,7 @@ use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
 use crate::config::Scope;
 use crate::history::HistoryStore;
+use crate::limits::Limits;
 use crate::metrics::Counters;
 use crate::presence::PresenceStore;
 use crate::rooms::Tenant;
@@ -46,6 +48,9 @@ pub struct AppState {
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
     pub counters: Arc<Counters>,
+    pub limits: Arc<Limits>,
+    /// `[metrics] public`: `/metrics` without an API key.
+    pub metrics_public: bool,
     pub node_id: Arc<str>,
     pub started: Instant,
     /// True while the server accepts work; `/ready` answers 503 otherwise.
@@ -64,6 +69,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             post(users::disconnect),
         )
         .route("/api/v1/schema", get(schema::schema))
+        .route("/metrics", get(metrics::metrics))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(max_body))
@@ -106,7 +112,8 @@ pub struct TenantQuery {
 
 /// The caller of an API endpoint, authenticated by `Authorization: Bearer <key>` or
 /// `X-API-Key`, and holding scope `S`: `401 unauthorized` without a valid key,
-/// `403 forbidden` without the scope.
+/// `403 forbidden` without the scope. A request needing `publish` also takes one from the
+/// key's publish budget first: `429 rate_limited` when it is spent, before the body is read.
 pub struct ApiCaller<S>(pub Caller, PhantomData<S>);
 
 impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S> {
@@ -128,6 +135,14 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S>
                 "this API key lacks the \"{}\" scope",
                 S::SCOPE.as_str()
             )));
+        }
+        if S::SCOPE == Scope::Publish
+            && let Err(e) = state.limits.publish(&caller.name)
+        {
+            state.counters.limited("publish");
+            return Err(ApiError::RateLimited {
+                retry_after_ms: e.retry_after_ms(),
+            });
         }
         Ok(ApiCaller(caller.clone(), PhantomData))
     }

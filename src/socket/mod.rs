@@ -3,6 +3,7 @@
 //! a single node (in-memory adapter) and a cluster.
 
 mod auth;
+mod budget;
 mod history;
 pub mod lifetime;
 mod ping;
@@ -31,11 +32,14 @@ use crate::auth::{Identity, JwtVerifier};
 use crate::broadcaster::Deliver;
 use crate::events::Timestamp;
 use crate::history::HistoryStore;
+use crate::limits::{Limits, Slot};
 use crate::metrics::Counters;
 use crate::presence::{Presence, PresenceStore};
 use crate::rooms::{Id, RoomName};
 
 pub use reply::CommandError;
+
+use budget::Budgeted;
 
 /// Namespaces that carry the same handlers: `/`, and `/ws` for clients written against the
 /// original API document.
@@ -54,6 +58,7 @@ pub struct SocketCtxInner {
     pub presence_store: Arc<dyn PresenceStore>,
     pub lifetimes: Arc<lifetime::Lifetimes>,
     pub history: HistoryStore,
+    pub limits: Arc<Limits>,
 }
 
 impl SocketCtx {
@@ -143,13 +148,14 @@ async fn on_connect<A: Adapter>(
         return;
     };
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    s.on("subscribe", subscribe::handle::<A>);
-    s.on("unsubscribe", unsubscribe::handle::<A>);
-    s.on("ping", ping::handle::<A>);
-    s.on("presence", presence::handle::<A>);
-    s.on("auth.refresh", refresh::handle::<A>);
-    s.on("history", history::handle::<A>);
-    s.on_fallback(reply::unknown_command::<A>);
+    // Every event, known or not, spends from the socket's budget first.
+    s.on("subscribe", Budgeted(subscribe::handle::<A>));
+    s.on("unsubscribe", Budgeted(unsubscribe::handle::<A>));
+    s.on("ping", Budgeted(ping::handle::<A>));
+    s.on("presence", Budgeted(presence::handle::<A>));
+    s.on("auth.refresh", Budgeted(refresh::handle::<A>));
+    s.on("history", Budgeted(history::handle::<A>));
+    s.on_fallback(Budgeted(reply::unknown_command::<A>));
     s.on_disconnect(on_disconnect::<A>);
     ctx.presence.connected(&identity);
     ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
@@ -188,6 +194,9 @@ async fn on_disconnect<A: Adapter>(
     reason: socketioxide::socket::DisconnectReason,
 ) {
     tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
+    if let Some(slot) = s.extensions.get::<Arc<Slot>>() {
+        slot.release();
+    }
     let Some(identity) = identity_of(&s) else {
         return;
     };
@@ -305,6 +314,8 @@ pub trait Census: Send + Sync + 'static {
     fn snapshot(&self, top: usize) -> Snapshot;
     /// Connections and users only (the heartbeat's figures): no walk over rooms.
     fn counts(&self) -> (u64, u64);
+    /// Sockets per namespace on this node.
+    fn per_namespace(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// What one walk over this node's sockets found.
@@ -338,6 +349,13 @@ fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool) -> Walk {
 }
 
 impl<A: Adapter> Census for SocketIo<A> {
+    fn per_namespace(&self) -> Vec<(&'static str, u64)> {
+        NAMESPACES
+            .iter()
+            .map(|ns| (*ns, self.of(ns).map_or(0, |op| op.sockets().len() as u64)))
+            .collect()
+    }
+
     fn counts(&self) -> (u64, u64) {
         let found = walk(self, false);
         (found.connections, found.users.len() as u64)
