@@ -109,6 +109,16 @@ pub async fn authenticate<A: Adapter>(
             return Err(Refusal::Limit(e));
         }
     };
+    let span = tracing::debug_span!(
+        "socket",
+        sid = %s.id,
+        user_id = %identity.user_id,
+        tenant = %identity.tenant,
+        ns = %s.ns()
+    );
+    if !span.is_disabled() {
+        s.extensions.insert(span);
+    }
     s.extensions.insert(Arc::new(slot));
     s.extensions.insert(Arc::new(identity));
     Ok(())

@@ -15,8 +15,8 @@ use socketioxide::extract::State;
 use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::Socket;
 
-use super::SocketCtx;
 use super::reply::{CommandError, Responder};
+use super::{SocketCtx, identity_of, span_of};
 use crate::limits::EventVerdict;
 use crate::metrics::Counters;
 
@@ -39,6 +39,7 @@ where
             EventVerdict::Allowed => self.0.call(s, v, ack_id),
             EventVerdict::Refused(retry_after) => {
                 ctx.counters.limited("events");
+                tracing::debug!(parent: &span_of(&s), "event refused: rate_limited");
                 let retry_after_ms = crate::limits::ceil_ms(retry_after);
                 let Ok(reply) = Responder::from_message_parts(&s, &mut v, &ack_id);
                 reply.fail(CommandError::RateLimited { retry_after_ms });
@@ -46,13 +47,20 @@ where
             EventVerdict::Abusive => {
                 ctx.counters.limited("events");
                 Counters::incr(&ctx.counters.rate_limit_disconnects, 1);
-                tracing::info!(sid = %s.id, "socket disconnected: rate_limit_exceeded");
+                let who = identity_of(&s);
+                tracing::info!(
+                    parent: &span_of(&s),
+                    sid = %s.id,
+                    user_id = who.as_ref().map(|w| w.user_id.as_str()),
+                    tenant = who.as_ref().map(|w| w.tenant.as_str()),
+                    "socket disconnected: rate_limit_exceeded"
+                );
                 let notice = json!({
                     "code": "rate_limit_exceeded",
                     "message": "too many events were refused: disconnecting",
                 });
                 if let Err(e) = s.emit("error", &notice) {
-                    tracing::debug!(sid = %s.id, "cannot send rate_limit_exceeded: {e}");
+                    tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send rate_limit_exceeded: {e}");
                 }
                 let _ = s.disconnect();
             }

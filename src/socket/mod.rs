@@ -118,8 +118,19 @@ pub fn public_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<RoomName> {
         .collect()
 }
 
+/// The socket's span: `socket{sid, user_id, tenant, ns}`, one per connection, created by the
+/// connect middleware. It is a `debug` span, so with the default `info` filter it is never
+/// created and costs an idle socket nothing; where debug logging is on it is kept on the
+/// socket (a few hundred bytes in the subscriber). Log a socket's events with
+/// `parent: &span_of(&s)`; handler futures run in socketioxide's own tasks, outside it.
+pub fn span_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> tracing::Span {
+    s.extensions
+        .get::<tracing::Span>()
+        .unwrap_or_else(tracing::Span::none)
+}
+
 /// The identity the connect middleware stored on the socket.
-pub fn identity_of<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Identity>> {
+pub fn identity_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> Option<Arc<Identity>> {
     s.extensions.get::<Arc<Identity>>()
 }
 
@@ -160,13 +171,7 @@ async fn on_connect<A: Adapter>(
     ctx.presence.connected(&identity);
     ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
 
-    tracing::debug!(
-        sid = %s.id,
-        user_id = %identity.user_id,
-        tenant = %identity.tenant,
-        ns = s.ns(),
-        "socket connected"
-    );
+    tracing::debug!(parent: &span_of(&s), "socket connected");
     // Joins `rooms`, and the rooms of `auth.since` with their backlog.
     recover::recover(&s, &ctx, &identity, auth.as_ref().ok(), &rooms, |outcome| {
         let mut joined: Vec<RoomName> = rooms.to_vec();
@@ -182,7 +187,7 @@ async fn on_connect<A: Adapter>(
             recovery: &outcome.report,
         };
         if let Err(e) = s.emit("connection.established", &established) {
-            tracing::debug!(sid = %s.id, "cannot send connection.established: {e}");
+            tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send connection.established: {e}");
         }
     })
     .await;
@@ -193,7 +198,7 @@ async fn on_disconnect<A: Adapter>(
     State(ctx): State<SocketCtx>,
     reason: socketioxide::socket::DisconnectReason,
 ) {
-    tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
+    tracing::debug!(parent: &span_of(&s), ?reason, "socket disconnected");
     if let Some(slot) = s.extensions.get::<Arc<Slot>>() {
         slot.release();
     }
