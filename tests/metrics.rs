@@ -177,3 +177,26 @@ async fn refusals_by_a_limit_are_counted_per_limit() {
         "the refused publish is not counted"
     );
 }
+
+#[tokio::test]
+async fn cluster_nodes_report_redis_and_keep_history_out() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start_cluster_node("metrics-a", &redis, "metrics").await;
+    let mut c = server.connect(&token(&claims("alice"))).await;
+    server.publish_marker().await;
+    c.event("system.notification").await;
+    let m = scrape(&server).await;
+    assert_eq!(value(&m, "roomcast_redis_up"), 1.0);
+    assert!(m.contains_key("roomcast_cluster_dropped_messages_total"));
+    assert!(
+        !m.contains_key("roomcast_history_events"),
+        "history is in Redis"
+    );
+    assert_eq!(value(&m, "roomcast_publish_duration_seconds_count"), 1.0);
+    drop(redis);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while value(&scrape(&server).await, "roomcast_redis_up") != 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "redis_up stayed 1");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
