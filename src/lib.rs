@@ -235,7 +235,7 @@ impl Roomcast {
             history: p.history.clone(),
             cluster: p.cluster.clone(),
             counters: p.counters,
-            limits: p.limits,
+            limits: p.limits.clone(),
             metrics_public: p.config.metrics.public,
             node_id: p.node_id.clone(),
             started: Instant::now(),
@@ -243,7 +243,11 @@ impl Roomcast {
         };
         let router = http::router(state, p.config.limits.max_http_body_bytes)
             .layer(layer)
-            .layer(axum::middleware::map_request(socket::detach_head));
+            .layer(axum::middleware::map_request(socket::detach_head))
+            .layer(axum::middleware::map_request_with_state(
+                p.limits,
+                socket::screen_handshake,
+            ));
         Self {
             router,
             broadcaster,

@@ -28,8 +28,8 @@ pub struct Connections {
 /// never reached its disconnect handler still gives its place back).
 pub struct Slot {
     connections: Arc<Connections>,
-    tenant: Tenant,
-    user: Id,
+    /// Whose socket it is (shared with the socket's own identity: no copies per socket).
+    who: Arc<Identity>,
     released: std::sync::atomic::AtomicBool,
 }
 
@@ -44,7 +44,7 @@ impl Connections {
     }
 
     /// Counts a new socket of `who`, or refuses it when a limit is reached (0 is no limit).
-    pub fn admit(self: &Arc<Self>, who: &Identity) -> Result<Slot, LimitError> {
+    pub fn admit(self: &Arc<Self>, who: &Arc<Identity>) -> Result<Slot, LimitError> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let tenant = c.tenants.get(&who.tenant).copied().unwrap_or(0);
         let user_key = (who.tenant.clone(), who.user_id.clone());
@@ -63,8 +63,7 @@ impl Connections {
         *c.users.entry(user_key).or_default() += 1;
         Ok(Slot {
             connections: self.clone(),
-            tenant: who.tenant.clone(),
-            user: who.user_id.clone(),
+            who: who.clone(),
             released: Default::default(),
         })
     }
@@ -96,8 +95,8 @@ impl Connections {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("tenant", &self.tenant)
-            .field("user", &self.user)
+            .field("tenant", &self.who.tenant)
+            .field("user", &self.who.user_id)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +107,8 @@ impl Slot {
             .released
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            self.connections.release(&self.tenant, &self.user);
+            self.connections
+                .release(&self.who.tenant, &self.who.user_id);
         }
     }
 }
@@ -124,15 +124,15 @@ mod tests {
     use super::*;
     use crate::rooms::Grant;
 
-    fn who(user: &str, tenant: &str) -> Identity {
-        Identity {
+    fn who(user: &str, tenant: &str) -> Arc<Identity> {
+        Arc::new(Identity {
             user_id: Id::parse(user).unwrap(),
             tenant: Id::parse(tenant).unwrap(),
             projects: Grant::None,
             agents: Grant::None,
             role: None,
             expires_at: 0,
-        }
+        })
     }
 
     #[test]

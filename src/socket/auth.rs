@@ -1,7 +1,8 @@
-//! The connect middleware: takes a handshake from the client address's bucket, finds the
-//! token, verifies it, counts the socket against the connection limits and stores the
-//! [`Identity`] (and the counted [`Slot`]) on the socket. A refusal is a `connect_error`
-//! whose message is the [`Refusal`] code.
+//! The handshake edge. [`screen_handshake`] takes each new Engine.IO session from its client
+//! address's bucket as the HTTP request arrives; the connect middleware then refuses a
+//! screened-out session, finds the token, verifies it, counts the socket against the
+//! connection limits and stores the [`Identity`] (and the counted [`Slot`]) on the socket.
+//! A refusal is a `connect_error` whose message is the [`Refusal`] code.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,40 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::SocketCtx;
 use crate::auth::AuthError;
-use crate::limits::{LimitError, Slot};
+use crate::limits::{LimitError, Limits, Slot};
+
+/// Marks a session whose handshake was over its address's budget.
+#[derive(Clone)]
+struct HandshakeRefused(LimitError);
+
+/// HTTP middleware before the Socket.IO layer: a request that opens a new Engine.IO session
+/// (no `sid`: a direct websocket, or the first poll) takes one handshake from its client
+/// address's bucket. Over it, the session is marked and its namespace connects are refused
+/// with `rate_limited`. The peer address is taken out of the request either way: engineioxide
+/// keeps the request head for the socket's whole life, and the address is not needed later.
+pub async fn screen_handshake(
+    axum::extract::State(limits): axum::extract::State<Arc<Limits>>,
+    mut req: axum::extract::Request,
+) -> axum::extract::Request {
+    if !req.uri().path().starts_with("/socket.io") {
+        return req;
+    }
+    let Some(ConnectInfo(peer)) = req.extensions_mut().remove::<ConnectInfo<SocketAddr>>() else {
+        return req;
+    };
+    let new_session = !req
+        .uri()
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "sid"));
+    if new_session {
+        let ip = limits.client_ip(peer.ip(), req.headers());
+        if let Err(e) = limits.handshake(ip) {
+            tracing::debug!(%ip, "handshake over the address's budget: rate_limited");
+            req.extensions_mut().insert(HandshakeRefused(e));
+        }
+    }
+    req
+}
 
 /// Why a handshake was refused; its `Display` is the `connect_error` message.
 #[derive(Debug)]
@@ -68,21 +102,17 @@ pub async fn authenticate<A: Adapter>(
     TryData(auth): TryData<serde_json::Value>,
 ) -> Result<(), Refusal> {
     let req = s.req_parts();
-    // Without ConnectInfo (the router served by another program) there is no peer address.
-    if let Some(ConnectInfo(peer)) = req.extensions.get::<ConnectInfo<SocketAddr>>() {
-        let ip = ctx.limits.client_ip(peer.ip(), &req.headers);
-        if let Err(e) = ctx.limits.handshake(ip) {
-            ctx.counters.limited("handshakes_ip");
-            tracing::debug!(sid = %s.id, %ip, "handshake refused: rate_limited");
-            return Err(Refusal::Limit(e));
-        }
+    if let Some(HandshakeRefused(e)) = req.extensions.get::<HandshakeRefused>() {
+        ctx.counters.limited("handshakes_ip");
+        tracing::debug!(sid = %s.id, "handshake refused: rate_limited");
+        return Err(Refusal::Limit(e.clone()));
     }
     let result = match find_token(auth.as_ref().ok(), req) {
         None => Err(AuthError::TokenMissing),
         Some(token) => ctx.verifier.verify(&token),
     };
     let identity = match result {
-        Ok(identity) => identity,
+        Ok(identity) => Arc::new(identity),
         Err(e) => {
             ctx.counters.auth_failed(e.code());
             tracing::debug!(sid = %s.id, code = e.code(), "handshake refused");
@@ -120,6 +150,6 @@ pub async fn authenticate<A: Adapter>(
         s.extensions.insert(span);
     }
     s.extensions.insert(Arc::new(slot));
-    s.extensions.insert(Arc::new(identity));
+    s.extensions.insert(identity);
     Ok(())
 }

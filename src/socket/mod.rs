@@ -4,6 +4,8 @@
 
 mod auth;
 mod budget;
+
+pub use auth::screen_handshake;
 mod history;
 pub mod lifetime;
 mod ping;
