@@ -44,6 +44,8 @@ where
                 let Ok(reply) = Responder::from_message_parts(&s, &mut v, &ack_id);
                 reply.fail(CommandError::RateLimited { retry_after_ms });
             }
+            // Events the client had already sent arrive after the disconnect: drop them.
+            EventVerdict::Abusive if !s.connected() => {}
             EventVerdict::Abusive => {
                 ctx.counters.limited("events");
                 Counters::incr(&ctx.counters.rate_limit_disconnects, 1);
