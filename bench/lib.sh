@@ -20,6 +20,10 @@ wait_ready() { # wait_ready PORT
 start_roomcast() {
   { echo "[server]"; echo "bind = \"127.0.0.1:$2\""; echo "node_id = \"$1\""
     echo "[log]"; echo 'level = "warn"'
+    # The bench measures the server at load, not its limits: many sockets per user and
+    # tenant, publishing flat out.
+    echo "[limits]"; echo "max_connections = 0"; echo "max_connections_per_tenant = 0"
+    echo "max_connections_per_user = 0"; echo "publish_per_key_per_sec = 0"
     if [ -n "${3:-}" ]; then # the nodes of one cluster share Redis and the key prefix
       echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$3\""; echo "key_prefix = \"bench$3\""
     fi

@@ -280,6 +280,7 @@ impl EventBroadcaster {
         counted: bool,
     ) -> Result<Published, PublishError> {
         let _inflight = Inflight::new(&self.inflight);
+        let started = std::time::Instant::now();
         let local_only = match &self.cluster {
             Some(status) if !status.is_up() => match status.on_unavailable {
                 OnUnavailable::Fail => {
@@ -312,8 +313,14 @@ impl EventBroadcaster {
             }
         };
         if counted {
-            Counters::incr(&self.counters.events_published, 1);
             self.counters.by_type.incr(event_type);
+            // Custom names are unbounded: one label for them all keeps /metrics bounded.
+            let kind = match EventType::parse(event_type) {
+                Some(_) => event_type,
+                None => "custom",
+            };
+            self.counters
+                .published(kind, self.tenant.as_str(), started.elapsed());
         }
         if failed > 0 {
             Counters::incr(&self.counters.delivery_failures, failed);

@@ -29,6 +29,7 @@ pub struct Config {
     pub pages: PagesConfig,
     pub github: GithubConfig,
     pub ingest: IngestConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -121,6 +122,16 @@ impl Default for RedisStreamsIngest {
             claim_interval_ms: 5_000,
         }
     }
+}
+
+/// `GET /metrics` (Prometheus text format).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without an API key. By default it needs a key with the `read` scope
+    /// (Prometheus sends it with `authorization: {credentials: ...}`): a loopback bind
+    /// behind a same-host reverse proxy would otherwise publish it to the world.
+    pub public: bool,
 }
 
 /// How much of each room's past is kept for replay: the last `size` events, none older
@@ -326,6 +337,62 @@ pub struct LimitsConfig {
     /// `project:`/`agent:` rooms with more users than this announce no `presence.joined` /
     /// `presence.left` (each would go to every member: quadratic in the room's size).
     pub presence_announce_max_users: u64,
+    /// Binary attachments one Socket.IO packet may declare, and their total size (bytes).
+    pub max_binary_attachments: usize,
+    pub max_binary_bytes: usize,
+    /// Sockets on this node, in one tenant, of one user (per node); past them a handshake
+    /// is refused with `too_many_connections`. 0 turns a limit off.
+    pub max_connections: u64,
+    pub max_connections_per_tenant: u64,
+    pub max_connections_per_user: u64,
+    /// Handshakes per client address: a token bucket refilling `handshakes_per_ip_per_sec`,
+    /// holding `handshakes_per_ip_burst`; past it `rate_limited`. 0 turns it off.
+    pub handshakes_per_ip_per_sec: u32,
+    pub handshakes_per_ip_burst: u32,
+    /// Peers whose `X-Forwarded-For` is believed (addresses or CIDRs).
+    pub trusted_proxies: Vec<IpRange>,
+    /// Client addresses the handshake limit never applies to (addresses or CIDRs).
+    pub handshake_exempt: Vec<IpRange>,
+    /// Events (commands) per socket: a token bucket; past it the event is dropped and
+    /// answered with `rate_limited`. 0 turns it off.
+    pub events_per_sec: u32,
+    pub events_burst: u32,
+    /// More than this many refused events within `event_abuse_window_secs` disconnect the
+    /// socket. 0 never disconnects.
+    pub event_abuse_refusals: u32,
+    pub event_abuse_window_secs: u64,
+    /// Requests needing the `publish` scope, per API key: a token bucket; past it
+    /// `429 rate_limited` with `Retry-After`. 0 turns it off.
+    pub publish_per_key_per_sec: u32,
+    pub publish_per_key_burst: u32,
+}
+
+/// An address (`10.0.0.7`, `::1`) or a CIDR block (`10.0.0.0/8`), as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IpRange(pub ipnet::IpNet);
+
+impl IpRange {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl TryFrom<String> for IpRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(IpRange)
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))
+    }
+}
+
+impl From<IpRange> for String {
+    fn from(r: IpRange) -> String {
+        r.0.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -362,6 +429,7 @@ impl Default for Config {
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
             ingest: IngestConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -408,6 +476,24 @@ impl Default for LimitsConfig {
             ws_read_buffer_bytes: 1024,
             socket_buffer_packets: 1024,
             presence_announce_max_users: 100,
+            max_binary_attachments: 10,
+            max_binary_bytes: 64 * 1024,
+            max_connections: 20_000,
+            max_connections_per_tenant: 10_000,
+            max_connections_per_user: 20,
+            handshakes_per_ip_per_sec: 10,
+            handshakes_per_ip_burst: 20,
+            trusted_proxies: Vec::new(),
+            handshake_exempt: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|net| IpRange::try_from(net.to_string()).ok())
+                .collect(),
+            events_per_sec: 20,
+            events_burst: 40,
+            event_abuse_refusals: 20,
+            event_abuse_window_secs: 10,
+            publish_per_key_per_sec: 1000,
+            publish_per_key_burst: 2000,
         }
     }
 }
@@ -584,6 +670,29 @@ impl Config {
         }
         self.validate_github()?;
         self.validate_ingest()?;
+        let limits = &self.limits;
+        for (name, rate, burst) in [
+            (
+                "handshakes_per_ip",
+                limits.handshakes_per_ip_per_sec,
+                limits.handshakes_per_ip_burst,
+            ),
+            ("events", limits.events_per_sec, limits.events_burst),
+            (
+                "publish_per_key",
+                limits.publish_per_key_per_sec,
+                limits.publish_per_key_burst,
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return invalid(format!(
+                    "limits.{name}_burst must be at least 1 when limits.{name}_per_sec is set"
+                ));
+            }
+        }
+        if limits.event_abuse_refusals > 0 && limits.event_abuse_window_secs == 0 {
+            return invalid("limits.event_abuse_window_secs must be at least 1".into());
+        }
         if self.dev_secrets_in_use() && !self.server.bind.ip().is_loopback() {
             return invalid(format!(
                 "the development JWT secret or API key is in use and server.bind ({}) is not a loopback address; \
@@ -808,6 +917,21 @@ mod tests {
         .unwrap();
         assert_eq!(config.ingest_redis_url(), Some("redis://127.0.0.1:1"));
         assert!(Config::default().ingest_redis_url().is_none());
+    }
+
+    #[test]
+    fn addresses_and_cidrs_are_ranges() {
+        let config = Config::from_toml(
+            "[limits]\ntrusted_proxies = [\"10.0.0.1\", \"10.1.0.0/16\", \"::1\"]",
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let proxies = &config.limits.trusted_proxies;
+        assert!(proxies[0].contains(&ip("10.0.0.1")));
+        assert!(proxies[1].contains(&ip("10.1.200.3")));
+        assert!(proxies[2].contains(&ip("::1")));
+        assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nope\"]").is_err());
+        assert!(Config::from_toml("[limits]\nevents_per_sec = 5\nevents_burst = 0").is_err());
     }
 
     #[test]

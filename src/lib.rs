@@ -14,7 +14,9 @@
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
 //! - [`http`]: one file per endpoint group, and the `/debug` and `/admin` pages (assets in
 //!   `clients/web/`, embedded in the binary).
-//! - [`metrics`]: process-wide counters, events per second by type, recent errors.
+//! - [`limits`]: connection limits and token buckets (handshakes, events, publishes).
+//! - [`metrics`]: counters for stats and `GET /metrics`, events per second by type, recent
+//!   errors.
 //!
 //! Data flows one way: a request (socket command or HTTP call) is authenticated into an
 //! identity, validated into a typed value, routed by `rooms`, published by the broadcaster
@@ -50,6 +52,7 @@ pub mod history;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
@@ -103,6 +106,7 @@ struct Parts {
     lifetimes: Arc<Lifetimes>,
     history: history::HistoryStore,
     cluster: Option<Arc<Cluster>>,
+    limits: Arc<limits::Limits>,
 }
 
 impl Roomcast {
@@ -132,6 +136,7 @@ impl Roomcast {
             ))),
         };
         let counters = Arc::new(Counters::default());
+        let limits = Arc::new(limits::Limits::new(&config.limits));
         let lifetimes = Arc::new(Lifetimes::new(
             config.auth.expiry_warning_secs,
             config.auth.leeway_secs,
@@ -145,6 +150,7 @@ impl Roomcast {
             presence_store: presence_store.clone(),
             lifetimes: lifetimes.clone(),
             history: history.clone(),
+            limits: limits.clone(),
         });
         let builder = socketio_builder(config).with_state(ctx);
         let parts = Parts {
@@ -157,6 +163,7 @@ impl Roomcast {
             lifetimes,
             history,
             cluster: cluster.clone(),
+            limits,
         };
         match &cluster {
             Some(c) => {
@@ -184,6 +191,7 @@ impl Roomcast {
             init.spawn();
         }
         tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
+        tokio::spawn(p.limits.clone().run_sweeper());
         let io = Arc::new(io);
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let window = Duration::from_secs(p.config.publish.idempotency_window_secs);
@@ -249,13 +257,19 @@ impl Roomcast {
             counters: p.counters,
             rates,
             pages: p.config.pages.clone(),
+            limits: p.limits.clone(),
+            metrics_public: p.config.metrics.public,
             node_id: p.node_id.clone(),
             started: Instant::now(),
             ready: ready.clone(),
         };
         let router = http::router(state, p.config.limits.max_http_body_bytes)
             .layer(layer)
-            .layer(axum::middleware::map_request(socket::detach_head));
+            .layer(axum::middleware::map_request(socket::detach_head))
+            .layer(axum::middleware::map_request_with_state(
+                p.limits,
+                socket::screen_handshake,
+            ));
         Ok(Self {
             router,
             broadcaster,
@@ -332,7 +346,11 @@ impl Roomcast {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+        // ConnectInfo gives the connect middleware each client's address (handshake limit).
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining");
             ready.store(false, Ordering::Relaxed);
@@ -399,7 +417,13 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         .ws_max_frame_size(limits.ws_max_frame_bytes)
         .ws_read_buffer_size(limits.ws_read_buffer_bytes.max(256))
         .max_payload(limits.polling_max_payload_bytes)
-        .max_buffer_size(limits.socket_buffer_packets);
+        .max_buffer_size(limits.socket_buffer_packets)
+        .with_parser(
+            socketioxide::ParserConfig::common()
+                .max_incoming_binaries(limits.max_binary_attachments)
+                .max_incoming_binary_buf_size(limits.max_binary_bytes)
+                .packet_completion_timeout(BINARY_COMPLETION_TIMEOUT),
+        );
     let websocket = server.transports.contains(&Transport::Websocket);
     let polling = server.transports.contains(&Transport::Polling);
     match (websocket, polling) {
@@ -423,6 +447,10 @@ pub async fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> 
 }
 
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// How long the binary attachments of one packet may take to arrive (socketioxide: 60 s):
+/// a partial packet holds up to `limits.max_binary_bytes` meanwhile.
+const BINARY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -156,6 +156,16 @@ impl History {
         guards.into_iter().flatten().collect()
     }
 
+    /// Rooms with a log, and the events they keep (logs being written are skipped).
+    pub fn size(&self) -> (u64, u64) {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let events = logs
+            .values()
+            .filter_map(|log| log.try_lock().ok().map(|log| log.entries.len() as u64))
+            .sum();
+        (logs.len() as u64, events)
+    }
+
     /// Drops expired events, and the logs of rooms idle for long (memory stays flat).
     pub async fn sweep(&self) {
         let logs: Vec<(String, Arc<tokio::sync::Mutex<RoomLog>>)> = {

@@ -28,6 +28,10 @@ pub enum ApiError {
     InBatch(usize, Box<ApiError>),
     /// A batch event not published because an earlier one failed.
     Skipped(usize),
+    /// The API key's publish budget is spent; retry after this many milliseconds.
+    RateLimited {
+        retry_after_ms: u64,
+    },
     Internal(String),
 }
 
@@ -129,6 +133,12 @@ impl ApiError {
                 format!("not published: events[{failed}] failed and events are published in order"),
                 None,
             ),
+            Self::RateLimited { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this API key is over limits.publish_per_key_per_sec; nothing was published".into(),
+                None,
+            ),
             Self::Internal(m) => (S::INTERNAL_SERVER_ERROR, "internal", m.clone(), None),
         };
         (status, code, message, field.map(str::to_owned))
@@ -144,6 +154,9 @@ impl ApiError {
         let mut error = json!({"code": code, "message": message});
         if let Some(field) = field {
             error["field"] = field.into();
+        }
+        if let Self::RateLimited { retry_after_ms } = self {
+            error["retry_after_ms"] = (*retry_after_ms).into();
         }
         error
     }
@@ -162,8 +175,20 @@ impl IntoResponse for ApiError {
         let (status, code, message, _) = self.parts();
         let mut response = (status, Json(json!({"error": self.to_json()}))).into_response();
         response.extensions_mut().insert(Answered { code, message });
+        if let Self::RateLimited { retry_after_ms } = self {
+            error_retry_after(&mut response, retry_after_ms);
+        }
         response
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up (HTTP has no finer unit), and the exact
+/// wait as `retry_after_ms` in the body.
+fn error_retry_after(response: &mut Response, retry_after_ms: u64) {
+    let secs = retry_after_ms.div_ceil(1000).max(1);
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
 }
 
 impl From<EventError> for ApiError {

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod health;
 mod history;
+mod metrics;
 mod pages;
 mod presence;
 mod schema;
@@ -39,6 +40,7 @@ use crate::cluster::Cluster;
 use crate::config::{PagesConfig, Scope};
 use crate::github::Github;
 use crate::history::HistoryStore;
+use crate::limits::Limits;
 use crate::metrics::{Counters, Rates};
 use crate::presence::PresenceStore;
 use crate::rooms::Tenant;
@@ -61,6 +63,9 @@ pub struct AppState {
     /// Events per second by type, sampled from `counters`.
     pub rates: Arc<Rates>,
     pub pages: PagesConfig,
+    pub limits: Arc<Limits>,
+    /// `[metrics] public`: `/metrics` without an API key.
+    pub metrics_public: bool,
     pub node_id: Arc<str>,
     pub started: Instant,
     /// True while the server accepts work; `/ready` answers 503 otherwise.
@@ -82,6 +87,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         )
         .route("/api/v1/schema", get(schema::schema))
         .route("/api/v1/admin/overview", get(admin::overview))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             record_errors,
@@ -153,7 +159,8 @@ pub struct TenantQuery {
 
 /// The caller of an API endpoint, authenticated by `Authorization: Bearer <key>` or
 /// `X-API-Key`, and holding scope `S`: `401 unauthorized` without a valid key,
-/// `403 forbidden` without the scope.
+/// `403 forbidden` without the scope. A request needing `publish` also takes one from the
+/// key's publish budget first: `429 rate_limited` when it is spent, before the body is read.
 pub struct ApiCaller<S>(pub Caller, PhantomData<S>);
 
 impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S> {
@@ -175,6 +182,14 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S>
                 "this API key lacks the \"{}\" scope",
                 S::SCOPE.as_str()
             )));
+        }
+        if S::SCOPE == Scope::Publish
+            && let Err(e) = state.limits.publish(&caller.name)
+        {
+            state.counters.limited("publish");
+            return Err(ApiError::RateLimited {
+                retry_after_ms: e.retry_after_ms(),
+            });
         }
         Ok(ApiCaller(caller.clone(), PhantomData))
     }

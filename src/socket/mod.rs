@@ -3,6 +3,9 @@
 //! a single node (in-memory adapter) and a cluster.
 
 mod auth;
+mod budget;
+
+pub use auth::screen_handshake;
 mod history;
 pub mod lifetime;
 mod ping;
@@ -31,11 +34,14 @@ use crate::auth::{Identity, JwtVerifier};
 use crate::broadcaster::Deliver;
 use crate::events::Timestamp;
 use crate::history::HistoryStore;
+use crate::limits::{Limits, Slot};
 use crate::metrics::Counters;
 use crate::presence::{Presence, PresenceStore};
 use crate::rooms::{Id, RoomName};
 
 pub use reply::CommandError;
+
+use budget::Budgeted;
 
 /// Namespaces that carry the same handlers: `/`, and `/ws` for clients written against the
 /// original API document.
@@ -54,6 +60,7 @@ pub struct SocketCtxInner {
     pub presence_store: Arc<dyn PresenceStore>,
     pub lifetimes: Arc<lifetime::Lifetimes>,
     pub history: HistoryStore,
+    pub limits: Arc<Limits>,
 }
 
 impl SocketCtx {
@@ -113,8 +120,19 @@ pub fn public_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<RoomName> {
         .collect()
 }
 
+/// The socket's span: `socket{sid, user_id, tenant, ns}`, one per connection, created by the
+/// connect middleware. It is a `debug` span, so with the default `info` filter it is never
+/// created and costs an idle socket nothing; where debug logging is on it is kept on the
+/// socket (a few hundred bytes in the subscriber). Log a socket's events with
+/// `parent: &span_of(&s)`; handler futures run in socketioxide's own tasks, outside it.
+pub fn span_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> tracing::Span {
+    s.extensions
+        .get::<tracing::Span>()
+        .unwrap_or_else(tracing::Span::none)
+}
+
 /// The identity the connect middleware stored on the socket.
-pub fn identity_of<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Identity>> {
+pub fn identity_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> Option<Arc<Identity>> {
     s.extensions.get::<Arc<Identity>>()
 }
 
@@ -143,24 +161,19 @@ async fn on_connect<A: Adapter>(
         return;
     };
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    s.on("subscribe", subscribe::handle::<A>);
-    s.on("unsubscribe", unsubscribe::handle::<A>);
-    s.on("ping", ping::handle::<A>);
-    s.on("presence", presence::handle::<A>);
-    s.on("auth.refresh", refresh::handle::<A>);
-    s.on("history", history::handle::<A>);
-    s.on_fallback(reply::unknown_command::<A>);
+    // Every event, known or not, spends from the socket's budget first.
+    s.on("subscribe", Budgeted(subscribe::handle::<A>));
+    s.on("unsubscribe", Budgeted(unsubscribe::handle::<A>));
+    s.on("ping", Budgeted(ping::handle::<A>));
+    s.on("presence", Budgeted(presence::handle::<A>));
+    s.on("auth.refresh", Budgeted(refresh::handle::<A>));
+    s.on("history", Budgeted(history::handle::<A>));
+    s.on_fallback(Budgeted(reply::unknown_command::<A>));
     s.on_disconnect(on_disconnect::<A>);
     ctx.presence.connected(&identity);
     ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
 
-    tracing::debug!(
-        sid = %s.id,
-        user_id = %identity.user_id,
-        tenant = %identity.tenant,
-        ns = s.ns(),
-        "socket connected"
-    );
+    tracing::debug!(parent: &span_of(&s), "socket connected");
     // Joins `rooms`, and the rooms of `auth.since` with their backlog.
     recover::recover(&s, &ctx, &identity, auth.as_ref().ok(), &rooms, |outcome| {
         let mut joined: Vec<RoomName> = rooms.to_vec();
@@ -176,7 +189,7 @@ async fn on_connect<A: Adapter>(
             recovery: &outcome.report,
         };
         if let Err(e) = s.emit("connection.established", &established) {
-            tracing::debug!(sid = %s.id, "cannot send connection.established: {e}");
+            tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send connection.established: {e}");
         }
     })
     .await;
@@ -187,7 +200,10 @@ async fn on_disconnect<A: Adapter>(
     State(ctx): State<SocketCtx>,
     reason: socketioxide::socket::DisconnectReason,
 ) {
-    tracing::debug!(sid = %s.id, ?reason, "socket disconnected");
+    tracing::debug!(parent: &span_of(&s), ?reason, "socket disconnected");
+    if let Some(slot) = s.extensions.get::<Arc<Slot>>() {
+        slot.release();
+    }
     let Some(identity) = identity_of(&s) else {
         return;
     };
@@ -305,6 +321,8 @@ pub trait Census: Send + Sync + 'static {
     fn snapshot(&self, top: usize) -> Snapshot;
     /// Connections and users only (the heartbeat's figures): no walk over rooms.
     fn counts(&self) -> (u64, u64);
+    /// Sockets per namespace on this node.
+    fn per_namespace(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// What one walk over this node's sockets found.
@@ -338,6 +356,13 @@ fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool) -> Walk {
 }
 
 impl<A: Adapter> Census for SocketIo<A> {
+    fn per_namespace(&self) -> Vec<(&'static str, u64)> {
+        NAMESPACES
+            .iter()
+            .map(|ns| (*ns, self.of(ns).map_or(0, |op| op.sockets().len() as u64)))
+            .collect()
+    }
+
     fn counts(&self) -> (u64, u64) {
         let found = walk(self, false);
         (found.connections, found.users.len() as u64)

@@ -29,6 +29,10 @@ pub enum CommandError {
     Token(crate::auth::AuthError),
     /// `auth.refresh` with a token for another user or tenant.
     RefreshMismatch,
+    /// The socket's event budget is spent; retry after this many milliseconds.
+    RateLimited {
+        retry_after_ms: u64,
+    },
 }
 
 impl CommandError {
@@ -43,6 +47,7 @@ impl CommandError {
             Self::Unavailable(_) => "cluster_unavailable",
             Self::Token(e) => e.code(),
             Self::RefreshMismatch => "refresh_mismatch",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -64,6 +69,9 @@ impl CommandError {
             Self::RefreshMismatch => {
                 "the new token must be for the same user (sub) and tenant".into()
             }
+            Self::RateLimited { .. } => {
+                "too many events: this one was dropped (limits.events_per_sec)".into()
+            }
         }
     }
 
@@ -82,6 +90,9 @@ impl CommandError {
         let mut body = json!({"code": self.code(), "message": self.message()});
         if let Some(room) = self.room() {
             body["room"] = room.into();
+        }
+        if let Self::RateLimited { retry_after_ms } = self {
+            body["retry_after_ms"] = (*retry_after_ms).into();
         }
         body
     }

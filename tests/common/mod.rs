@@ -204,6 +204,17 @@ impl TestServer {
         (status, headers, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET path` with `key` (as `X-API-Key`); returns status and the body as text.
+    pub async fn get_text(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut req = reqwest::Client::new().get(self.url(path));
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
         let mut req = reqwest::Client::new().get(self.url(path));
         if let Some(key) = key {
@@ -438,6 +449,16 @@ impl Client {
 
     /// Opens the transport and connects to `ns`; `Err` carries the `connect_error` message.
     pub async fn connect_ns(addr: SocketAddr, ns: &str, auth: Auth<'_>) -> Result<Self, String> {
+        Self::connect_with(addr, ns, auth, &[]).await
+    }
+
+    /// [`Self::connect_ns`] with extra HTTP headers on the websocket request.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        ns: &str,
+        auth: Auth<'_>,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
         if let Auth::Query(t) | Auth::EmptyPayloadThenQuery(t) = &auth {
             url.push_str(&format!("&token={t}"));
@@ -446,6 +467,10 @@ impl Client {
         if let Auth::Header(t) = &auth {
             req.headers_mut()
                 .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        for (name, value) in headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            req.headers_mut().append(name, value.parse().unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
@@ -511,6 +536,11 @@ impl Client {
 
     pub async fn send_raw(&mut self, text: &str) {
         self.send(text.to_owned()).await;
+    }
+
+    /// Sends one binary websocket message (a Socket.IO binary attachment).
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.ws.send(Message::binary(data)).await.expect("send");
     }
 
     /// Next engine.io text message, answering pings; `None` when closed or past the deadline.
