@@ -12,6 +12,7 @@
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
 //! - [`http`]: one file per endpoint group.
 //! - [`metrics`]: process-wide counters.
+//! - `fuzzing`: the bodies of the `cargo fuzz` targets in `fuzz/`, also run by `cargo test`.
 //!
 //! Data flows one way: a request (socket command or HTTP call) is authenticated into an
 //! identity, validated into a typed value, routed by `rooms`, published by the broadcaster
@@ -42,6 +43,8 @@ pub mod broadcaster;
 pub mod cluster;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod http;
 pub mod idempotency;
@@ -129,8 +132,14 @@ impl Roomcast {
             config.auth.expiry_warning_secs,
             config.auth.leeway_secs,
         ));
+        let mut verifier = JwtVerifier::from_config(&config.auth)?;
+        if let Some(jwks) = auth::Jwks::from_config(&config.auth) {
+            jwks.load().await?;
+            verifier = verifier.with_jwks(jwks.keys());
+            tokio::spawn(jwks.run());
+        }
         let ctx = SocketCtx::new(SocketCtxInner {
-            verifier: JwtVerifier::from_config(&config.auth)?,
+            verifier,
             max_rooms: config.limits.max_rooms_per_socket,
             node_id: node_id.clone(),
             counters: counters.clone(),
@@ -234,7 +243,9 @@ impl Roomcast {
         };
         let router = http::router(state, p.config.limits.max_http_body_bytes)
             .layer(layer)
-            .layer(axum::middleware::map_request(socket::detach_head));
+            .layer(axum::middleware::map_request(socket::detach_head))
+            // Outermost, so Socket.IO long-polling and the API answer preflights alike.
+            .layer(http::cors(&p.config.server.cors_origins));
         Self {
             router,
             broadcaster,

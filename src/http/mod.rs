@@ -3,7 +3,7 @@
 //! and a `{error: {code, message, field?}}` body is written once, in [`ApiError`].
 
 mod error;
-mod events;
+pub mod events;
 mod health;
 mod history;
 mod presence;
@@ -19,9 +19,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
@@ -52,22 +54,88 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: AppState, max_body: usize) -> Router {
-    Router::new()
-        .route("/api/v1/events", post(events::publish_event))
-        .route("/api/v1/broadcast", post(events::publish_custom))
-        .route("/api/v1/websocket/stats", get(stats::stats))
-        .route("/api/v1/rooms/{room}/presence", get(presence::presence))
-        .route("/api/v1/rooms/{room}/history", get(history::history))
-        .route(
-            "/api/v1/users/{user_id}/disconnect",
+/// One endpoint: method, path, the scope its key needs (`None`: no key), and handler.
+/// The router is built from this table, and tests walk it, so no endpoint is missed.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub scope: Option<Scope>,
+}
+
+fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
+    let e = |method, path, scope| Endpoint {
+        method,
+        path,
+        scope,
+    };
+    let (publish, read) = (Some(Scope::Publish), Some(Scope::Read));
+    vec![
+        (
+            e(Method::POST, "/api/v1/events", publish),
+            post(events::publish_event),
+        ),
+        (
+            e(Method::POST, "/api/v1/broadcast", publish),
+            post(events::publish_custom),
+        ),
+        (
+            e(Method::GET, "/api/v1/websocket/stats", read),
+            get(stats::stats),
+        ),
+        (
+            e(Method::GET, "/api/v1/rooms/{room}/presence", read),
+            get(presence::presence),
+        ),
+        (
+            e(Method::GET, "/api/v1/rooms/{room}/history", read),
+            get(history::history),
+        ),
+        (
+            e(Method::POST, "/api/v1/users/{user_id}/disconnect", publish),
             post(users::disconnect),
-        )
-        .route("/api/v1/schema", get(schema::schema))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
+        ),
+        (e(Method::GET, "/api/v1/schema", None), get(schema::schema)),
+        (e(Method::GET, "/health", None), get(health::health)),
+        (e(Method::GET, "/ready", None), get(health::ready)),
+    ]
+}
+
+/// Every endpoint of the HTTP API, with the scope it requires.
+pub fn endpoint_table() -> Vec<Endpoint> {
+    endpoints().into_iter().map(|(e, _)| e).collect()
+}
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, (e, handler)| {
+            router.route(e.path, handler)
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// CORS for the HTTP API and Socket.IO long-polling: only the listed origins get CORS
+/// headers (preflights and actual requests alike); every other origin gets none, so a
+/// browser keeps the answer from the page. Websockets are not subject to CORS.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        // tower-http refuses a wildcard in a list (validation refuses it too).
+        .filter(|o| o.as_str() != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([HeaderName::from_static("idempotent-replayed")])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// A scope an endpoint requires, as a type, so the check runs before the body is read.
@@ -147,12 +215,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 _ => ApiError::MalformedJson(rejection.body_text()),
             }
         })?;
-        // Syntax first, over the whole body, so a broken document is never reported as a
-        // shape error about whichever field came before the break.
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        let value = serde_path_to_error::deserialize(value)
-            .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))?;
-        Ok(JsonBody(value))
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a request body: `400 malformed_json` for bad syntax, `422 invalid_payload` with
+/// the field for a bad shape.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, over the whole body, so a broken document is never reported as a
+    // shape error about whichever field came before the break.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))
 }
