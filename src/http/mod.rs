@@ -118,14 +118,18 @@ pub fn router(state: AppState, max_body: usize) -> Router {
 /// CORS for the HTTP API and Socket.IO long-polling: only the listed origins get CORS
 /// headers (preflights and actual requests alike); every other origin gets none, so a
 /// browser keeps the answer from the page. Websockets are not subject to CORS.
-pub fn cors(origins: &[String]) -> CorsLayer {
+/// `None` when no origin is listed (same-origin only: no CORS header at all).
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
     let allowed: Vec<HeaderValue> = origins
         .iter()
         // tower-http refuses a wildcard in a list (validation refuses it too).
         .filter(|o| o.as_str() != "*")
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(AllowOrigin::list(allowed))
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([
@@ -135,7 +139,8 @@ pub fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("idempotency-key"),
         ])
         .expose_headers([HeaderName::from_static("idempotent-replayed")])
-        .max_age(std::time::Duration::from_secs(600))
+        .max_age(std::time::Duration::from_secs(600));
+    Some(layer)
 }
 
 /// A scope an endpoint requires, as a type, so the check runs before the body is read.
