@@ -204,6 +204,9 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Sent to every socket in `server.shutdown`: when to reconnect (to another node).
     pub reconnect_after_ms: u64,
+    /// Browser origins allowed to call the HTTP API and Socket.IO long-polling from
+    /// another origin (CORS). Empty: same-origin only.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +279,24 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// A connected socket is sent `auth.expiring` this long before its token expires.
     pub expiry_warning_secs: u64,
+    /// Further verification keys, each named by the `kid` tokens carry: several at once
+    /// let keys rotate without downtime.
+    pub keys: Vec<KeyConfig>,
+    /// A JWK Set (RFC 7517) on disk, re-read every `jwks_refresh_secs`.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK Set fetched over HTTP(S), refreshed every `jwks_refresh_secs`; when a refresh
+    /// fails the last good set stays in use.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: u64,
+}
+
+/// One `[[auth.keys]]` entry: a `kid` and exactly one of an HMAC secret or a PEM public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kid: String,
+    pub secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -446,6 +467,7 @@ impl Default for ServerConfig {
             transports: vec![Transport::Websocket, Transport::Polling],
             shutdown_timeout_secs: 30,
             reconnect_after_ms: 1000,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -461,6 +483,10 @@ impl Default for AuthConfig {
             audience: None,
             leeway_secs: 30,
             expiry_warning_secs: 60,
+            keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
         }
     }
 }
@@ -569,7 +595,7 @@ impl Config {
 
     /// Uses the development JWT secret when no verification key is configured at all.
     pub fn with_fallbacks(mut self) -> Self {
-        if self.auth.jwt_secret.is_none() && self.auth.jwt_public_key_file.is_none() {
+        if !self.auth.has_any_key() {
             self.auth.jwt_secret = Some(DEV_JWT_SECRET.into());
         }
         self
@@ -577,10 +603,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.auth.has_any_key() {
+            return invalid(
+                "auth: set jwt_secret, jwt_public_key_file, [[auth.keys]], jwks_file or jwks_url"
+                    .into(),
+            );
+        }
         match (&self.auth.jwt_secret, &self.auth.jwt_public_key_file) {
-            (None, None) => {
-                return invalid("auth: set jwt_secret or jwt_public_key_file".into());
-            }
             (Some(_), Some(_)) => {
                 return invalid(
                     "auth: set only one of jwt_secret and jwt_public_key_file (the key type pins the algorithm)"
@@ -592,7 +621,30 @@ impl Config {
             }
             _ => {}
         }
+        self.auth.validate_keys()?;
+        if let Some(origin) = self.server.cors_origins.iter().find(|o| !is_origin(o)) {
+            return invalid(format!(
+                "server.cors_origins: {origin:?} is not an origin like \"https://app.example.com\" \
+                 (scheme://host[:port], no path, no wildcard)"
+            ));
+        }
+        if self.dev_secrets_in_use() && !self.server.bind.ip().is_loopback() {
+            return invalid(format!(
+                "the development JWT secret or API key is in use and server.bind ({}) is not a loopback address; \
+                 set auth.jwt_secret and api_keys (see `roomcast check-config`)",
+                self.server.bind
+            ));
+        }
+        let loopback = self.server.bind.ip().is_loopback();
         for (i, key) in self.api_keys.iter().enumerate() {
+            if key.key.is_some() && !loopback {
+                return invalid(format!(
+                    "api_keys[{i}] ({}): a plain-text key is allowed only while server.bind is a \
+                     loopback address (development); store key_sha256 instead \
+                     (printf %s \"$KEY\" | sha256sum)",
+                    key.name
+                ));
+            }
             match (&key.key, &key.key_sha256) {
                 (None, None) | (Some(_), Some(_)) => {
                     return invalid(format!(
@@ -692,13 +744,6 @@ impl Config {
         }
         if limits.event_abuse_refusals > 0 && limits.event_abuse_window_secs == 0 {
             return invalid("limits.event_abuse_window_secs must be at least 1".into());
-        }
-        if self.dev_secrets_in_use() && !self.server.bind.ip().is_loopback() {
-            return invalid(format!(
-                "the development JWT secret or API key is in use and server.bind ({}) is not a loopback address; \
-                 set auth.jwt_secret and api_keys (see `roomcast check-config`)",
-                self.server.bind
-            ));
         }
         Ok(())
     }
@@ -814,23 +859,144 @@ impl Config {
         };
         mask(&mut masked.auth.jwt_secret);
         mask(&mut masked.github.webhook_secret);
+        for key in &mut masked.auth.keys {
+            mask(&mut key.secret);
+        }
         for key in &mut masked.api_keys {
             mask(&mut key.key);
         }
-        let mask_url = |url: &mut Option<String>| {
-            if let Some(url) = url
-                && let Some(at) = url.rfind('@')
-                && let Some(scheme_end) = url.find("://")
-            {
-                url.replace_range(scheme_end + 3..at, "***");
-            }
-        };
-        mask_url(&mut masked.cluster.redis_url);
-        if let Some(ingest) = &mut masked.ingest.redis_streams {
-            mask_url(&mut ingest.redis_url);
+        if let Some(urls) = &mut masked.cluster.redis_url {
+            // Cluster mode lists several nodes, each with its own credentials.
+            *urls = urls.split(',').map(mask_url).collect::<Vec<_>>().join(",");
+        }
+        if let Some(url) = masked
+            .ingest
+            .redis_streams
+            .as_mut()
+            .and_then(|i| i.redis_url.as_mut())
+        {
+            *url = mask_url(url);
+        }
+        if let Some(url) = &mut masked.auth.jwks_url {
+            *url = mask_url(url);
         }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// Crates that log whole protocol messages at `debug`/`trace` (handshake auth payloads,
+/// query strings, `auth.refresh` tokens). They are held at `info` unless the filter names
+/// them itself, so `level = "trace"` never writes a token to the log.
+const WIRE_LOGGERS: &[&str] = &[
+    "socketioxide",
+    "socketioxide_core",
+    "socketioxide_parser_common",
+    "socketioxide_redis",
+    "engineioxide",
+    "engineioxide_core",
+    "tungstenite",
+    "tokio_tungstenite",
+];
+
+/// The `tracing` filter for `level` (a `log.level` or `RUST_LOG` value), with the
+/// [`WIRE_LOGGERS`] it does not name held at `info`.
+pub fn log_filter(level: &str) -> String {
+    let named = |krate: &str| {
+        level
+            .split(',')
+            .any(|d| d.trim().split(['=', '[', ':']).next() == Some(krate))
+    };
+    let mut filter = level.trim().to_owned();
+    for krate in WIRE_LOGGERS.iter().filter(|k| !named(k)) {
+        if !filter.is_empty() {
+            filter.push(',');
+        }
+        filter.push_str(krate);
+        filter.push_str("=info");
+    }
+    filter
+}
+
+impl AuthConfig {
+    /// Whether any verification key is configured (the dev secret fills in otherwise).
+    pub fn has_any_key(&self) -> bool {
+        self.jwt_secret.is_some()
+            || self.jwt_public_key_file.is_some()
+            || !self.keys.is_empty()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
+    }
+
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            if key.kid.is_empty() || key.kid.len() > 256 {
+                return invalid(format!("auth.keys[{i}]: kid must be 1 to 256 characters"));
+            }
+            if !seen.insert(key.kid.as_str()) {
+                return invalid(format!("auth.keys[{i}]: kid {:?} is listed twice", key.kid));
+            }
+            match (&key.secret, &key.public_key_file) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return invalid(format!(
+                        "auth.keys[{i}] ({}): set exactly one of secret and public_key_file",
+                        key.kid
+                    ));
+                }
+                (Some(secret), None) if secret.len() < 16 => {
+                    return invalid(format!(
+                        "auth.keys[{i}] ({}): secret must be at least 16 bytes",
+                        key.kid
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            return invalid("auth: set at most one of jwks_file and jwks_url".into());
+        }
+        if let Some(url) = &self.jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return invalid("auth.jwks_url must be an http:// or https:// URL".into());
+        }
+        if self.jwks_refresh_secs == 0 {
+            return invalid("auth.jwks_refresh_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]`: what a browser sends in `Origin`.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// A URL with its user-info (`user:password@`) replaced by `***` and its query dropped.
+fn mask_url(url: &str) -> String {
+    let mut url = match url.split_once('?') {
+        Some((base, _)) => format!("{base}?***"),
+        None => url.to_owned(),
+    };
+    if let Some(scheme_end) = url.find("://") {
+        let authority_end = url[scheme_end + 3..]
+            .find(['/', '?'])
+            .map_or(url.len(), |i| scheme_end + 3 + i);
+        if let Some(at) = url[..authority_end].rfind('@')
+            && at > scheme_end
+        {
+            url.replace_range(scheme_end + 3..at, "***");
+        }
+    }
+    url
 }
 
 #[cfg(test)]
@@ -932,6 +1098,122 @@ mod tests {
         assert!(proxies[2].contains(&ip("::1")));
         assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nope\"]").is_err());
         assert!(Config::from_toml("[limits]\nevents_per_sec = 5\nevents_burst = 0").is_err());
+    }
+
+    #[test]
+    fn every_credential_in_a_url_is_masked() {
+        let config = Config::from_toml(
+            "[cluster]\nmode = \"cluster\"\nredis_url = \"redis://a:pw1@h1:7000,redis://b:pw2@h2:7000\"\n\
+             [auth]\njwks_url = \"https://u:pw3@idp.example/jwks?token=pw4\"",
+        )
+        .unwrap();
+        let text = config.to_masked_toml();
+        for secret in ["pw1", "pw2", "pw3", "pw4"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("redis://***@h1:7000,redis://***@h2:7000"),
+            "{text}"
+        );
+        assert!(text.contains("https://***@idp.example/jwks?***"), "{text}");
+    }
+
+    #[test]
+    fn key_secrets_are_masked() {
+        let config = Config::from_toml(
+            "[auth]\n[[auth.keys]]\nkid = \"k1\"\nsecret = \"rotation-secret-0123456789\"",
+        )
+        .unwrap();
+        let text = config.to_masked_toml();
+        assert!(!text.contains("rotation-secret"), "{text}");
+        assert!(text.contains("kid = \"k1\""), "{text}");
+    }
+
+    /// "Development" is a loopback `server.bind`: there plain-text API keys are fine, on any
+    /// other address only `key_sha256`.
+    #[test]
+    fn plain_api_keys_only_on_loopback() {
+        let keys = "[auth]\njwt_secret = \"0123456789abcdef0123\"\n\
+                    [[api_keys]]\nname = \"b\"\nkey = \"a-plain-key-123\"";
+        for bind in ["127.0.0.1:8000", "[::1]:8000"] {
+            Config::from_toml(&format!("[server]\nbind = \"{bind}\"\n{keys}")).unwrap();
+        }
+        for bind in ["0.0.0.0:8000", "10.1.2.3:8000", "[::]:8000"] {
+            let err = Config::from_toml(&format!("[server]\nbind = \"{bind}\"\n{keys}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("plain-text key"), "{bind}: {err}");
+            assert!(!err.contains("a-plain-key-123"), "{err}");
+        }
+    }
+
+    #[test]
+    fn auth_keys_are_validated() {
+        for (toml, wanted) in [
+            (
+                "[[auth.keys]]\nkid = \"\"\nsecret = \"0123456789abcdef\"",
+                "kid must be",
+            ),
+            (
+                "[[auth.keys]]\nkid = \"a\"\nsecret = \"0123456789abcdef\"\n\
+                 [[auth.keys]]\nkid = \"a\"\nsecret = \"0123456789abcdef\"",
+                "listed twice",
+            ),
+            ("[[auth.keys]]\nkid = \"a\"", "exactly one of"),
+            (
+                "[[auth.keys]]\nkid = \"a\"\nsecret = \"short\"",
+                "at least 16",
+            ),
+            (
+                "[auth]\njwks_file = \"a\"\njwks_url = \"https://x/\"",
+                "at most one of",
+            ),
+            ("[auth]\njwks_url = \"ftp://x/\"", "http://"),
+            (
+                "[auth]\njwks_file = \"a\"\njwks_refresh_secs = 0",
+                "at least 1",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{toml}: {err}");
+            assert!(!err.contains("0123456789abcdef"), "{err}");
+        }
+        // Keys alone are a complete auth config: no dev secret is added beside them.
+        let config =
+            Config::from_toml("[[auth.keys]]\nkid = \"a\"\nsecret = \"0123456789abcdef\"").unwrap();
+        assert_eq!(config.auth.jwt_secret, None);
+    }
+
+    #[test]
+    fn cors_origins_are_validated() {
+        Config::from_toml(
+            "[server]\ncors_origins = [\"https://app.example.com\", \"http://localhost:3000\"]",
+        )
+        .unwrap();
+        for bad in [
+            "*",
+            "https://app.example.com/",
+            "app.example.com",
+            "https://*.x.com",
+            "",
+        ] {
+            let err = Config::from_toml(&format!("[server]\ncors_origins = [\"{bad}\"]"));
+            assert!(err.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wire_loggers_stay_at_info_unless_named() {
+        let f = log_filter("trace");
+        assert!(f.starts_with("trace,"), "{f}");
+        assert!(
+            f.contains("socketioxide=info") && f.contains("tungstenite=info"),
+            "{f}"
+        );
+        let f = log_filter("debug,socketioxide=trace");
+        assert!(f.contains("socketioxide=trace"), "{f}");
+        assert!(!f.contains("socketioxide=info"), "{f}");
+        assert!(f.contains("engineioxide=info"), "{f}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::broadcaster::{EventBroadcaster, PublishError};
 use crate::config::RedisStreamsIngest;
 use crate::events::Event;
-use crate::http::{ApiError, PublishEvent, parse_json};
+use crate::http::{ApiError, PublishEvent, decode_json};
 use crate::rooms::Tenant;
 
 /// The field of a stream entry holding the event's JSON.
@@ -230,7 +230,7 @@ impl StreamIngest {
 
     /// Validates an entry exactly like `POST /api/v1/events`, and publishes it once per key.
     async fn publish(&self, id: &str, raw: &str, key: Option<&str>) -> Result<(), ApiError> {
-        let body: PublishEvent = parse_json(raw.as_bytes())?;
+        let body: PublishEvent = decode_json(raw.as_bytes())?;
         let event = Event::from_json(&body.event_type, body.data)?;
         let mut broadcaster = self
             .broadcaster

@@ -17,6 +17,7 @@
 //! - [`limits`]: connection limits and token buckets (handshakes, events, publishes).
 //! - [`metrics`]: counters for stats and `GET /metrics`, events per second by type, recent
 //!   errors.
+//! - `fuzzing`: the bodies of the `cargo fuzz` targets in `fuzz/`, also run by `cargo test`.
 //!
 //! Data flows one way: a request (socket command or HTTP call) is authenticated into an
 //! identity, validated into a typed value, routed by `rooms`, published by the broadcaster
@@ -47,6 +48,8 @@ pub mod broadcaster;
 pub mod cluster;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod github;
 pub mod history;
 pub mod http;
@@ -141,8 +144,14 @@ impl Roomcast {
             config.auth.expiry_warning_secs,
             config.auth.leeway_secs,
         ));
+        let mut verifier = JwtVerifier::from_config(&config.auth)?;
+        if let Some(jwks) = auth::Jwks::from_config(&config.auth) {
+            jwks.load().await?;
+            verifier = verifier.with_jwks(jwks.keys());
+            tokio::spawn(jwks.run());
+        }
         let ctx = SocketCtx::new(SocketCtxInner {
-            verifier: JwtVerifier::from_config(&config.auth)?,
+            verifier,
             max_rooms: config.limits.max_rooms_per_socket,
             node_id: node_id.clone(),
             counters: counters.clone(),
@@ -269,7 +278,12 @@ impl Roomcast {
             .layer(axum::middleware::map_request_with_state(
                 p.limits,
                 socket::screen_handshake,
-            ));
+            ))
+            // Outermost, so Socket.IO long-polling and the API answer preflights alike.
+            // Only when origins are listed: without any, no CORS header is ever sent.
+            .layer(tower::util::option_layer(http::cors(
+                &p.config.server.cors_origins,
+            )));
         Ok(Self {
             router,
             broadcaster,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use roomcast::auth::jwt::{TokenClaims, now_secs, sign_hs256};
+use roomcast::auth::jwt::{TokenClaims, now_secs, sign_hs256_with_kid};
 use roomcast::config::{Config, LogFormat, Source};
 use roomcast::rooms::{Grant, Id};
 
@@ -31,7 +31,8 @@ struct ConfigArg {
 enum Command {
     /// Run the server.
     Serve(ConfigArg),
-    /// Print an HS256 JWT signed with the configured secret (a developer convenience).
+    /// Print an HS256 JWT signed with the configured secret (a developer convenience):
+    /// `auth.jwt_secret`, else the first `[[auth.keys]]` secret, whose `kid` it carries.
     Token {
         #[command(flatten)]
         config: ConfigArg,
@@ -244,9 +245,14 @@ fn parse_grant(flag: &str, value: Option<&str>) -> Result<Grant, String> {
 
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Protocol-level crates log whole messages (tokens included) when verbose: held at
+    // info unless the filter names them (`roomcast::config::log_filter`).
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter = EnvFilter::try_new(roomcast::config::log_filter(&level))
+        .unwrap_or_else(|_| EnvFilter::new(roomcast::config::log_filter("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -323,9 +329,19 @@ fn main() -> ExitCode {
             ttl,
         } => (|| {
             let config = load(&config)?;
-            let secret = config.auth.jwt_secret.as_deref().ok_or(
-                "roomcast token signs with auth.jwt_secret; this config uses a public key",
-            )?;
+            // The single secret, else the first secret of [[auth.keys]] (with its kid).
+            let (secret, kid) = match &config.auth.jwt_secret {
+                Some(secret) => (secret.as_str(), None),
+                None => config
+                    .auth
+                    .keys
+                    .iter()
+                    .find_map(|k| Some((k.secret.as_deref()?, Some(k.kid.as_str()))))
+                    .ok_or(
+                        "roomcast token signs with auth.jwt_secret or a secret of [[auth.keys]]; \
+                         this config has only public keys",
+                    )?,
+            };
             Id::parse(&sub).ok_or(format!("--sub: invalid id {sub:?}"))?;
             if let Some(t) = &tenant {
                 Id::parse(t).ok_or(format!("--tenant: invalid id {t:?}"))?;
@@ -343,7 +359,7 @@ fn main() -> ExitCode {
             };
             println!(
                 "{}",
-                sign_hs256(secret, &claims).map_err(|e| e.to_string())?
+                sign_hs256_with_kid(secret, kid, &claims).map_err(|e| e.to_string())?
             );
             Ok(())
         })(),

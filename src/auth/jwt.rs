@@ -1,11 +1,14 @@
-//! JWT verification. The algorithm family is pinned by the configured key: an HMAC secret
-//! accepts HS256/384/512 only, a PEM public key only its own family, so `alg: none` and
-//! HS/RS confusion are refused before any signature check.
+//! JWT verification. The algorithm family is pinned by each configured key: an HMAC secret
+//! accepts HS256/384/512 only, a public key only its own family, so `alg: none` and HS/RS
+//! confusion are refused before any signature check. Several keys can be live at once,
+//! chosen by the token's `kid` (see [`JwtVerifier`]); a JWK Set is kept by [`super::jwks`].
 
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -108,33 +111,125 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
-/// Verifies tokens against the configured key.
+/// One verification key: the algorithms its type allows (narrowed to the JWK's `alg`
+/// when a JWK Set names one) and the `kid` it answers to.
+#[derive(Clone)]
+pub struct VerifyKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+impl VerifyKey {
+    /// An HMAC secret: HS256, HS384, HS512.
+    pub fn secret(kid: Option<String>, secret: &[u8]) -> Self {
+        Self {
+            kid,
+            key: DecodingKey::from_secret(secret),
+            algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        }
+    }
+
+    /// A PEM public key (RSA, EC or Ed25519): the algorithms of its family.
+    pub fn public_pem(kid: Option<String>, pem: &[u8]) -> Option<Self> {
+        use Algorithm::*;
+        let (key, algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            (key, vec![RS256, RS384, RS512, PS256, PS384, PS512])
+        } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            (key, vec![ES256, ES384])
+        } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            (key, vec![EdDSA])
+        } else {
+            return None;
+        };
+        Some(Self {
+            kid,
+            key,
+            algorithms,
+        })
+    }
+
+    /// A JWK of a JWK Set. Only public keys for signatures are taken: an `oct` (HMAC) key
+    /// published in a key set, or one marked `use: enc`, is skipped.
+    pub fn from_jwk(jwk: &Jwk) -> Option<Self> {
+        use Algorithm::*;
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            return None;
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => vec![ES256],
+                EllipticCurve::P384 => vec![ES384],
+                _ => return None,
+            },
+            AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
+            _ => return None,
+        };
+        let algorithms = match jwk.common.key_algorithm.map(Algorithm::try_from) {
+            None => family,
+            Some(Ok(alg)) if family.contains(&alg) => vec![alg],
+            Some(_) => return None,
+        };
+        Some(Self {
+            kid: jwk.common.key_id.clone(),
+            key: DecodingKey::from_jwk(jwk).ok()?,
+            algorithms,
+        })
+    }
+}
+
+/// A key set that changes at run time (a JWK Set refreshed from a file or a URL).
+pub type SharedKeys = Arc<RwLock<Arc<[VerifyKey]>>>;
+
+/// Verifies tokens against the configured keys.
+///
+/// A token whose header has a `kid` is checked only against the key with that `kid` (an
+/// unknown `kid` is `token_invalid`), except when no key has a `kid` at all (only the
+/// single-key settings): then the `kid` is ignored, as it always was. A token without a
+/// `kid` is checked against every key whose type allows its `alg`, in the order
+/// `jwt_secret`/`jwt_public_key_file`, `[[auth.keys]]`, then the JWK Set.
 #[derive(Clone)]
 pub struct JwtVerifier {
-    key: DecodingKey,
+    keys: Arc<[VerifyKey]>,
+    jwks: Option<SharedKeys>,
     validation: Validation,
 }
 
 impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<_> = self.keys.iter().map(|k| &k.kid).collect();
         f.debug_struct("JwtVerifier")
-            .field("algorithms", &self.validation.algorithms)
+            .field("kids", &kids)
+            .field("jwks", &self.jwks.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl JwtVerifier {
+    /// The static keys of `config`; a JWK Set is attached with [`Self::with_jwks`].
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
-        let (key, algorithms) = match (&config.jwt_secret, &config.jwt_public_key_file) {
-            (Some(secret), _) => (
-                DecodingKey::from_secret(secret.as_bytes()),
-                vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-            ),
-            (None, Some(path)) => load_public_key(path)?,
-            (None, None) => anyhow::bail!("auth: no jwt_secret or jwt_public_key_file"),
-        };
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.jwt_secret {
+            keys.push(VerifyKey::secret(None, secret.as_bytes()));
+        }
+        if let Some(path) = &config.jwt_public_key_file {
+            keys.push(load_public_key(None, path, "auth.jwt_public_key_file")?);
+        }
+        for (i, k) in config.keys.iter().enumerate() {
+            let kid = Some(k.kid.clone());
+            keys.push(match (&k.secret, &k.public_key_file) {
+                (Some(secret), _) => VerifyKey::secret(kid, secret.as_bytes()),
+                (None, Some(path)) => load_public_key(kid, path, &format!("auth.keys[{i}]"))?,
+                (None, None) => anyhow::bail!("auth.keys[{i}]: no secret or public_key_file"),
+            });
+        }
+        if keys.is_empty() && config.jwks_file.is_none() && config.jwks_url.is_none() {
+            anyhow::bail!("auth: no verification key configured");
+        }
+        // Every algorithm any key could accept; each key narrows it to its own in `verify`.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = Vec::new();
         validation.leeway = config.leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -149,16 +244,60 @@ impl JwtVerifier {
             }
             None => validation.validate_aud = false,
         }
-        Ok(Self { key, validation })
+        Ok(Self {
+            keys: keys.into(),
+            jwks: None,
+            validation,
+        })
+    }
+
+    /// Also verifies with the (changing) keys of a JWK Set.
+    pub fn with_jwks(mut self, jwks: SharedKeys) -> Self {
+        self.jwks = Some(jwks);
+        self
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<TokenClaims>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::TokenExpired,
-                _ => AuthError::TokenInvalid,
-            })?;
-        let claims = data.claims;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::TokenInvalid)?;
+        let jwks = self.jwks.as_ref().map(|set| {
+            set.read()
+                .map_or_else(|p| p.into_inner().clone(), |g| g.clone())
+        });
+        let all = self
+            .keys
+            .iter()
+            .chain(jwks.iter().flat_map(|set| set.iter()));
+        let keyed = self.keys.iter().any(|k| k.kid.is_some()) || jwks.is_some();
+        let candidates: Vec<&VerifyKey> = match &header.kid {
+            Some(kid) if keyed => all.filter(|k| k.kid.as_deref() == Some(kid)).collect(),
+            _ => all.collect(),
+        };
+        // `alg: none` and an algorithm of another family than the key's never reach a
+        // signature check.
+        let mut result = Err(AuthError::TokenInvalid);
+        for key in candidates
+            .iter()
+            .filter(|k| k.algorithms.contains(&header.alg))
+        {
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![header.alg];
+            match jsonwebtoken::decode::<TokenClaims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    result = Ok(data.claims);
+                    break;
+                }
+                // Not this key: try the next one.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
+                Err(e) => {
+                    result = Err(match e.kind() {
+                        ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+                        _ => AuthError::TokenInvalid,
+                    });
+                    break;
+                }
+            }
+        }
+        let claims = result?;
         let user_id = Id::parse(&claims.sub).ok_or(AuthError::TokenInvalid)?;
         let tenant = match claims.tenant.as_deref() {
             None => Tenant::default_tenant(),
@@ -175,30 +314,33 @@ impl JwtVerifier {
     }
 }
 
-/// Reads a PEM public key and returns it with the algorithms of its family.
-fn load_public_key(path: &Path) -> anyhow::Result<(DecodingKey, Vec<Algorithm>)> {
-    let pem = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("auth.jwt_public_key_file {}: {e}", path.display()))?;
-    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-        use Algorithm::*;
-        return Ok((key, vec![RS256, RS384, RS512, PS256, PS384, PS512]));
-    }
-    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-        return Ok((key, vec![Algorithm::ES256, Algorithm::ES384]));
-    }
-    if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-        return Ok((key, vec![Algorithm::EdDSA]));
-    }
-    anyhow::bail!(
-        "auth.jwt_public_key_file {}: not an RSA, EC or Ed25519 public key in PEM form",
-        path.display()
-    )
+/// Reads a PEM public key file.
+fn load_public_key(kid: Option<String>, path: &Path, setting: &str) -> anyhow::Result<VerifyKey> {
+    let pem =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("{setting} {}: {e}", path.display()))?;
+    VerifyKey::public_pem(kid, &pem).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{setting} {}: not an RSA, EC or Ed25519 public key in PEM form",
+            path.display()
+        )
+    })
 }
 
 /// Signs claims with an HMAC secret (HS256): the `roomcast token` developer convenience.
 pub fn sign_hs256(secret: &str, claims: &TokenClaims) -> anyhow::Result<String> {
+    sign_hs256_with_kid(secret, None, claims)
+}
+
+/// [`sign_hs256`] with a `kid` in the header, for a secret of `[[auth.keys]]`.
+pub fn sign_hs256_with_kid(
+    secret: &str,
+    kid: Option<&str>,
+    claims: &TokenClaims,
+) -> anyhow::Result<String> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
     Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &header,
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )?)

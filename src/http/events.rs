@@ -104,15 +104,54 @@ pub(super) fn accepted(published: Published) -> Response {
     response
 }
 
+impl PublishEvent {
+    /// The typed event the body names: `unknown_event_type` or `invalid_payload` otherwise.
+    pub fn into_event(self) -> Result<Event, ApiError> {
+        Ok(Event::from_json(&self.event_type, self.data)?)
+    }
+}
+
+impl PublishCustom {
+    /// The event name and the target rooms, validated.
+    pub fn name_and_rooms(&self) -> Result<(EventName, Vec<RoomName>), ApiError> {
+        let name = EventName::parse(&self.event)
+            .map_err(|m| ApiError::InvalidEventName(format!("{m}: {:?}", self.event)))?;
+        let (field, raw) = match (&self.room, &self.rooms) {
+            (Some(room), None) => ("room", std::slice::from_ref(room)),
+            (None, Some(rooms)) if !rooms.is_empty() => ("rooms", rooms.as_slice()),
+            _ => {
+                return Err(ApiError::InvalidPayload(FieldError::new(
+                    "room",
+                    "give either room or a non-empty rooms list",
+                )));
+            }
+        };
+        let rooms = raw
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                RoomName::parse(name).ok_or_else(|| {
+                    let at = if field == "rooms" { format!("rooms[{i}]") } else { "room".into() };
+                    ApiError::InvalidRoom(FieldError::new(
+                        at,
+                        format!("invalid room {name:?}: expected global, user:<id>, project:<id> or agent:<id>"),
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((name, rooms))
+    }
+}
+
 pub async fn publish_event(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<PublishEvent>,
+    JsonBody(mut body): JsonBody<PublishEvent>,
 ) -> Result<Response, ApiError> {
     let key = request_key(&headers)?;
-    let broadcaster = broadcaster_for(&state, &caller, body.tenant, body.volatile, key)?;
-    let event = Event::from_json(&body.event_type, body.data)?;
+    let broadcaster = broadcaster_for(&state, &caller, body.tenant.take(), body.volatile, key)?;
+    let event = body.into_event()?;
     Ok(accepted(broadcaster.publish(event).await?))
 }
 
@@ -184,32 +223,8 @@ pub async fn publish_custom(
     JsonBody(body): JsonBody<PublishCustom>,
 ) -> Result<Response, ApiError> {
     let key = request_key(&headers)?;
-    let broadcaster = broadcaster_for(&state, &caller, body.tenant, body.volatile, key)?;
-    let name = EventName::parse(&body.event)
-        .map_err(|m| ApiError::InvalidEventName(format!("{m}: {:?}", body.event)))?;
-    let (field, raw) = match (body.room, body.rooms) {
-        (Some(room), None) => ("room", vec![room]),
-        (None, Some(rooms)) if !rooms.is_empty() => ("rooms", rooms),
-        _ => {
-            return Err(ApiError::InvalidPayload(FieldError::new(
-                "room",
-                "give either room or a non-empty rooms list",
-            )));
-        }
-    };
-    let rooms = raw
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            RoomName::parse(name).ok_or_else(|| {
-                let at = if field == "rooms" { format!("rooms[{i}]") } else { "room".into() };
-                ApiError::InvalidRoom(FieldError::new(
-                    at,
-                    format!("invalid room {name:?}: expected global, user:<id>, project:<id> or agent:<id>"),
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let broadcaster = broadcaster_for(&state, &caller, body.tenant.clone(), body.volatile, key)?;
+    let (name, rooms) = body.name_and_rooms()?;
     Ok(accepted(
         broadcaster.publish_custom(&name, rooms, &body.data).await?,
     ))

@@ -6,7 +6,7 @@
 
 mod admin;
 mod error;
-mod events;
+pub mod events;
 mod health;
 mod history;
 mod metrics;
@@ -25,11 +25,13 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 pub use events::PublishEvent;
@@ -72,22 +74,88 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: AppState, max_body: usize) -> Router {
-    let api = Router::new()
-        .route("/api/v1/events", post(events::publish_event))
-        .route("/api/v1/events/batch", post(events::publish_batch))
-        .route("/api/v1/broadcast", post(events::publish_custom))
-        .route("/webhooks/github", post(webhooks::github))
-        .route("/api/v1/websocket/stats", get(stats::stats))
-        .route("/api/v1/rooms/{room}/presence", get(presence::presence))
-        .route("/api/v1/rooms/{room}/history", get(history::history))
-        .route(
-            "/api/v1/users/{user_id}/disconnect",
+/// How a request to an endpoint is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// No credentials.
+    Open,
+    /// An API key with this scope.
+    Key(Scope),
+    /// GitHub's `X-Hub-Signature-256` over the body (`[github] webhook_secret`).
+    GithubSignature,
+}
+
+/// One endpoint: method, path and how it is guarded. The router is built from this table,
+/// and tests walk it, so no endpoint is missed.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub guard: Guard,
+}
+
+fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
+    use Guard::{GithubSignature, Key, Open};
+    let e = |method, path, guard| Endpoint {
+        method,
+        path,
+        guard,
+    };
+    let (publish, read, admin) = (Key(Scope::Publish), Key(Scope::Read), Key(Scope::Admin));
+    vec![
+        (
+            e(Method::POST, "/api/v1/events", publish),
+            post(events::publish_event),
+        ),
+        (
+            e(Method::POST, "/api/v1/events/batch", publish),
+            post(events::publish_batch),
+        ),
+        (
+            e(Method::POST, "/api/v1/broadcast", publish),
+            post(events::publish_custom),
+        ),
+        (
+            e(Method::POST, "/webhooks/github", GithubSignature),
+            post(webhooks::github),
+        ),
+        (
+            e(Method::GET, "/api/v1/websocket/stats", read),
+            get(stats::stats),
+        ),
+        (
+            e(Method::GET, "/api/v1/rooms/{room}/presence", read),
+            get(presence::presence),
+        ),
+        (
+            e(Method::GET, "/api/v1/rooms/{room}/history", read),
+            get(history::history),
+        ),
+        (
+            e(Method::POST, "/api/v1/users/{user_id}/disconnect", publish),
             post(users::disconnect),
-        )
-        .route("/api/v1/schema", get(schema::schema))
-        .route("/api/v1/admin/overview", get(admin::overview))
-        .route("/metrics", get(metrics::metrics))
+        ),
+        (e(Method::GET, "/api/v1/schema", Open), get(schema::schema)),
+        (
+            e(Method::GET, "/api/v1/admin/overview", admin),
+            get(admin::overview),
+        ),
+        // `read`, unless `[metrics] public = true`.
+        (e(Method::GET, "/metrics", read), get(metrics::metrics)),
+    ]
+}
+
+/// Every endpoint of the HTTP API, with how it is guarded (the pages and `/health`,
+/// `/ready` are open).
+pub fn endpoint_table() -> Vec<Endpoint> {
+    endpoints().into_iter().map(|(e, _)| e).collect()
+}
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    let api = endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, (e, handler)| {
+            router.route(e.path, handler)
+        })
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             record_errors,
@@ -116,6 +184,34 @@ async fn record_errors(State(state): State<AppState>, req: Request, next: Next) 
             .record("http", answered.code, at, &answered.message);
     }
     response
+}
+
+/// CORS for the HTTP API and Socket.IO long-polling: only the listed origins get CORS
+/// headers (preflights and actual requests alike); every other origin gets none, so a
+/// browser keeps the answer from the page. Websockets are not subject to CORS.
+/// `None` when no origin is listed (same-origin only: no CORS header at all).
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        // tower-http refuses a wildcard in a list (validation refuses it too).
+        .filter(|o| o.as_str() != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([HeaderName::from_static("idempotent-replayed")])
+        .max_age(std::time::Duration::from_secs(600));
+    Some(layer)
 }
 
 /// A scope an endpoint requires, as a type, so the check runs before the body is read.
@@ -209,13 +305,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 _ => ApiError::MalformedJson(rejection.body_text()),
             }
         })?;
-        parse_json(&bytes).map(JsonBody)
+        decode_json(&bytes).map(JsonBody)
     }
 }
 
-/// Decodes a JSON document as the HTTP API does: syntax errors are `malformed_json`, shape
-/// errors `invalid_payload` with the field.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Decodes a request body: `400 malformed_json` for bad syntax, `422 invalid_payload` with
+/// the field for a bad shape.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Syntax first, over the whole body, so a broken document is never reported as a
     // shape error about whichever field came before the break.
     let value: serde_json::Value =

@@ -131,7 +131,12 @@ impl TestServer {
             {extra}
             "#
         );
-        let config = Config::from_toml(&toml).expect("test config");
+        Self::start_toml(&toml).await
+    }
+
+    /// Starts a server from a whole TOML config (its `server.bind` is ignored).
+    pub async fn start_toml(toml: &str) -> Self {
+        let config = Config::from_toml(toml).expect("test config");
         let server = Roomcast::new(&config).await.expect("server");
         let broadcaster = server.broadcaster();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -592,6 +597,18 @@ impl Client {
         self.try_event(name)
             .await
             .unwrap_or_else(|| panic!("no {name:?} event within {DEADLINE:?}"))
+    }
+
+    /// The next event of any name (kept ones first); `None` when closed or past the deadline.
+    pub async fn next_event(&mut self) -> Option<(String, Value)> {
+        if let Some(kept) = self.pending.pop_front() {
+            return Some(kept);
+        }
+        loop {
+            if let (Some(n), _, v) = self.recv_packet().await? {
+                return Some((n, v));
+            }
+        }
     }
 
     pub async fn try_event(&mut self, name: &str) -> Option<Value> {
