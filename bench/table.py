@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Prints bench/compare.sh's runs as Markdown tables: figure, Roomcast, Node, ratio.
 
-Usage: table.py DIR SCENARIO... (DIR holds <scenario>.roomcast.json and <scenario>.node.json)
+Usage: table.py DIR[,DIR...] SCENARIO...
+Each DIR holds <scenario>.roomcast.json and <scenario>.node.json from one compare.sh run
+(OUT=DIR). With several DIRs each figure is the median over the runs with its range in
+brackets, and the ratio is the ratio of the medians.
 """
 
 import json
@@ -100,23 +103,42 @@ def params(run):
     return ", ".join(f"{k} {fmt(run[k])}" for k in keys if k in run)
 
 
-def table(runs_dir, scenario):
-    rc = load(runs_dir / f"{scenario}.roomcast.json")
-    node = load(runs_dir / f"{scenario}.node.json")
+def median(values):
+    """The median of the numbers among `values` and their (min, max); None when none are."""
+    nums = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not nums:
+        return None, None
+    mid = len(nums) // 2
+    med = nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+    return med, (nums[0], nums[-1]) if len(nums) > 1 else None
+
+
+def cell(value, spread):
+    if spread is None or spread[0] == spread[1]:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(spread[0])}–{fmt(spread[1])}]"
+
+
+def table(runs_dirs, scenario):
+    rcs = [r for r in (load(d / f"{scenario}.roomcast.json") for d in runs_dirs) if r]
+    nodes = [r for r in (load(d / f"{scenario}.node.json") for d in runs_dirs) if r]
     print(f"\n## {TITLES.get(scenario, scenario)}\n")
-    print(f"Roomcast: {params(rc) if rc else 'run failed'}  \nNode: {params(node) if node else 'run failed'}\n")
+    runs = f" ({len(runs_dirs)} runs)" if len(runs_dirs) > 1 else ""
+    rc_params = params(rcs[0]) if rcs else "run failed"
+    node_params = params(nodes[0]) if nodes else "run failed"
+    print(f"Roomcast: {rc_params}{runs}  \nNode: {node_params}\n")
     print("| figure | Roomcast | Node | Roomcast / Node |")
     print("|---|---:|---:|---:|")
     for label, key, *scale in FIGURES[scenario]:
-        a = pick(rc, key, *scale) if rc else None
-        b = pick(node, key, *scale) if node else None
-        print(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio(a, b)} |")
+        a, a_spread = median(pick(r, key, *scale) for r in rcs)
+        b, b_spread = median(pick(r, key, *scale) for r in nodes)
+        print(f"| {label} | {cell(a, a_spread)} | {cell(b, b_spread)} | {ratio(a, b)} |")
 
 
 def main():
-    runs_dir = Path(sys.argv[1])
+    runs_dirs = [Path(d) for d in sys.argv[1].split(",")]
     for scenario in sys.argv[2:]:
-        table(runs_dir, scenario)
+        table(runs_dirs, scenario)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ export interface PullRequest {
   author?: string;
   state?: string;
   merged?: boolean;
+  /** The GitHub action behind a webhook-published event (`opened`, `synchronize`, …). */
+  action?: string;
 }
 
 /** `issue.created`, `issue.updated` and `issue.closed`. */
@@ -81,6 +83,8 @@ export interface Issue {
   url?: string;
   author?: string;
   state?: string;
+  /** The GitHub action behind a webhook-published event (`opened`, `labeled`, …). */
+  action?: string;
 }
 
 export interface AiSuggestion {

@@ -95,6 +95,8 @@ class PullRequest(Model):
     author: Optional[str] = None
     state: Optional[str] = None
     merged: Optional[bool] = None
+    #: The GitHub action behind a webhook-published event (``opened``, ``synchronize``, ...).
+    action: Optional[str] = None
 
 
 class Issue(Model):
@@ -106,6 +108,8 @@ class Issue(Model):
     url: Optional[str] = None
     author: Optional[str] = None
     state: Optional[str] = None
+    #: The GitHub action behind a webhook-published event (``opened``, ``labeled``, ...).
+    action: Optional[str] = None
 
 
 class AiSuggestion(Model):
