@@ -144,3 +144,21 @@ async fn genconfig_prints_a_config_with_fresh_secrets_that_check_config_accepts(
         "stderr key {key:?} not in the config"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `roomcast genconfig | head -1`: the reader goes away before the writer is done.
+    for command in ["genconfig", "check-config"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .arg(command)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run roomcast");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+        assert!(out.status.success(), "{command}: {:?} {stderr}", out.status);
+    }
+}
