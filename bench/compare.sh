@@ -66,8 +66,8 @@ run_one() {
   [ "$scenario" = cluster-storm ] && adapter=streams
   for i in $(seq 1 "$nodes"); do
     port=$(free_port)
-    if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario-$i" "$port" $redis
-    else start_reference "$port" $redis $adapter; fi
+    if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario-$i" "$port" "$redis"
+    else start_reference "$port" "$redis" "$adapter"; fi
     urls+=("http://127.0.0.1:$port"); node_pids+=("$server_pid")
   done
   [ "$nodes" -gt 1 ] && publish=(--publish-url "${urls[0]}")

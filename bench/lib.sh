@@ -7,12 +7,14 @@ reference="$bench_dir/reference"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_ready() { # wait_ready PORT
+wait_ready() { # wait_ready PORT LOG: the server's log is shown when it never gets ready
   for _ in $(seq 1 200); do
     curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return 0
     sleep 0.05
   done
-  echo "server on port $1 never became ready" >&2; return 1
+  echo "server on port $1 never became ready; its log:" >&2
+  tail -n 20 "$2" >&2
+  return 1
 }
 
 # start_roomcast NAME PORT [REDIS_PORT]: a Roomcast node with a generated config; its pid
@@ -31,7 +33,7 @@ start_roomcast() {
   "$bin/roomcast" serve --config "$work/$1.toml" 2> "$work/$1.log" &
   server_pid=$!
   pids+=("$server_pid")
-  wait_ready "$2"
+  wait_ready "$2" "$work/$1.log"
 }
 
 # start_reference PORT [REDIS_PORT [ADAPTER]]: the Node socket.io reference; with a Redis
@@ -42,7 +44,7 @@ start_reference() {
     node "$reference/server.js" 2> "$work/reference-$1.log" &
   server_pid=$!
   pids+=("$server_pid")
-  wait_ready "$1"
+  wait_ready "$1" "$work/reference-$1.log"
 }
 
 # start_redis: a private redis-server on a free port, keeping nothing on disk; port in
