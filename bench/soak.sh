@@ -21,4 +21,4 @@ start_roomcast soak "$port"
 "$bin/roomcast-bench" soak --url "http://127.0.0.1:$port" --pids "$server_pid" \
   --sockets "$SOAK_SOCKETS" --rooms "$SOAK_ROOMS" --rate "$SOAK_RATE" --duration "$SOAK_SECS" \
   --drop-fraction 1 --drop-every "$SOAK_DROP_EVERY" --max-pause-ms "$SOAK_MAX_PAUSE_MS" \
-  --settle 10
+  --settle 25

@@ -15,6 +15,7 @@
 //! - [`http`]: one file per endpoint group, and the `/debug` and `/admin` pages (assets in
 //!   `clients/web/`, embedded in the binary).
 //! - [`limits`]: connection limits and token buckets (handshakes, events, publishes).
+//! - [`memory`]: gives freed heap back to the OS after many sockets have left.
 //! - [`metrics`]: counters for stats and `GET /metrics`, events per second by type, recent
 //!   errors.
 //! - `fuzzing`: the bodies of the `cargo fuzz` targets in `fuzz/`, also run by `cargo test`.
@@ -56,6 +57,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ingest;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
@@ -201,6 +203,7 @@ impl Roomcast {
         }
         tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
         tokio::spawn(p.limits.clone().run_sweeper());
+        tokio::spawn(memory::run_trimmer(p.limits.connections.clone()));
         let io = Arc::new(io);
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let window = Duration::from_secs(p.config.publish.idempotency_window_secs);

@@ -113,3 +113,42 @@ async fn ws_namespace_behaves_like_the_root() {
         .err();
     assert_eq!(err.as_deref(), Some("token_missing"));
 }
+
+/// socketioxide answers CONNECT before it runs the connect handler: a command sent the moment
+/// the answer arrives (as python-socketio does) must still find its handler and be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_the_moment_connect_is_answered_is_answered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start().await;
+    let t = token(&claims("alice"));
+    for attempt in 0..30 {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let open = ws.next().await.unwrap().unwrap();
+        assert!(open.to_text().unwrap().starts_with('0'), "{open:?}");
+        ws.send(Message::text(format!("40{}", json!({ "token": t }))))
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(DEADLINE, async {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Ok(text) = msg.to_text() else { continue };
+                if text.starts_with("40") {
+                    // `subscribe` with ack id 1, before anything else arrives.
+                    let subscribe = format!("421{}", json!(["subscribe", {"room": "global"}]));
+                    ws.send(Message::text(subscribe)).await.ok()?;
+                } else if let Some(body) = text.strip_prefix("431") {
+                    return Some(body.to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let ack =
+            ack.unwrap_or_else(|| panic!("attempt {attempt}: the subscribe was never answered"));
+        assert!(ack.contains("\"ok\":true"), "attempt {attempt}: {ack}");
+    }
+}

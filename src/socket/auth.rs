@@ -159,5 +159,9 @@ pub async fn authenticate<A: Adapter>(
     }
     s.extensions.insert(Arc::new(slot));
     s.extensions.insert(identity);
+    // Here, not in the connect handler: socketioxide sends the CONNECT answer before it
+    // spawns the connect handler, so a command the client sends at once could otherwise
+    // arrive before any handler exists and be dropped without an answer.
+    super::register_commands(&s);
     Ok(())
 }

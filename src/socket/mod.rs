@@ -150,6 +150,19 @@ struct Established<'a> {
     recovery: &'a serde_json::Map<String, serde_json::Value>,
 }
 
+/// The client commands, registered by the connect middleware once the handshake is accepted
+/// (before socketioxide answers CONNECT). Every event, known or not, spends from the socket's
+/// budget first.
+pub(crate) fn register_commands<A: Adapter>(s: &SocketRef<A>) {
+    s.on("subscribe", Budgeted(subscribe::handle::<A>));
+    s.on("unsubscribe", Budgeted(unsubscribe::handle::<A>));
+    s.on("ping", Budgeted(ping::handle::<A>));
+    s.on("presence", Budgeted(presence::handle::<A>));
+    s.on("auth.refresh", Budgeted(refresh::handle::<A>));
+    s.on("history", Budgeted(history::handle::<A>));
+    s.on_fallback(Budgeted(reply::unknown_command::<A>));
+}
+
 async fn on_connect<A: Adapter>(
     s: SocketRef<A>,
     State(ctx): State<SocketCtx>,
@@ -161,14 +174,6 @@ async fn on_connect<A: Adapter>(
         return;
     };
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    // Every event, known or not, spends from the socket's budget first.
-    s.on("subscribe", Budgeted(subscribe::handle::<A>));
-    s.on("unsubscribe", Budgeted(unsubscribe::handle::<A>));
-    s.on("ping", Budgeted(ping::handle::<A>));
-    s.on("presence", Budgeted(presence::handle::<A>));
-    s.on("auth.refresh", Budgeted(refresh::handle::<A>));
-    s.on("history", Budgeted(history::handle::<A>));
-    s.on_fallback(Budgeted(reply::unknown_command::<A>));
     s.on_disconnect(on_disconnect::<A>);
     ctx.presence.connected(&identity);
     ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
