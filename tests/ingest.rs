@@ -84,6 +84,22 @@ async fn progress_received(client: &mut Client, n: usize) -> BTreeMap<u64, usize
     seen
 }
 
+/// Progress events 0..n reached `user` exactly once each, every entry was acknowledged, and
+/// no further progress event follows (a marker published at `watch` comes first).
+async fn each_delivered_once(
+    user: &mut Client,
+    watch: &TestServer,
+    conn: &mut MultiplexedConnection,
+    n: u64,
+) {
+    let seen = progress_received(user, n as usize).await;
+    assert_eq!(seen, (0..n).map(|p| (p, 1)).collect::<BTreeMap<_, _>>());
+    until_nothing_pending(conn).await;
+    watch.publish_marker().await;
+    user.assert_not_before("workflow.progress", "system.notification")
+        .await;
+}
+
 #[tokio::test]
 async fn entries_added_while_every_consumer_is_down_are_all_delivered_once_they_start() {
     let redis = RedisServer::start().await;
@@ -97,12 +113,7 @@ async fn entries_added_while_every_consumer_is_down_are_all_delivered_once_they_
     let config = ingest_toml("batch_size = 7");
     let _a = TestServer::start_cluster_node_with("a", &redis, "ing1", &config).await;
     let _b = TestServer::start_cluster_node_with("b", &redis, "ing1", &config).await;
-    let seen = progress_received(&mut user, 40).await;
-    assert_eq!(seen, (0..40).map(|n| (n, 1)).collect::<BTreeMap<_, _>>());
-    until_nothing_pending(&mut conn).await;
-    watch.publish_marker().await;
-    user.assert_not_before("workflow.progress", "system.notification")
-        .await;
+    each_delivered_once(&mut user, &watch, &mut conn, 40).await;
 }
 
 #[tokio::test]
@@ -132,12 +143,7 @@ async fn a_dead_consumers_pending_entries_are_taken_over() {
     assert_eq!(pending(&mut conn).await, 5);
 
     let _a = TestServer::start_cluster_node_with("a", &redis, "ing2", &ingest_toml("")).await;
-    let seen = progress_received(&mut user, 5).await;
-    assert_eq!(seen, (0..5).map(|n| (n, 1)).collect::<BTreeMap<_, _>>());
-    until_nothing_pending(&mut conn).await;
-    watch.publish_marker().await;
-    user.assert_not_before("workflow.progress", "system.notification")
-        .await;
+    each_delivered_once(&mut user, &watch, &mut conn, 5).await;
 }
 
 #[tokio::test]
