@@ -17,7 +17,8 @@ wait_ready() { # wait_ready PORT LOG: the server's log is shown when it never ge
   return 1
 }
 
-# start_roomcast NAME PORT [REDIS_PORT]: a Roomcast node with a generated config; its pid
+# start_roomcast NAME PORT [REDIS_PORT]: a Roomcast node with a generated config (plus
+# $EXTRA_CONFIG, TOML sections, when set); its pid
 # is appended to `pids` and stored in $server_pid.
 start_roomcast() {
   { echo "[server]"; echo "bind = \"127.0.0.1:$2\""; echo "node_id = \"$1\""
@@ -29,6 +30,7 @@ start_roomcast() {
     if [ -n "${3:-}" ]; then # the nodes of one cluster share Redis and the key prefix
       echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$3\""; echo "key_prefix = \"bench$3\""
     fi
+    if [ -n "${EXTRA_CONFIG:-}" ]; then printf '%s\n' "$EXTRA_CONFIG"; fi # more sections
   } > "$work/$1.toml"
   "$bin/roomcast" serve --config "$work/$1.toml" 2> "$work/$1.log" &
   server_pid=$!

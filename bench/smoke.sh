@@ -53,7 +53,7 @@ every_scenario() {
   run "$1 rooms" rooms "${url[@]}" --sockets 60 --rooms 6 --rate 50 --duration 1
   run "$1 storm" storm "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-every 0.3
   run "$1 soak" soak "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-fraction 1 \
-    --drop-every 0.3 --settle 0
+    --drop-every 0.3 --settle 0 --warmup 1
 }
 
 p=$(free_port); start_roomcast single "$p"

@@ -203,7 +203,7 @@ impl Roomcast {
         }
         tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
         tokio::spawn(p.limits.clone().run_sweeper());
-        tokio::spawn(memory::run_trimmer(p.limits.connections.clone()));
+        tokio::spawn(memory::run_trimmer());
         let io = Arc::new(io);
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let window = Duration::from_secs(p.config.publish.idempotency_window_secs);

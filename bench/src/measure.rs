@@ -19,19 +19,56 @@ pub fn micros_since(start: u64) -> u32 {
 
 /// CPU seconds (user + system) the processes have used so far; `None` without pids.
 pub fn cpu_secs(pids: &[u32]) -> Option<f64> {
+    cpu_split(pids).map(|c| c.user + c.system)
+}
+
+/// CPU seconds the processes have spent in user space and in the kernel so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl Cpu {
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - before.user,
+            system: self.system - before.system,
+        }
+    }
+
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// `None` without pids.
+pub fn cpu_split(pids: &[u32]) -> Option<Cpu> {
     if pids.is_empty() {
         return None;
     }
+    let (user, system) = pids
+        .iter()
+        .filter_map(|p| cpu_ticks(*p))
+        .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
     // USER_HZ is 100 on Linux.
-    Some(pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>() as f64 / 100.0)
+    Some(Cpu {
+        user: user as f64 / 100.0,
+        system: system as f64 / 100.0,
+    })
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// This process's own CPU time (the load generator's).
+pub fn own_cpu() -> Cpu {
+    cpu_split(&[std::process::id()]).unwrap_or_default()
+}
+
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 /// Resident memory of the processes together, in KiB (`VmRSS`); `None` without pids.

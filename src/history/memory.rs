@@ -177,10 +177,14 @@ impl History {
         for (key, log) in logs {
             let mut log = log.lock().await;
             log.evict(now);
-            if log.entries.is_empty() && now.duration_since(log.touched) > IDLE_KEEP {
-                idle.push(key);
+            if log.entries.is_empty() {
+                log.entries.shrink_to_fit();
+                if now.duration_since(log.touched) > IDLE_KEEP {
+                    idle.push(key);
+                }
             }
         }
+
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         for key in idle {
             // Only if nobody holds it meanwhile (a publish or a replay in progress).

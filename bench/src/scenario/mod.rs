@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::crowd::{Crowd, Totals};
-use crate::measure::{cpu_secs, per, percentiles_ms, round};
+use crate::measure::{Cpu, cpu_split, own_cpu, per, percentiles_ms, round};
 use crate::publish::{Order, Publisher};
 use crate::socket::Phase;
 
@@ -36,7 +36,9 @@ struct Delivered {
     publish_secs: f64,
     /// Publishing plus draining.
     total_secs: f64,
-    server_cpu_secs: Option<f64>,
+    server_cpu: Option<Cpu>,
+    /// The load generator's own CPU over the same span.
+    generator_cpu: Cpu,
 }
 
 /// Publishes to `rooms` while the crowd listens, then lets deliveries drain: until all
@@ -51,7 +53,7 @@ async fn publish_and_drain(
 ) -> Delivered {
     let url = publishing.publish_url.as_deref().unwrap_or(&common.url[0]);
     let publisher = Publisher::new(url, &common.api_key, rooms);
-    let cpu_before = cpu_secs(&common.pids);
+    let (cpu_before, own_before) = (cpu_split(&common.pids), own_cpu());
     let started = Instant::now();
     let duration = Duration::from_secs_f64(publishing.duration);
     publisher.run(publishing.rate, duration, order).await;
@@ -60,16 +62,22 @@ async fn publish_and_drain(
     let accepted = publisher.accepted();
     crowd.drain(crowd.expected(&accepted), quiet).await;
     let total_secs = started.elapsed().as_secs_f64();
-    let server_cpu_secs = cpu_secs(&common.pids)
+    let server_cpu = cpu_split(&common.pids)
         .zip(cpu_before)
-        .map(|(after, before)| after - before);
+        .map(|(after, before)| after.since(before));
+    let generator_cpu = own_cpu().since(own_before);
     Delivered {
         publisher,
         accepted,
         publish_secs,
         total_secs,
-        server_cpu_secs,
+        server_cpu,
+        generator_cpu,
     }
+}
+
+fn share(part: f64, whole: f64) -> Option<f64> {
+    (whole > 0.0).then(|| (part / whole * 100.0).round() / 100.0)
 }
 
 /// The delivery figures every publishing scenario reports.
@@ -86,8 +94,12 @@ fn delivery_report(d: &Delivered, t: &mut Totals, publishing: &Publishing) -> Ma
         "duplicated": t.duplicated,
         "failed_sockets": t.failed_sockets,
         "deliveries_per_sec": round(t.received as f64 / d.total_secs),
-        "server_cpu_secs": d.server_cpu_secs.map(round),
-        "deliveries_per_server_cpu_sec": per(t.received as f64, d.server_cpu_secs),
+        "server_cpu_secs": d.server_cpu.map(|c| round(c.total())),
+        "server_kernel_share": d.server_cpu.and_then(|c| share(c.system, c.total())),
+        "deliveries_per_server_cpu_sec": per(t.received as f64, d.server_cpu.map(Cpu::total)),
+        "generator_cpu_secs": round(d.generator_cpu.total()),
+        "generator_kernel_share": share(d.generator_cpu.system, d.generator_cpu.total()),
+        "deliveries_per_generator_cpu_sec": per(t.received as f64, Some(d.generator_cpu.total())),
         "latency_ms": percentiles_ms(std::mem::take(&mut t.latencies_us)),
     });
     match fields {

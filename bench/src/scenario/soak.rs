@@ -2,6 +2,11 @@
 //! re-join with recovery, receive) while events are published throughout. Server memory
 //! and open file descriptors are read before the sockets connect, every second during the
 //! run and after they all left: a leak shows as `after` well above `before`.
+//!
+//! With `--warmup`, a shorter storm of the same size runs first and its sockets leave; what
+//! the server holds then (`warm`) is the baseline the long run is compared with: a process
+//! that has served this load once keeps its touched code, grown tables and the allocator's
+//! partly used pages, which a fresh process (`before`) does not have.
 
 use std::time::Duration;
 
@@ -18,11 +23,22 @@ pub struct SoakArgs {
     /// Seconds to wait after the last socket left before reading memory and descriptors.
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
+    /// Seconds of a first, warm-up storm whose leftovers are the baseline (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
 }
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<Value> {
     let pids = args.storm.common.pids.clone();
     let (rss_before, fds_before) = (rss_kib(&pids), open_fds(&pids));
+    let (mut rss_warm, mut fds_warm) = (None, None);
+    if args.warmup > 0.0 {
+        let mut warmup = args.storm.clone();
+        warmup.publishing.duration = args.warmup;
+        storm::run(warmup).await?;
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        (rss_warm, fds_warm) = (rss_kib(&pids), open_fds(&pids));
+    }
     let (stop, mut stopped) = oneshot::channel::<()>();
     let sampler = tokio::spawn({
         let pids = pids.clone();
@@ -61,6 +77,10 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<Value> {
         "fds_peak": fds_peak,
         "fds_after": fds_after,
         "fds_after_over_before": ratio(fds_after, fds_before),
+        "rss_warm_kib": rss_warm,
+        "fds_warm": fds_warm,
+        "rss_after_over_warm": ratio(rss_after, rss_warm),
+        "fds_after_over_warm": ratio(fds_after, fds_warm),
     });
     if let Value::Object(figures) = figures {
         report.extend(figures);

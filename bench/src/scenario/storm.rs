@@ -15,7 +15,7 @@ use crate::measure::{percentiles_ms, round};
 use crate::publish::Order;
 use crate::socket::Drops;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
