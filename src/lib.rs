@@ -149,7 +149,7 @@ impl Roomcast {
         let mut verifier = JwtVerifier::from_config(&config.auth)?;
         if let Some(jwks) = auth::Jwks::from_config(&config.auth) {
             jwks.load().await?;
-            verifier = verifier.with_jwks(jwks.keys());
+            verifier = verifier.with_jwks_source(jwks.clone());
             tokio::spawn(jwks.run());
         }
         let ctx = SocketCtx::new(SocketCtxInner {

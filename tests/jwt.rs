@@ -447,3 +447,74 @@ async fn an_unreachable_jwks_url_does_not_stop_the_server() {
     let ed = sign(Algorithm::EdDSA, Some("ed"), &ed_key(), &body("bob"));
     until_connect(&server, &ed, Err("token_invalid")).await;
 }
+
+#[tokio::test]
+async fn a_new_kid_rereads_the_jwks_at_once_but_not_for_every_unknown_kid() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let served: Served = Arc::new(Mutex::new((
+        200,
+        jwks(vec![jwk(&ec_key(), Algorithm::ES256, "ec-1")]),
+    )));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let idp = {
+        use axum::routing::get;
+        let (served, fetches) = (served.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            get(move || {
+                let (served, fetches) = (served.clone(), fetches.clone());
+                async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = served.lock().unwrap().clone();
+                    (axum::http::StatusCode::from_u16(status).unwrap(), body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    // The timed refresh is an hour away: only a re-read for the new kid can find it.
+    let server = TestServer::start_with_auth(&format!(
+        "[auth]\nleeway_secs = 0\njwks_url = \"http://{idp}/jwks\"\njwks_refresh_secs = 3600"
+    ))
+    .await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "loaded once at startup");
+    let connect = |token: String| async move {
+        Client::connect(server.addr, Auth::Payload(json!({ "token": token })))
+            .await
+            .map(|_| ())
+    };
+    // The provider rotates: a token with the new kid connects at its first attempt.
+    *served.lock().unwrap() = (
+        200,
+        jwks(vec![
+            jwk(&ec_key(), Algorithm::ES256, "ec-1"),
+            jwk(&ed_key(), Algorithm::EdDSA, "ed-2"),
+        ]),
+    );
+    let ed = sign(Algorithm::EdDSA, Some("ed-2"), &ed_key(), &body("alice"));
+    assert_eq!(connect(ed.clone()).await, Ok(()));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // Made-up kids are refused without a fetch each (one re-read per 10 s at most).
+    for n in 0..5 {
+        let forged = sign(
+            Algorithm::EdDSA,
+            Some(&format!("nope-{n}")),
+            &ed_key(),
+            &body("eve"),
+        );
+        assert_eq!(connect(forged).await, Err("token_invalid".to_string()));
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "no fetch per unknown kid"
+    );
+    // Known kids never cause a fetch.
+    let ec = sign(Algorithm::ES256, Some("ec-1"), &ec_key(), &body("bob"));
+    assert_eq!(connect(ec).await, Ok(()));
+    assert_eq!(connect(ed).await, Ok(()));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}

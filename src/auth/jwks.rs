@@ -1,7 +1,9 @@
 //! A JWK Set (RFC 7517) from `auth.jwks_file` or `auth.jwks_url`, kept in memory and
 //! refreshed every `auth.jwks_refresh_secs`. A refresh that fails (unreachable, not JSON,
 //! no usable key) keeps the last good set, so an identity provider's outage does not log
-//! every user out.
+//! every user out. A token naming a `kid` the set lacks re-reads it at once (a rotation),
+//! at most once per [`MISS_REFRESH_EVERY`], so tokens with made-up `kid`s cannot make the
+//! server hammer the identity provider.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -16,6 +18,8 @@ use crate::config::AuthConfig;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest key set accepted, in bytes.
 const MAX_BYTES: usize = 1024 * 1024;
+/// The shortest time between two re-reads for an unknown `kid`.
+pub const MISS_REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 enum Source {
@@ -29,6 +33,9 @@ pub struct Jwks {
     keys: SharedKeys,
     refresh: Duration,
     client: reqwest::Client,
+    /// When the last re-read for an unknown `kid` started; held while it runs, so
+    /// handshakes with the same new `kid` wait for one fetch instead of each doing one.
+    last_miss: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Jwks {
@@ -47,6 +54,7 @@ impl Jwks {
                 .timeout(FETCH_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            last_miss: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -90,6 +98,26 @@ impl Jwks {
             Err(poisoned) => *poisoned.into_inner() = keys.into(),
         }
         Ok(count)
+    }
+
+    /// Re-reads the set for a token whose `kid` it lacks, unless that was done less than
+    /// [`MISS_REFRESH_EVERY`] ago. A failure keeps the set, as for the timed refresh.
+    pub async fn refresh_on_miss(&self) {
+        let mut last = self.last_miss.lock().await;
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < MISS_REFRESH_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        match self.refresh().await {
+            Ok(count) => {
+                tracing::info!(source = %self.describe(), keys = count, "JWK Set re-read for an unknown kid")
+            }
+            Err(e) => tracing::warn!(
+                source = %self.describe(),
+                "JWK Set re-read for an unknown kid failed, keeping the last good set: {e}"
+            ),
+        }
     }
 
     /// The source named for logs: a file's path, or only the URL's host.

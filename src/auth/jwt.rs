@@ -193,6 +193,8 @@ pub type SharedKeys = Arc<RwLock<Arc<[VerifyKey]>>>;
 pub struct JwtVerifier {
     keys: Arc<[VerifyKey]>,
     jwks: Option<SharedKeys>,
+    /// Where the JWK Set comes from, to re-read it when a token names a `kid` it lacks.
+    jwks_source: Option<Arc<super::Jwks>>,
     validation: Validation,
 }
 
@@ -247,6 +249,7 @@ impl JwtVerifier {
         Ok(Self {
             keys: keys.into(),
             jwks: None,
+            jwks_source: None,
             validation,
         })
     }
@@ -255,6 +258,46 @@ impl JwtVerifier {
     pub fn with_jwks(mut self, jwks: SharedKeys) -> Self {
         self.jwks = Some(jwks);
         self
+    }
+
+    /// Also verifies with the keys of `jwks`, and re-reads it when a token names a `kid`
+    /// that no key has (see [`Self::verify_or_refresh`]).
+    pub fn with_jwks_source(mut self, jwks: Arc<super::Jwks>) -> Self {
+        self.jwks = Some(jwks.keys());
+        self.jwks_source = Some(jwks);
+        self
+    }
+
+    /// Like [`Self::verify`], but a token whose `kid` is in no key set triggers an
+    /// immediate re-read of the JWK Set (an identity provider that rotated its keys), at
+    /// most once per [`super::jwks::MISS_REFRESH_EVERY`], and is verified again.
+    pub async fn verify_or_refresh(&self, token: &str) -> Result<Identity, AuthError> {
+        let result = self.verify(token);
+        let Some(source) = &self.jwks_source else {
+            return result;
+        };
+        if result != Err(AuthError::TokenInvalid) {
+            return result;
+        }
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        match kid {
+            Some(kid) if !self.knows(&kid) => {
+                source.refresh_on_miss().await;
+                self.verify(token)
+            }
+            _ => result,
+        }
+    }
+
+    /// Whether a static key or the JWK Set as it is now has this `kid`.
+    fn knows(&self, kid: &str) -> bool {
+        let in_set = self.jwks.as_ref().is_some_and(|set| {
+            let set = set
+                .read()
+                .map_or_else(|p| p.into_inner().clone(), |g| g.clone());
+            set.iter().any(|k| k.kid.as_deref() == Some(kid))
+        });
+        in_set || self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {

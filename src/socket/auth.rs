@@ -109,7 +109,7 @@ pub async fn authenticate<A: Adapter>(
     }
     let result = match find_token(auth.as_ref().ok(), req) {
         None => Err(AuthError::TokenMissing),
-        Some(token) => ctx.verifier.verify(&token),
+        Some(token) => ctx.verifier.verify_or_refresh(&token).await,
     };
     let identity = match result {
         Ok(identity) => Arc::new(identity),

@@ -26,10 +26,10 @@ pub async fn handle<A: Adapter>(
     TryData(payload): TryData<Value>,
     reply: Responder<A>,
 ) {
-    reply.result(refresh(&s, &ctx, payload.ok()));
+    reply.result(refresh(&s, &ctx, payload.ok()).await);
 }
 
-fn refresh<A: Adapter>(
+async fn refresh<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &SocketCtx,
     payload: Option<Value>,
@@ -40,7 +40,8 @@ fn refresh<A: Adapter>(
     let old = identity_of(s).ok_or(CommandError::RefreshMismatch)?;
     let new = ctx
         .verifier
-        .verify(&request.token)
+        .verify_or_refresh(&request.token)
+        .await
         .map_err(CommandError::Token)?;
     if new.user_id != old.user_id || new.tenant != old.tenant {
         return Err(CommandError::RefreshMismatch);
