@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -375,13 +376,15 @@ async fn a_missing_jwks_file_is_a_startup_error() {
 /// What the little identity provider of the URL test serves: status and body.
 type Served = Arc<Mutex<(u16, String)>>;
 
-async fn serve_jwks(served: Served) -> std::net::SocketAddr {
+/// Serves `served` at `/.well-known/jwks.json`, counting the fetches in `fetches`.
+async fn serve_jwks_counted(served: Served, fetches: Arc<AtomicUsize>) -> std::net::SocketAddr {
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/.well-known/jwks.json",
         get(move || {
-            let served = served.clone();
+            let (served, fetches) = (served.clone(), fetches.clone());
             async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
                 let (status, body) = served.lock().unwrap().clone();
                 (axum::http::StatusCode::from_u16(status).unwrap(), body)
             }
@@ -391,6 +394,10 @@ async fn serve_jwks(served: Served) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+async fn serve_jwks(served: Served) -> std::net::SocketAddr {
+    serve_jwks_counted(served, Arc::default()).await
 }
 
 #[tokio::test]
@@ -450,34 +457,15 @@ async fn an_unreachable_jwks_url_does_not_stop_the_server() {
 
 #[tokio::test]
 async fn a_new_kid_rereads_the_jwks_at_once_but_not_for_every_unknown_kid() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let served: Served = Arc::new(Mutex::new((
         200,
         jwks(vec![jwk(&ec_key(), Algorithm::ES256, "ec-1")]),
     )));
     let fetches = Arc::new(AtomicUsize::new(0));
-    let idp = {
-        use axum::routing::get;
-        let (served, fetches) = (served.clone(), fetches.clone());
-        let app = axum::Router::new().route(
-            "/jwks",
-            get(move || {
-                let (served, fetches) = (served.clone(), fetches.clone());
-                async move {
-                    fetches.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = served.lock().unwrap().clone();
-                    (axum::http::StatusCode::from_u16(status).unwrap(), body)
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
-    };
+    let idp = serve_jwks_counted(served.clone(), fetches.clone()).await;
     // The timed refresh is an hour away: only a re-read for the new kid can find it.
     let server = TestServer::start_with_auth(&format!(
-        "[auth]\nleeway_secs = 0\njwks_url = \"http://{idp}/jwks\"\njwks_refresh_secs = 3600"
+        "[auth]\nleeway_secs = 0\njwks_url = \"http://{idp}/.well-known/jwks.json\"\njwks_refresh_secs = 3600"
     ))
     .await;
     assert_eq!(fetches.load(Ordering::SeqCst), 1, "loaded once at startup");

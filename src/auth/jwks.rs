@@ -109,13 +109,16 @@ impl Jwks {
             return;
         }
         *last = Some(now);
+        self.refresh_logged("re-read for an unknown kid").await;
+    }
+
+    /// Refreshes, logging the outcome as `what` (a failure keeps the last good set).
+    async fn refresh_logged(&self, what: &str) {
         match self.refresh().await {
-            Ok(count) => {
-                tracing::info!(source = %self.describe(), keys = count, "JWK Set re-read for an unknown kid")
-            }
+            Ok(count) => tracing::debug!(source = %self.describe(), keys = count, "JWK Set {what}"),
             Err(e) => tracing::warn!(
                 source = %self.describe(),
-                "JWK Set re-read for an unknown kid failed, keeping the last good set: {e}"
+                "JWK Set {what} failed, keeping the last good set: {e}"
             ),
         }
     }
@@ -155,15 +158,7 @@ impl Jwks {
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            match self.refresh().await {
-                Ok(count) => {
-                    tracing::debug!(source = %self.describe(), keys = count, "JWK Set refreshed")
-                }
-                Err(e) => tracing::warn!(
-                    source = %self.describe(),
-                    "JWK Set refresh failed, keeping the last good set: {e}"
-                ),
-            }
+            self.refresh_logged("refresh").await;
         }
     }
 }
