@@ -19,7 +19,7 @@ pub fn micros_since(start: u64) -> u32 {
 
 /// CPU seconds (user + system) the processes have used so far; `None` without pids.
 pub fn cpu_secs(pids: &[u32]) -> Option<f64> {
-    cpu_split(pids).map(|c| c.user + c.system)
+    cpu_split(pids).map(Cpu::total)
 }
 
 /// CPU seconds the processes have spent in user space and in the kernel so far.

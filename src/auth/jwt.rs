@@ -209,7 +209,7 @@ impl fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// The static keys of `config`; a JWK Set is attached with [`Self::with_jwks`].
+    /// The static keys of `config`; a JWK Set is attached with [`Self::with_jwks_source`].
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.jwt_secret {
@@ -254,12 +254,6 @@ impl JwtVerifier {
         })
     }
 
-    /// Also verifies with the (changing) keys of a JWK Set.
-    pub fn with_jwks(mut self, jwks: SharedKeys) -> Self {
-        self.jwks = Some(jwks);
-        self
-    }
-
     /// Also verifies with the keys of `jwks`, and re-reads it when a token names a `kid`
     /// that no key has (see [`Self::verify_or_refresh`]).
     pub fn with_jwks_source(mut self, jwks: Arc<super::Jwks>) -> Self {
@@ -291,21 +285,23 @@ impl JwtVerifier {
 
     /// Whether a static key or the JWK Set as it is now has this `kid`.
     fn knows(&self, kid: &str) -> bool {
-        let in_set = self.jwks.as_ref().is_some_and(|set| {
-            let set = set
-                .read()
-                .map_or_else(|p| p.into_inner().clone(), |g| g.clone());
-            set.iter().any(|k| k.kid.as_deref() == Some(kid))
-        });
+        let in_set = self
+            .jwks_now()
+            .is_some_and(|set| set.iter().any(|k| k.kid.as_deref() == Some(kid)));
         in_set || self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// The JWK Set's keys as they are now, if a set is attached.
+    fn jwks_now(&self) -> Option<Arc<[VerifyKey]>> {
+        self.jwks.as_ref().map(|set| {
+            set.read()
+                .map_or_else(|p| p.into_inner().clone(), |g| g.clone())
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::TokenInvalid)?;
-        let jwks = self.jwks.as_ref().map(|set| {
-            set.read()
-                .map_or_else(|p| p.into_inner().clone(), |g| g.clone())
-        });
+        let jwks = self.jwks_now();
         let all = self
             .keys
             .iter()

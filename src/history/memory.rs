@@ -184,7 +184,6 @@ impl History {
                 }
             }
         }
-
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         for key in idle {
             // Only if nobody holds it meanwhile (a publish or a replay in progress).
