@@ -10,6 +10,8 @@
 //! - [`github`]: GitHub webhook signatures and payloads → `pr.*` / `issue.*` events.
 //! - [`ingest`]: durable ingest from a Redis stream (a consumer group over all nodes).
 //! - [`socket`]: the connect middleware and one file per client command.
+//! - [`tcp`]: the accepted connections: closed lingering (no RST), severed at the end of a
+//!   drain so clients see a dropped transport.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
 //! - [`http`]: one file per endpoint group, and the `/debug` and `/admin` pages (assets in
@@ -62,6 +64,7 @@ pub mod metrics;
 pub mod presence;
 pub mod rooms;
 pub mod socket;
+pub mod tcp;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -339,9 +342,12 @@ impl Roomcast {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains: `/ready` answers 503,
-    /// no connection is accepted, every socket is sent `server.shutdown`, publishes in flight
-    /// finish, sockets are closed and the node leaves the cluster, all within
-    /// `server.shutdown_timeout_secs`. Installs [`EventBroadcaster::global`].
+    /// no connection is accepted, every socket is sent `server.shutdown`, publishes and HTTP
+    /// requests in flight finish, the websockets left are ended as a dropped transport would
+    /// end them (what was queued is written first; no Engine.IO close, so stock clients
+    /// reconnect by themselves), the other sessions are closed and the node leaves the
+    /// cluster, all within `server.shutdown_timeout_secs`. Installs
+    /// [`EventBroadcaster::global`].
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -354,12 +360,13 @@ impl Roomcast {
         let stop_ingest = self.stop_ingest.clone();
         let (limit, reconnect_after_ms) = (self.shutdown_timeout, self.reconnect_after_ms);
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let connections = tcp::Connections::default();
         // The listener closes as soon as the signal comes; HTTP requests under way finish,
-        // and upgraded websockets are ours to close below.
+        // and upgraded websockets are ours to end below.
         // Small frames (the handshake's answer, then `connection.established`) must not wait
         // for the client's delayed ACK: without TCP_NODELAY a connect costs ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
+        let listener = axum::serve::ListenerExt::tap_io(connections.listener(listener), |conn| {
+            if let Err(e) = conn.set_nodelay(true) {
                 tracing::debug!("cannot set TCP_NODELAY: {e}");
             }
         });
@@ -386,7 +393,7 @@ impl Roomcast {
             Some(result) if drain_started.try_recv().is_err() => return result,
             other => other,
         };
-        let steps = async {
+        let notice = async {
             // No new stream entries are taken; what is not acknowledged stays pending for
             // the nodes that remain (or this one after its restart).
             let _ = stop_ingest.send(true);
@@ -396,21 +403,30 @@ impl Roomcast {
             )
             .await;
             broadcaster.idle(limit).await;
+        };
+        // The server keeps being polled meanwhile: that is what closes its listener and
+        // lets requests under way (long polls among them: the notice ends them) finish.
+        let http = async {
+            match finished {
+                Some(result) => result,
+                None => (&mut server).await,
+            }
+        };
+        let drain = async {
+            let ((), result) = tokio::join!(notice, http);
+            // Only upgraded websockets are left. Each ends as if its client had gone: the
+            // session writes what was queued, then closes the websocket. An Engine.IO close
+            // packet (`Hub::close`) would tell python-socketio the server meant it: it would
+            // not reconnect.
+            connections.sever();
+            connections.closed().await;
+            // Sessions without a connection (polling between requests) end here; the node
+            // leaves the cluster.
             hub.close().await;
             if let Some(cluster) = cluster {
                 cluster.leave().await;
             }
-        };
-        // The server keeps being polled meanwhile: that is what closes its listener and
-        // lets requests under way finish.
-        let drain = async {
-            match finished {
-                Some(result) => {
-                    steps.await;
-                    result
-                }
-                None => tokio::join!(steps, server).1,
-            }
+            result
         };
         // Draining gets at most the shutdown timeout.
         match tokio::time::timeout(limit, drain).await {

@@ -64,7 +64,11 @@ where
                 if let Err(e) = s.emit("error", &notice) {
                     tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send rate_limit_exceeded: {e}");
                 }
-                let _ = s.disconnect();
+                // The DISCONNECT follows the notice in the socket's buffer; the connection is
+                // closed lingering (`tcp`), so both arrive though the client is still sending.
+                if let Err(e) = s.clone().disconnect() {
+                    tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot disconnect: {e}");
+                }
             }
         }
     }

@@ -245,14 +245,15 @@ def roomcast_bin() -> Path:
     return Path(os.environ.get("ROOMCAST_BIN") or DEFAULT_BIN)
 
 
-def start_server(node_id: str = NODE_ID, cluster: dict | None = None, **limits: Any) -> Server:
-    """Starts `roomcast serve` on a free port and waits for /ready. `cluster`
+def start_server(node_id: str = NODE_ID, cluster: dict | None = None, port: int | None = None,
+                 **limits: Any) -> Server:
+    """Starts `roomcast serve` on `port` (default: a free one) and waits for /ready. `cluster`
     ({"redis_url", "key_prefix"}) makes it a node of that cluster."""
     binary = roomcast_bin()
     if not binary.exists():
         pytest.fail(f"roomcast binary not found at {binary}; run `cargo build` or set ROOMCAST_BIN")
     workdir = Path(tempfile.mkdtemp(prefix="roomcast-e2e-"))
-    port = free_port()
+    port = port or free_port()
     config = workdir / "config.toml"
     config.write_text(render_config(port, node_id=node_id, cluster=cluster, **limits))
     log_path = workdir / "server.log"
