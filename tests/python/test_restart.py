@@ -184,6 +184,8 @@ def test_a_restarted_server_is_rejoined_by_itself_and_nothing_is_lost(history, d
         # The deploy: SIGTERM, the process drains and exits.
         old.proc.send_signal(signal.SIGTERM)
         assert old.proc.wait(timeout=SHUTDOWN_DEADLINE_S) == 0, old.log_tail()
+        # (python-socketio runs handlers in threads or tasks of their own: wait for them.)
+        wait_for(lambda: recipe.shutdowns, message="server.shutdown")
         assert recipe.shutdowns == [{"reconnect_after_ms": 1000}], recipe.shutdowns
         # A dropped transport, not a deliberate disconnect (which python-socketio never retries).
         wait_for(lambda: recipe.disconnects, message="the disconnect")
