@@ -143,13 +143,14 @@ class Server:
                 self.proc.wait(timeout=5)
 
 
-def start_server(**config: Any) -> Server:
-    """Starts `roomcast serve` on a free port with a temp config and waits for /ready."""
+def start_server(port: Optional[int] = None, **config: Any) -> Server:
+    """Starts `roomcast serve` on `port` (default: a free one) with a temp config and waits
+    for /ready."""
     binary = Path(os.environ.get("ROOMCAST_BIN") or DEFAULT_BIN)
     if not binary.exists():
         pytest.fail(f"roomcast binary not found at {binary}; run `cargo build` or set ROOMCAST_BIN")
     workdir = Path(tempfile.mkdtemp(prefix="roomcast-pyclient-"))
-    port = free_port()
+    port = port or free_port()
     config_path = workdir / "config.toml"
     config_path.write_text(render_config(port, **config))
     log_path = workdir / "server.log"
