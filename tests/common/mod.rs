@@ -642,6 +642,23 @@ impl Client {
         }
     }
 
+    /// How the connection ends: `"engine.io close"` (packet `1`), `"socket.io disconnect"`
+    /// (`41`), `"transport"` (websocket close or end of stream) or `"open"` (still open at the
+    /// deadline). Stock clients reconnect by themselves only after `"transport"`.
+    pub async fn ending(&mut self) -> &'static str {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.ws.next()).await {
+                Err(_) => return "open",
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return "transport",
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "1" => return "engine.io close",
+                Ok(Some(Ok(Message::Text(t)))) if t.starts_with("41") => {
+                    return "socket.io disconnect";
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Every event received so far and not yet consumed.
     pub fn received(&self) -> Vec<String> {
         self.pending.iter().map(|(n, _)| n.clone()).collect()
