@@ -92,15 +92,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   echo "$want" > "$stamp"
 fi
-"$venv/bin/python" -m pytest tests/python -q
-
-step "Python client (clients/python)"
+# The client too: tests/python/test_snippets.py runs the docs' snippets that use it.
 stamp="$venv/.roomcast-client.sha256"
 want=$(sha256sum clients/python/pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -e 'clients/python[test]'
   echo "$want" > "$stamp"
 fi
+"$venv/bin/python" -m pytest tests/python -q
+
+step "Python client (clients/python)"
 "$venv/bin/python" -m pytest clients/python -q
 
 # Last, so that a browser problem does not keep the other suites from running.
