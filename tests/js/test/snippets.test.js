@@ -3,7 +3,8 @@
 //
 // - The app they run in is made exactly as the README says: a fresh copy of clients/js (no
 //   node_modules, no dist) next to an empty app folder, then the README's own
-//   `npm install --install-links ../roomcast/clients/js` line, plus React for the React snippet.
+//   `npm install --install-links ../roomcast/clients/js` line, plus React for the React snippet
+//   and socket.io-client for the stock ones.
 // - The server runs the shipped config.toml on a free port; `TOKEN` (and `token`) is minted
 //   with `roomcast token --sub alice --projects 42`, as the README does; the address
 //   `http://127.0.0.1:8000` in a snippet is replaced by the server's. Nothing else is changed.
@@ -63,9 +64,11 @@ before(async () => {
   fs.mkdirSync(app);
   fs.writeFileSync(path.join(app, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));
   const npm = (args) => execFileSync("npm", [...args, "--no-audit", "--no-fund"], { cwd: app, stdio: "pipe", timeout: 300_000 });
-  // The app's own React (and a DOM for Node), at the versions the client is tested with.
-  const dev = JSON.parse(fs.readFileSync(path.join(pkg, "package.json"), "utf8")).devDependencies;
-  npm(["install", ...["react", "react-dom", "jsdom", "global-jsdom"].map((p) => `${p}@${dev[p]}`)]);
+  // The app's own React (and a DOM for Node) and socket.io-client for the stock snippets, at
+  // the versions the client is tested with.
+  const { dependencies, devDependencies } = JSON.parse(fs.readFileSync(path.join(pkg, "package.json"), "utf8"));
+  const versions = { ...dependencies, ...devDependencies };
+  npm(["install", ...["react", "react-dom", "jsdom", "global-jsdom", "socket.io-client"].map((p) => `${p}@${versions[p]}`)]);
   const readme = fs.readFileSync(path.join(REPO_ROOT, "README.md"), "utf8");
   const line = readme.split("\n").find((l) => l.startsWith("npm install --install-links "));
   assert.ok(line, "README.md has the install line");
@@ -96,8 +99,20 @@ test("the README install line gives an importable package with one React", () =>
     { cwd: app, encoding: "utf8" },
   );
   assert.equal(out.trim(), "function function");
-  const reacts = execFileSync("find", [app, "-path", "*/node_modules/react/package.json"], { encoding: "utf8" }).trim().split("\n");
-  assert.deepEqual(reacts, [path.join(app, "node_modules", "react", "package.json")], "exactly one React in the app");
+  // The React that the package's own files resolve (from where they really are: npm links a
+  // local folder unless told otherwise) is the app's.
+  const fromPackage = execFileSync(
+    process.execPath,
+    [
+      "--input-type=module",
+      "-e",
+      'import fs from "node:fs"; import { createRequire } from "node:module"; ' +
+        'const pkg = fs.realpathSync("node_modules/roomcast-client/dist/react/index.js"); ' +
+        "console.log(fs.realpathSync(createRequire(pkg).resolve(\"react\")))",
+    ],
+    { cwd: app, encoding: "utf8" },
+  ).trim();
+  assert.equal(fromPackage, fs.realpathSync(path.join(app, "node_modules", "react", "index.js")), "the package uses the app's React");
 });
 
 test("the docs have the snippets this harness knows", () => {
