@@ -223,3 +223,65 @@ async fn pages_can_be_turned_off() {
     assert_eq!(page(&server, "/admin").await.0, 404);
     assert_eq!(page(&server, "/pages/admin.js").await.0, 404);
 }
+
+#[tokio::test]
+async fn the_root_names_the_version_and_links_every_page_and_the_docs() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "roomcast");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let links = body["links"].as_object().expect("links");
+    for path in [
+        "/debug",
+        "/admin",
+        "/health",
+        "/ready",
+        "/api/v1/schema",
+        "/docs/WEBSOCKET_API.md",
+    ] {
+        assert!(links.contains_key(path), "{path} missing: {body}");
+        assert_eq!(
+            page(&server, path).await.0,
+            200,
+            "{path} is linked but not served"
+        );
+    }
+    let (status, content_type, docs) = page(&server, "/docs/WEBSOCKET_API.md").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/markdown"), "{content_type}");
+    assert!(
+        docs.starts_with("# Roomcast WebSocket & HTTP API"),
+        "{docs:.80}"
+    );
+
+    // A browser gets a page with the same links.
+    let resp = reqwest::Client::new()
+        .get(server.url("/"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains(&format!("Roomcast {}", env!("CARGO_PKG_VERSION"))),
+        "{html}"
+    );
+    for path in links.keys() {
+        assert!(html.contains(&format!("href=\"{path}\"")), "{path}: {html}");
+    }
+
+    // Pages that are off are not linked.
+    let server = TestServer::start_with("[pages]\ndebug = false\nadmin = false").await;
+    let (_, body) = server.get("/", None).await;
+    assert!(body["links"].get("/debug").is_none(), "{body}");
+    assert!(body["links"].get("/admin").is_none(), "{body}");
+    assert!(body["links"].get("/health").is_some(), "{body}");
+}

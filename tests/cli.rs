@@ -162,3 +162,62 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(out.status.success(), "{command}: {:?} {stderr}", out.status);
     }
 }
+
+#[test]
+fn genconfig_states_the_scopes_its_key_really_has() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .arg("genconfig")
+        .output()
+        .expect("run roomcast");
+    assert!(out.status.success());
+    let config = roomcast::Config::from_toml(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(config.api_keys.len(), 1);
+    let granted: Vec<&str> = config.api_keys[0]
+        .scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("(scopes: {}),", granted.join(", "))),
+        "stderr {stderr:?} must state the granted scopes {granted:?}"
+    );
+}
+
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    // A directory without config.toml: the defaults, with the bind from the environment.
+    let dir = std::env::temp_dir().join(format!("roomcast-inuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .arg("serve")
+        .current_dir(&dir)
+        .env_remove("ROOMCAST_CONFIG")
+        .env("ROOMCAST_SERVER__BIND", addr.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run roomcast");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("roomcast serve kept running on an address in use");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: ")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    drop(taken);
+}

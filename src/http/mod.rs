@@ -9,6 +9,7 @@ mod error;
 pub mod events;
 mod health;
 mod history;
+mod index;
 mod metrics;
 mod pages;
 mod presence;
@@ -102,6 +103,8 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
     };
     let (publish, read, admin) = (Key(Scope::Publish), Key(Scope::Read), Key(Scope::Admin));
     vec![
+        (e(Method::GET, "/", Open), get(index::index)),
+        (e(Method::GET, index::DOCS_PATH, Open), get(index::docs)),
         (
             e(Method::POST, "/api/v1/events", publish),
             post(events::publish_event),
