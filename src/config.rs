@@ -1216,6 +1216,15 @@ mod tests {
     }
 
     #[test]
+    fn parser_is_json_or_msgpack() {
+        assert_eq!(Config::default().server.parser, Parser::Json);
+        let config = Config::from_toml("[server]\nparser = \"msgpack\"").unwrap();
+        assert_eq!(config.server.parser, Parser::Msgpack);
+        let err = Config::from_toml("[server]\nparser = \"cbor\"").unwrap_err();
+        assert!(err.to_string().contains("parser"), "{err}");
+    }
+
+    #[test]
     fn wire_loggers_stay_at_info_unless_named() {
         let f = log_filter("trace");
         assert!(f.starts_with("trace,"), "{f}");

@@ -97,6 +97,17 @@ describe("socket.io-client 2.x (Engine.IO v3)", () => {
       const got = await inboxEntry(socket, (e) => e.name === "workflow.progress" && e.payload?.id === sent.id, "the event");
       assertEnvelope(got.payload, { type: "workflow.progress", room: "project:7", data: progress(transport.length).data, id: sent.id });
       assert.equal(got.args.length, 1, "one argument: the envelope");
+
+      // Engine.IO v3 frames polling payloads by length: text beyond ASCII and the BMP too.
+      const data = { text: "héllo wörld 🚀 日本語", n: 1.5, list: [null, true, { deep: "✓" }] };
+      const custom = await http(`${srv.url}/api/v1/broadcast`, {
+        method: "POST",
+        key: srv.apiKey,
+        body: { event: "deploy.finished", room: "project:7", data },
+      });
+      assert.equal(custom.status, 202, custom.text);
+      const unicode = await inboxEntry(socket, (e) => e.name === "deploy.finished" && e.payload?.id === custom.body.id, "the custom event");
+      assert.deepEqual(unicode.payload.data, data);
     });
 
     test(`over ${transport}: without a token the handshake is refused with an "error" event {message: "token_missing"}`, async () => {
