@@ -207,6 +207,18 @@ pub struct ServerConfig {
     /// Browser origins allowed to call the HTTP API and Socket.IO long-polling from
     /// another origin (CORS). Empty: same-origin only.
     pub cors_origins: Vec<String>,
+    /// The Socket.IO parser every client of this server must use: one per server (and the
+    /// same on every node of a cluster).
+    pub parser: Parser,
+}
+
+/// How Socket.IO packets are encoded: `json`, the stock parser, or `msgpack`, the
+/// `socket.io-msgpack-parser` package's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parser {
+    Json,
+    Msgpack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,6 +480,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             reconnect_after_ms: 1000,
             cors_origins: Vec::new(),
+            parser: Parser::Json,
         }
     }
 }
@@ -1200,6 +1213,15 @@ mod tests {
             let err = Config::from_toml(&format!("[server]\ncors_origins = [\"{bad}\"]"));
             assert!(err.is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn parser_is_json_or_msgpack() {
+        assert_eq!(Config::default().server.parser, Parser::Json);
+        let config = Config::from_toml("[server]\nparser = \"msgpack\"").unwrap();
+        assert_eq!(config.server.parser, Parser::Msgpack);
+        let err = Config::from_toml("[server]\nparser = \"cbor\"").unwrap_err();
+        assert!(err.to_string().contains("parser"), "{err}");
     }
 
     #[test]

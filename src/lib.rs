@@ -165,6 +165,7 @@ impl Roomcast {
             lifetimes: lifetimes.clone(),
             history: history.clone(),
             limits: limits.clone(),
+            parser: config.server.parser,
         });
         let builder = socketio_builder(config).with_state(ctx);
         let parts = Parts {
@@ -207,7 +208,7 @@ impl Roomcast {
         tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
         tokio::spawn(p.limits.clone().run_sweeper());
         tokio::spawn(memory::run_trimmer());
-        let io = Arc::new(io);
+        let io = Arc::new(socket::Sockets::new(io, p.config.server.parser));
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let window = Duration::from_secs(p.config.publish.idempotency_window_secs);
         let idempotency: Arc<dyn idempotency::IdempotencyStore> = match &p.cluster {
@@ -450,13 +451,18 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         .ws_max_frame_size(limits.ws_max_frame_bytes)
         .ws_read_buffer_size(limits.ws_read_buffer_bytes.max(256))
         .max_payload(limits.polling_max_payload_bytes)
-        .max_buffer_size(limits.socket_buffer_packets)
-        .with_parser(
+        .max_buffer_size(limits.socket_buffer_packets);
+    let builder = match server.parser {
+        config::Parser::Json => builder.with_parser(
             socketioxide::ParserConfig::common()
                 .max_incoming_binaries(limits.max_binary_attachments)
                 .max_incoming_binary_buf_size(limits.max_binary_bytes)
                 .packet_completion_timeout(BINARY_COMPLETION_TIMEOUT),
-        );
+        ),
+        // A msgpack packet carries its binaries inline: one frame, bounded by the message
+        // and payload limits above, so the attachment limits have nothing to count.
+        config::Parser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),
+    };
     let websocket = server.transports.contains(&Transport::Websocket);
     let polling = server.transports.contains(&Transport::Polling);
     match (websocket, polling) {

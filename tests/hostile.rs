@@ -407,6 +407,37 @@ async fn http_garbage(server: &TestServer) -> usize {
             requests += 1;
         }
     }
+    // Engine.IO v3 (socket.io-client 2.x) polling frames packets by length: a real v3
+    // session fed lengths that lie, overflow or cut a character in half.
+    if let Ok(resp) = client
+        .get(server.url("/socket.io/?EIO=3&transport=polling&b64=1"))
+        .send()
+        .await
+        && let Ok(open) = resp.text().await
+        && let Some(sid) = open
+            .split_once(':')
+            .and_then(|(_, packet)| packet.strip_prefix('0'))
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| v["sid"].as_str().map(str::to_owned))
+    {
+        let url = server.url(&format!("/socket.io/?EIO=3&transport=polling&sid={sid}"));
+        let nested_event = format!("42{}", nested(5000));
+        for body in [
+            "2:40".to_owned(),
+            "99999999999999999999:4".to_owned(),
+            "3:4é".to_owned(),
+            "1:".to_owned(),
+            ":::".to_owned(),
+            "0:".to_owned(),
+            "7:42[\"x\"".to_owned(),
+            format!("{}:{nested_event}", nested_event.len()),
+            "\u{0}\u{1}\u{ff}".to_owned(),
+            "9".repeat(60_000),
+        ] {
+            let _ = client.post(&url).body(body).send().await;
+            requests += 1;
+        }
+    }
     requests
 }
 

@@ -32,6 +32,7 @@ use socketioxide_core::adapter::errors::BroadcastError;
 
 use crate::auth::{Identity, JwtVerifier};
 use crate::broadcaster::Deliver;
+use crate::config::Parser;
 use crate::events::Timestamp;
 use crate::history::HistoryStore;
 use crate::limits::{Limits, Slot};
@@ -61,6 +62,8 @@ pub struct SocketCtxInner {
     pub lifetimes: Arc<lifetime::Lifetimes>,
     pub history: HistoryStore,
     pub limits: Arc<Limits>,
+    /// The server's Socket.IO parser, for the payloads kept as raw JSON.
+    pub parser: Parser,
 }
 
 impl SocketCtx {
@@ -218,7 +221,49 @@ async fn on_disconnect<A: Adapter>(
     ctx.lifetimes.unwatch(s.ns(), s.id, identity.expires_at);
 }
 
-impl<A: Adapter> Deliver for SocketIo<A> {
+/// An envelope kept as raw JSON, as the server's parser must be handed it. The JSON parser
+/// copies the raw text into the packet as it is; msgpack would encode a `RawValue` as
+/// serde_json's private struct (a map holding the JSON text), so for msgpack the text is
+/// parsed into a value first: once per broadcast, not per recipient.
+pub enum Payload<'a> {
+    Raw(&'a RawValue),
+    Parsed(serde_json::Value),
+}
+
+impl<'a> Payload<'a> {
+    pub fn new(parser: Parser, raw: &'a RawValue) -> Self {
+        match parser {
+            Parser::Json => Self::Raw(raw),
+            // A RawValue always holds valid JSON; were it ever not to parse, the raw text is
+            // still better than nothing.
+            Parser::Msgpack => serde_json::from_str(raw.get()).map_or(Self::Raw(raw), Self::Parsed),
+        }
+    }
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Raw(raw) => raw.serialize(serializer),
+            Self::Parsed(value) => value.serialize(serializer),
+        }
+    }
+}
+
+/// The Socket.IO server as the broadcaster and the HTTP side see it: delivery, census and
+/// the cluster-wide operations, with the parser that decides how raw payloads are handed on.
+pub struct Sockets<A: Adapter> {
+    io: SocketIo<A>,
+    parser: Parser,
+}
+
+impl<A: Adapter> Sockets<A> {
+    pub fn new(io: SocketIo<A>, parser: Parser) -> Self {
+        Self { io, parser }
+    }
+}
+
+impl<A: Adapter> Deliver for Sockets<A> {
     fn deliver<'a>(
         &'a self,
         rooms: Vec<Cow<'static, str>>,
@@ -228,10 +273,11 @@ impl<A: Adapter> Deliver for SocketIo<A> {
     ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let mut failed = 0;
+            let payload = Payload::new(self.parser, payload);
             for ns in NAMESPACES {
-                let Some(op) = self.of(ns) else { continue };
+                let Some(op) = self.io.of(ns) else { continue };
                 let op = if local_only { op.local() } else { op };
-                match op.to(rooms.clone()).emit(event, payload).await {
+                match op.to(rooms.clone()).emit(event, &payload).await {
                     Ok(()) => {}
                     Err(BroadcastError::Socket(errors)) => failed += errors.len() as u64,
                     // The other nodes were not told; nothing was delivered here either.
@@ -259,12 +305,12 @@ pub trait Hub: Deliver + Census {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-impl<A: Adapter> Hub for SocketIo<A> {
+impl<A: Adapter> Hub for Sockets<A> {
     fn disconnect_room(&self, room: Cow<'static, str>) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
             let mut count = 0;
             for ns in NAMESPACES {
-                let Some(op) = self.of(ns) else { continue };
+                let Some(op) = self.io.of(ns) else { continue };
                 let sockets = op
                     .clone()
                     .within(room.clone())
@@ -288,7 +334,7 @@ impl<A: Adapter> Hub for SocketIo<A> {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             for ns in NAMESPACES {
-                if let Some(op) = self.of(ns)
+                if let Some(op) = self.io.of(ns)
                     && let Err(e) = op.local().emit(event, data).await
                 {
                     tracing::debug!(ns, event, "not every socket reached: {e}");
@@ -298,7 +344,7 @@ impl<A: Adapter> Hub for SocketIo<A> {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(SocketIo::close(self))
+        Box::pin(SocketIo::close(&self.io))
     }
 }
 
@@ -360,16 +406,21 @@ fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool) -> Walk {
     found
 }
 
-impl<A: Adapter> Census for SocketIo<A> {
+impl<A: Adapter> Census for Sockets<A> {
     fn per_namespace(&self) -> Vec<(&'static str, u64)> {
         NAMESPACES
             .iter()
-            .map(|ns| (*ns, self.of(ns).map_or(0, |op| op.sockets().len() as u64)))
+            .map(|ns| {
+                (
+                    *ns,
+                    self.io.of(ns).map_or(0, |op| op.sockets().len() as u64),
+                )
+            })
             .collect()
     }
 
     fn counts(&self) -> (u64, u64) {
-        let found = walk(self, false);
+        let found = walk(&self.io, false);
         (found.connections, found.users.len() as u64)
     }
 
@@ -378,7 +429,7 @@ impl<A: Adapter> Census for SocketIo<A> {
             connections,
             users,
             rooms,
-        } = walk(self, true);
+        } = walk(&self.io, true);
         let tenants: HashSet<&Id> = users.iter().map(|(tenant, _)| tenant).collect();
         let mut top_rooms: Vec<RoomMembers> = rooms
             .iter()

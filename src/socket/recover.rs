@@ -146,8 +146,13 @@ fn report(epoch: &str, seq: u64, replayed: Option<usize>) -> Value {
     }
 }
 
-fn emit<A: Adapter>(s: &SocketRef<A>, event: &str, payload: &serde_json::value::RawValue) -> bool {
-    match s.emit(event, payload) {
+fn emit<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    event: &str,
+    payload: &serde_json::value::RawValue,
+) -> bool {
+    match s.emit(event, &super::Payload::new(ctx.parser, payload)) {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!(sid = %s.id, "replay stopped: {e}");
@@ -203,7 +208,7 @@ async fn from_memory<A: Adapter>(
     let mut seen = HashSet::new();
     backlog.retain(|e| seen.insert(Arc::as_ptr(&e.payload).cast::<u8>() as usize));
     for entry in backlog {
-        if !emit(s, &entry.event, &entry.payload) {
+        if !emit(s, ctx, &entry.event, &entry.payload) {
             break;
         }
     }
@@ -289,13 +294,13 @@ async fn from_redis<A: Adapter>(
 
     let mut sent = HashSet::new();
     for stored in merge(backlogs) {
-        if sent.insert(stored.id.clone()) && !emit(s, &stored.event, &stored.payload) {
+        if sent.insert(stored.id.clone()) && !emit(s, ctx, &stored.event, &stored.payload) {
             return;
         }
     }
     for numbered in live {
         if newer(&numbered, &read_up_to) && sent.insert(numbered.id.clone()) {
-            emit(s, &numbered.event, &numbered.payload);
+            emit(s, ctx, &numbered.event, &numbered.payload);
         }
     }
 }
