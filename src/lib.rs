@@ -115,6 +115,8 @@ struct Parts {
     history: history::HistoryStore,
     cluster: Option<Arc<Cluster>>,
     limits: Arc<limits::Limits>,
+    /// For the HTTP screening of handshakes in front of Socket.IO.
+    socket_ctx: SocketCtx,
 }
 
 impl Roomcast {
@@ -167,7 +169,7 @@ impl Roomcast {
             limits: limits.clone(),
             parser: config.server.parser,
         });
-        let builder = socketio_builder(config).with_state(ctx);
+        let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
             config: config.clone(),
             node_id,
@@ -179,6 +181,7 @@ impl Roomcast {
             history,
             cluster: cluster.clone(),
             limits,
+            socket_ctx: ctx,
         };
         match &cluster {
             Some(c) => {
@@ -283,7 +286,7 @@ impl Roomcast {
             .layer(layer)
             .layer(axum::middleware::map_request(socket::detach_head))
             .layer(axum::middleware::map_request_with_state(
-                p.limits,
+                p.socket_ctx,
                 socket::screen_handshake,
             ))
             // Outermost, so Socket.IO long-polling and the API answer preflights alike.

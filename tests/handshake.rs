@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use roomcast::auth::jwt::TokenClaims;
 use serde_json::json;
 
 #[tokio::test]
@@ -151,4 +152,131 @@ async fn a_command_sent_the_moment_connect_is_answered_is_answered() {
             ack.unwrap_or_else(|| panic!("attempt {attempt}: the subscribe was never answered"));
         assert!(ack.contains("\"ok\":true"), "attempt {attempt}: {ack}");
     }
+}
+
+/// `GET path` with optional `Authorization: Bearer`; the status, `Retry-After` and body.
+async fn eio_get(server: &TestServer, path: &str, bearer: Option<&str>) -> (u16, bool, String) {
+    let mut req = reqwest::Client::new().get(server.url(path));
+    if let Some(token) = bearer {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().contains_key("retry-after");
+    let body = resp.bytes().await.unwrap_or_default();
+    (
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// socket.io-client 2.x (Engine.IO v3) brings its token with the HTTP request, and
+/// socketioxide connects a v3 session to `/` as it opens, with no connect timeout: a refused
+/// session would stay open as long as its client pings. So the request itself is answered
+/// 401 `{code, message}` and no session (no `sid`) exists, however often it is tried.
+#[tokio::test]
+async fn an_engine_io_v3_handshake_without_a_valid_token_opens_no_session() {
+    let server = TestServer::start().await;
+    let (_, before) = server.get("/api/v1/websocket/stats", Some(KEY)).await;
+    let expired = token(&TokenClaims::new("alice", 1));
+    let poll = "/socket.io/?EIO=3&transport=polling";
+    let cases: Vec<(String, Option<&str>, &str)> = vec![
+        (poll.to_owned(), None, "token_missing"),
+        (format!("{poll}&b64=1&token="), None, "token_missing"),
+        (format!("{poll}&token=not-a-jwt"), None, "token_invalid"),
+        (poll.to_owned(), Some("not-a-jwt"), "token_invalid"),
+        (format!("{poll}&token={expired}"), None, "token_expired"),
+        (
+            "/socket.io/?EIO=3&transport=websocket".to_owned(),
+            None,
+            "token_missing",
+        ),
+        // Percent-encoded, `sid` is no sid to the router, which would open a session.
+        (
+            format!("{poll}&%73id=AAAAAAAAAAAAAAHs"),
+            None,
+            "token_missing",
+        ),
+    ];
+    const ROUNDS: u64 = 5;
+    for _ in 0..ROUNDS {
+        for (path, bearer, code) in &cases {
+            let (status, _, body) = eio_get(&server, path, *bearer).await;
+            assert_eq!(status, 401, "{path}: {body}");
+            let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+            assert_eq!(body["code"], *code, "{path}");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(body.get("sid").is_none(), "{path}: {body}");
+        }
+    }
+    // What an operator sees: every attempt counted as an auth failure (once), no connection.
+    let (_, after) = server.get("/api/v1/websocket/stats", Some(KEY)).await;
+    assert_eq!(
+        after["auth_failures"].as_u64(),
+        Some(before["auth_failures"].as_u64().unwrap() + ROUNDS * cases.len() as u64),
+        "{after}"
+    );
+    assert_eq!(after["connections"], before["connections"]);
+    let (_, metrics) = server.get_text("/metrics", Some(KEY)).await;
+    assert!(
+        metrics.contains(&format!(
+            "roomcast_auth_failures_total{{reason=\"token_missing\"}} {}",
+            ROUNDS * 4
+        )),
+        "{metrics}"
+    );
+}
+
+/// A valid token in the query or the header opens the v3 session as before, and it connects;
+/// an Engine.IO v4 handshake carries no token (it comes in the CONNECT packet) and is not
+/// screened for one.
+#[tokio::test]
+async fn an_engine_io_v3_handshake_with_a_valid_token_connects() {
+    let server = TestServer::start().await;
+    let t = token(&claims("alice"));
+    let poll = "/socket.io/?EIO=3&transport=polling&b64=1";
+    for (path, bearer) in [
+        (format!("{poll}&token={t}"), None),
+        (poll.to_owned(), Some(&*t)),
+    ] {
+        let (status, _, body) = eio_get(&server, &path, bearer).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"sid\""), "{body}");
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, stats) = server.get("/api/v1/websocket/stats", Some(KEY)).await;
+        if stats["connections"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _, body) = eio_get(&server, "/socket.io/?EIO=4&transport=polling", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"sid\""), "{body}");
+}
+
+/// Over the address's handshake budget, a v3 handshake is answered 429 `rate_limited` at once
+/// (a v4 one is refused at its CONNECT, as before).
+#[tokio::test]
+async fn an_engine_io_v3_handshake_over_the_budget_is_answered_429() {
+    let server = TestServer::start_with(
+        "[limits]\nhandshakes_per_ip_per_sec = 1\nhandshakes_per_ip_burst = 1\nhandshake_exempt = []",
+    )
+    .await;
+    let path = format!(
+        "/socket.io/?EIO=3&transport=polling&token={}",
+        token(&claims("alice"))
+    );
+    let (status, _, body) = eio_get(&server, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, retry_after, body) = eio_get(&server, &path, None).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(body["code"], "rate_limited");
+    assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert!(body.get("sid").is_none());
 }

@@ -408,11 +408,13 @@ async fn http_garbage(server: &TestServer) -> usize {
         }
     }
     // Engine.IO v3 (socket.io-client 2.x) polling frames packets by length: a real v3
-    // session fed lengths that lie, overflow or cut a character in half.
-    if let Ok(resp) = client
-        .get(server.url("/socket.io/?EIO=3&transport=polling&b64=1"))
-        .send()
-        .await
+    // session fed lengths that lie, overflow or cut a character in half. Its token comes
+    // with the HTTP request: without one no v3 session opens at all.
+    let v3_open = format!(
+        "/socket.io/?EIO=3&transport=polling&b64=1&token={}",
+        token(&claims("hostile-v3"))
+    );
+    if let Ok(resp) = client.get(server.url(&v3_open)).send().await
         && let Ok(open) = resp.text().await
         && let Some(sid) = open
             .split_once(':')

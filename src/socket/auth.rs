@@ -3,50 +3,164 @@
 //! screened-out session, finds the token, verifies it, counts the socket against the
 //! connection limits and stores the [`Identity`] (and the counted [`Slot`]) on the socket.
 //! A refusal is a `connect_error` whose message is the [`Refusal`] code.
+//!
+//! An Engine.IO v3 session (socket.io-client 2.x) is different: socketioxide connects it to
+//! `/` as the session opens and gives it no connect timeout, so a refused v3 session would
+//! stay open for as long as its client keeps pinging. Its token can only come with the HTTP
+//! request (header or query), so the screening verifies it there and answers a request
+//! without a valid one (or over the address's budget) itself: no session is created.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
 
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::SocketCtx;
-use crate::auth::AuthError;
-use crate::limits::{LimitError, Limits, Slot};
+use crate::auth::{AuthError, Identity};
+use crate::limits::{LimitError, Slot};
 
 /// Marks a session whose handshake was over its address's budget.
 #[derive(Clone)]
 struct HandshakeRefused(LimitError);
 
-/// HTTP middleware before the Socket.IO layer: a request that opens a new Engine.IO session
-/// (no `sid`: a direct websocket, or the first poll) takes one handshake from its client
-/// address's bucket. Over it, the session is marked and its namespace connects are refused
-/// with `rate_limited`. The peer address is taken out of the request either way: engineioxide
-/// keeps the request head for the socket's whole life, and the address is not needed later.
-pub async fn screen_handshake(
-    axum::extract::State(limits): axum::extract::State<Arc<Limits>>,
-    mut req: axum::extract::Request,
-) -> axum::extract::Request {
-    if !req.uri().path().starts_with("/socket.io") {
-        return req;
+/// The identity the screening verified for an Engine.IO v3 session. The connect to `/` that
+/// socketioxide makes as the session opens takes it, so the token is verified once per
+/// handshake; a later namespace connect finds it taken and verifies the token again.
+#[derive(Clone)]
+struct Screened(Arc<Mutex<Option<Identity>>>);
+
+impl Screened {
+    fn take(&self) -> Option<Identity> {
+        self.0.lock().ok()?.take()
     }
-    let Some(ConnectInfo(peer)) = req.extensions_mut().remove::<ConnectInfo<SocketAddr>>() else {
-        return req;
-    };
-    let new_session = !req
-        .uri()
-        .query()
-        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "sid"));
-    if new_session {
-        let ip = limits.client_ip(peer.ip(), req.headers());
-        if let Err(e) = limits.handshake(ip) {
-            tracing::debug!(%ip, "handshake over the address's budget: rate_limited");
-            req.extensions_mut().insert(HandshakeRefused(e));
+}
+
+/// What the screening reads from an Engine.IO query, read the way engineioxide's router
+/// reads it (the first `EIO=` segment, any `sid=` segment, nothing percent-decoded), so the
+/// two never disagree on whether a request opens a session.
+struct EioQuery {
+    /// No `sid`: a direct websocket or the first poll, which opens a session.
+    opens_session: bool,
+    /// `EIO=3`: socket.io-client 2.x.
+    v3: bool,
+}
+
+impl EioQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let query = query.unwrap_or_default();
+        let version = query
+            .split('&')
+            .find(|s| s.starts_with("EIO="))
+            .and_then(|s| s.split('=').nth(1));
+        Self {
+            opens_session: !query.split('&').any(|s| s.starts_with("sid=")),
+            v3: version == Some("3"),
         }
     }
-    req
+}
+
+/// HTTP middleware before the Socket.IO layer: a request that opens a new Engine.IO session
+/// takes one handshake from its client address's bucket. Over it, the session is marked and
+/// its namespace connects are refused with `rate_limited`. For Engine.IO v3 the request is
+/// answered here instead (`429`), and so is one without a token that verifies (`401`, body
+/// `{code, message}` with the `token_*` code). The peer address is taken out of the request
+/// either way: engineioxide keeps the request head for the socket's whole life, and the
+/// address is not needed later.
+pub async fn screen_handshake(
+    axum::extract::State(ctx): axum::extract::State<SocketCtx>,
+    mut req: axum::extract::Request,
+) -> Result<axum::extract::Request, Response> {
+    if !req.uri().path().starts_with("/socket.io") {
+        return Ok(req);
+    }
+    let Some(ConnectInfo(peer)) = req.extensions_mut().remove::<ConnectInfo<SocketAddr>>() else {
+        return Ok(req);
+    };
+    let query = EioQuery::parse(req.uri().query());
+    if !query.opens_session {
+        return Ok(req);
+    }
+    let ip = ctx.limits.client_ip(peer.ip(), req.headers());
+    if let Err(e) = ctx.limits.handshake(ip) {
+        tracing::debug!(%ip, "handshake over the address's budget: rate_limited");
+        if query.v3 {
+            ctx.counters.limited("handshakes_ip");
+            return Err(refused(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                e.code(),
+                "too many handshakes from this address",
+                Some(e.retry_after_ms()),
+            ));
+        }
+        req.extensions_mut().insert(HandshakeRefused(e));
+        return Ok(req);
+    }
+    if query.v3 {
+        let result = match find_token(None, req.headers(), req.uri()) {
+            None => Err(AuthError::TokenMissing),
+            Some(token) => ctx.verifier.verify_or_refresh(&token).await,
+        };
+        match result {
+            Ok(identity) => {
+                req.extensions_mut()
+                    .insert(Screened(Arc::new(Mutex::new(Some(identity)))));
+            }
+            Err(e) => {
+                let message = auth_failed(&ctx, e, "/", "HTTP 401");
+                tracing::debug!(%ip, code = e.code(), "Engine.IO v3 handshake refused");
+                return Err(refused(
+                    http::StatusCode::UNAUTHORIZED,
+                    e.code(),
+                    message,
+                    None,
+                ));
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// The HTTP answer to a refused handshake: `{code, message}` (and `retry_after_ms` with a
+/// `Retry-After` header when waiting helps), the shape of Engine.IO's own error answers.
+fn refused(
+    status: http::StatusCode,
+    code: &'static str,
+    message: &'static str,
+    retry_after_ms: Option<u64>,
+) -> Response {
+    let mut body = serde_json::json!({ "code": code, "message": message });
+    if let Some(ms) = retry_after_ms {
+        body["retry_after_ms"] = ms.into();
+    }
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(ms) = retry_after_ms {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, ms.div_ceil(1000).max(1).into());
+    }
+    response
+}
+
+/// Counts and records a handshake refused for its token (`how` the client was told);
+/// returns the message.
+fn auth_failed(ctx: &SocketCtx, e: AuthError, ns: &str, how: &str) -> &'static str {
+    ctx.counters.auth_failed(e.code());
+    let message = match e {
+        AuthError::TokenMissing => "no token in the handshake",
+        AuthError::TokenInvalid => "the token does not verify",
+        AuthError::TokenExpired => "the token has expired",
+    };
+    ctx.counters.errors.record(
+        "handshake",
+        e.code(),
+        ns.to_owned(),
+        &format!("{how}: {message}"),
+    );
+    message
 }
 
 /// Why a handshake was refused; its `Display` is the `connect_error` message.
@@ -68,14 +182,18 @@ impl std::fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 /// The token, from (in order) the handshake `auth.token`, `Authorization: Bearer`, `?token=`.
-fn find_token(auth: Option<&serde_json::Value>, req: &http::request::Parts) -> Option<String> {
+fn find_token(
+    auth: Option<&serde_json::Value>,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+) -> Option<String> {
     // An empty value counts as absent, so the search goes on to the next place.
     let from_auth = auth
         .and_then(|a| a.get("token"))
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty());
     let from_header = || {
-        req.headers
+        headers
             .get_all(http::header::AUTHORIZATION)
             .iter()
             .filter_map(|h| h.to_str().ok())
@@ -86,7 +204,7 @@ fn find_token(auth: Option<&serde_json::Value>, req: &http::request::Parts) -> O
             .find(|t| !t.is_empty())
     };
     let from_query = || {
-        form_urlencoded::parse(req.uri.query()?.as_bytes())
+        form_urlencoded::parse(uri.query()?.as_bytes())
             .find(|(k, v)| k == "token" && !v.is_empty())
             .map(|(_, v)| v.into_owned())
     };
@@ -107,22 +225,18 @@ pub async fn authenticate<A: Adapter>(
         tracing::debug!(sid = %s.id, "handshake refused: rate_limited");
         return Err(Refusal::Limit(e.clone()));
     }
-    let result = match find_token(auth.as_ref().ok(), req) {
-        None => Err(AuthError::TokenMissing),
-        Some(token) => ctx.verifier.verify_or_refresh(&token).await,
+    let screened = req.extensions.get::<Screened>().and_then(Screened::take);
+    let result = match screened {
+        Some(identity) => Ok(identity),
+        None => match find_token(auth.as_ref().ok(), &req.headers, &req.uri) {
+            None => Err(AuthError::TokenMissing),
+            Some(token) => ctx.verifier.verify_or_refresh(&token).await,
+        },
     };
     let identity = match result {
         Ok(identity) => Arc::new(identity),
         Err(e) => {
-            ctx.counters.auth_failed(e.code());
-            let message = match e {
-                AuthError::TokenMissing => "connect_error: no token in the handshake",
-                AuthError::TokenInvalid => "connect_error: the token does not verify",
-                AuthError::TokenExpired => "connect_error: the token has expired",
-            };
-            ctx.counters
-                .errors
-                .record("handshake", e.code(), s.ns().to_owned(), message);
+            auth_failed(&ctx, e, s.ns(), "connect_error");
             tracing::debug!(sid = %s.id, code = e.code(), "handshake refused");
             return Err(Refusal::Auth(e));
         }

@@ -110,17 +110,46 @@ describe("socket.io-client 2.x (Engine.IO v3)", () => {
       assert.deepEqual(unicode.payload.data, data);
     });
 
-    test(`over ${transport}: without a token the handshake is refused with an "error" event {message: "token_missing"}`, async () => {
-      const socket = connectV2({ transports: [transport] });
-      const refused = await inboxEntry(socket, (e) => e.name === "error", "the refusal");
-      assert.deepEqual(refused.payload, { message: "token_missing" });
-      assert.equal(socket.connected, false);
-      assert.equal(
-        socket.inbox.some((e) => e.name === "connection.established"),
-        false,
-        "a refused socket gets no connection.established",
-      );
-    });
+    // A 2.x client's token comes with the HTTP request, so the server answers that request
+    // 401 {code, message} and opens no Engine.IO session; the 2.x client cannot read the body
+    // and reports a transport error through "connect_error".
+    for (const [what, query, code] of [
+      ["without a token", undefined, "token_missing"],
+      ["with a bad token", { token: "not-a-jwt" }, "token_invalid"],
+    ]) {
+      test(`over ${transport}: ${what} the handshake is answered 401 and the client gets "connect_error"`, async () => {
+        const socket = connectV2({ transports: [transport], query });
+        socket.on("connect_error", (err) => socket.inbox.push({ name: "connect_error", payload: err }));
+        socket.io.engine.on("open", () => socket.inbox.push({ name: "engine.open", payload: socket.io.engine.id }));
+        const refused = await inboxEntry(socket, (e) => e.name === "connect_error", "connect_error");
+        assert.equal(refused.payload.type, "TransportError");
+        if (transport === "polling") {
+          assert.equal(refused.payload.message, "xhr poll error");
+          assert.equal(refused.payload.description, 401);
+        } else {
+          assert.equal(refused.payload.message, "websocket error");
+          assert.match(String(refused.payload.description?.message ?? refused.payload.description), /401/);
+        }
+        assert.equal(socket.connected, false);
+        assert.equal(
+          socket.inbox.some((e) => e.name === "engine.open"),
+          false,
+          "no Engine.IO session was opened (no sid issued)",
+        );
+        assert.equal(
+          socket.inbox.some((e) => e.name === "connection.established"),
+          false,
+          "a refused socket gets no connection.established",
+        );
+
+        // The same request, raw: the status and code the server answered with.
+        const params = new URLSearchParams({ EIO: "3", transport, ...(query ?? {}) });
+        const raw = await http(`${srv.url}/socket.io/?${params}`);
+        assert.equal(raw.status, 401, raw.text);
+        assert.equal(raw.body.code, code);
+        assert.equal(raw.body.sid, undefined);
+      });
+    }
   }
 });
 
