@@ -21,7 +21,8 @@
 //! Keys, under the cluster's prefix `p` (one hash tag on a Redis Cluster):
 //! `p:history:<tenant>/<room>` (stream) and `p:history-meta:<tenant>/<room>` (hash
 //! `epoch`, `seq`, kept for an hour past the last event so a client that saw it recovers
-//! without a gap); channels `p:events` (every node) and `p:sync:<node>` (markers).
+//! without a gap; a room with no event yet gets it when a socket asks for its position,
+//! kept for the room's history TTL); channels `p:events` (every node) and `p:sync:<node>` (markers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,7 +97,8 @@ return seqs
 
 /// KEYS: per room i, its meta hash (2i-1) and stream (2i).
 /// ARGV: 1 publish command, 2 marker channel, 3 marker ("" for none); then per room i,
-/// from 3i+1: since seq, limit, ttl ms.
+/// from 4i: since seq, limit (0: the position only), ttl ms, a fresh epoch to give a room
+/// with none ("" to leave it without; the new meta expires after the ttl).
 /// Returns per room `{epoch, last seq, first kept seq, {{seq, id, event, t, payload}...}}`
 /// (epoch "" for a room with no history).
 const READ: &str = r#"
@@ -105,11 +107,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local since = tonumber(ARGV[3 * i + 1])
-  local cutoff = now - tonumber(ARGV[3 * i + 3])
+  local since = tonumber(ARGV[4 * i])
+  local limit = tonumber(ARGV[4 * i + 1])
+  local cutoff = now - tonumber(ARGV[4 * i + 2])
   local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch and ARGV[4 * i + 3] ~= '' then
+    epoch = ARGV[4 * i + 3]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+    redis.call('PEXPIRE', meta, math.max(tonumber(ARGV[4 * i + 2]), 1))
+  end
   if not epoch then
     out[i] = {'', 0, 1, {}}
+  elseif limit == 0 then
+    local last = tonumber(redis.call('HGET', meta, 'seq'))
+    out[i] = {epoch, last, last + 1, {}}
   else
     local last = tonumber(redis.call('HGET', meta, 'seq'))
     local first_kept = last + 1
@@ -130,7 +142,7 @@ for i = 1, #KEYS / 2 do
     local from = math.max(since + 1, first_kept)
     local events = {}
     if from <= last then
-      local entries = redis.call('XRANGE', stream, from .. '-0', '+', 'COUNT', ARGV[3 * i + 2])
+      local entries = redis.call('XRANGE', stream, from .. '-0', '+', 'COUNT', limit)
       for _, e in ipairs(entries) do
         local f = e[2]
         events[#events + 1] = {tonumber(string.match(e[1], '^(%d+)')), f[2], f[4], tonumber(f[6]), f[8]}
@@ -274,7 +286,7 @@ impl RedisHistory {
         rooms: &[(String, RoomName, u64, usize)],
     ) -> redis::RedisResult<Vec<RoomRead>> {
         let (marker, reached) = self.catchups.marker();
-        let read = self.read(rooms, &marker).await;
+        let read = self.read(rooms, &marker, true).await;
         if read.is_ok() && tokio::time::timeout(SYNC_LIMIT, reached).await.is_err() {
             tracing::warn!("catch-up went ahead before this node delivered what it read");
         }
@@ -282,12 +294,30 @@ impl RedisHistory {
         read
     }
 
-    /// Reads every room of `rooms` (scoped name, room, since seq, limit) in one atomic
-    /// step; publishes `marker` to this node's sync channel unless it is empty.
+    /// The position (epoch, last `seq`) of each of `rooms` (scoped name, room), in one
+    /// atomic step; a room with none gets its epoch now, in Redis, so every node reports
+    /// the same one. A socket that joined the rooms before this call receives every event
+    /// with a higher `seq` live.
+    pub async fn positions(
+        &self,
+        rooms: &[(String, RoomName)],
+    ) -> redis::RedisResult<Vec<(String, u64)>> {
+        let wanted: Vec<_> = rooms
+            .iter()
+            .map(|(scoped, room)| (scoped.clone(), room.clone(), 0, 0))
+            .collect();
+        let reads = self.read(&wanted, "", true).await?;
+        Ok(reads.into_iter().map(|r| (r.epoch, r.last_seq)).collect())
+    }
+
+    /// Reads every room of `rooms` (scoped name, room, since seq, limit; limit 0 reads the
+    /// position only) in one atomic step; publishes `marker` to this node's sync channel
+    /// unless it is empty. With `create`, a room with no history gets a fresh epoch.
     async fn read(
         &self,
         rooms: &[(String, RoomName, u64, usize)],
         marker: &str,
+        create: bool,
     ) -> redis::RedisResult<Vec<RoomRead>> {
         let mut invocation = self.read.prepare_invoke();
         invocation
@@ -299,7 +329,12 @@ impl RedisHistory {
                 invocation.key(key);
             }
             let ttl_ms = self.config.retention(room).ttl_secs.saturating_mul(1000);
-            invocation.arg(*since).arg(*limit).arg(ttl_ms);
+            let fresh = if create {
+                super::new_epoch()
+            } else {
+                "".into()
+            };
+            invocation.arg(*since).arg(*limit).arg(ttl_ms).arg(&*fresh);
         }
         let raw: Vec<RawRoom> = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(raw
@@ -341,7 +376,7 @@ impl RedisHistory {
         let scoped = room.scoped(tenant).into_owned();
         let limit = limit.clamp(1, MAX_PAGE);
         let read = self
-            .read(&[(scoped, room.clone(), since_seq, limit)], "")
+            .read(&[(scoped, room.clone(), since_seq, limit)], "", false)
             .await?
             .pop();
         let read = read.unwrap_or(RoomRead {
@@ -557,7 +592,7 @@ async fn repair(
         };
         let count = (place.seq - seq - 1) as usize;
         let wanted = [(place.room.clone(), room, *seq, count)];
-        match history.read(&wanted, "").await {
+        match history.read(&wanted, "", false).await {
             Ok(reads) => {
                 tracing::warn!(
                     room = place.room,

@@ -508,6 +508,21 @@ export async function emitWithAck(socket, event, ...args) {
 }
 
 /**
+ * A subscribe ack without its `positions`, once they are checked: one `{epoch, seq}` per
+ * room of the ack.
+ */
+export function withoutPositions(ack) {
+  if (!ack || ack.ok !== true) return ack;
+  const { positions, ...rest } = ack;
+  assert.deepEqual(Object.keys(positions ?? {}).sort(), [...ack.rooms].sort(), "a position per room");
+  for (const p of Object.values(positions)) {
+    assert.equal(typeof p.epoch, "string");
+    assert.ok(Number.isInteger(p.seq) && p.seq >= 0);
+  }
+  return rest;
+}
+
+/**
  * A barrier: publishes a system.notification to `global` of `tenant` (a room every socket of
  * that tenant is in) and waits until every socket has received it. Each socket receives its
  * events in one ordered stream, so anything published to it before the barrier has arrived
