@@ -104,8 +104,10 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
     let mut conn = {
         let _slot = shared.gate.acquire().await?;
         let auth = json!({ "token": plan.token });
-        let (mut conn, _) = handshake(plan.url(0), &auth, inbox, shared).await?;
+        let (mut conn, established) = handshake(plan.url(0), &auth, inbox, shared).await?;
         if let Some((_, room)) = &plan.room {
+            // A room the server put the socket in (`global`, `user:`) has its position here.
+            inbox.cursor.position(&established["positions"], room);
             subscribe(&mut conn, room, inbox, shared).await?;
         }
         conn
@@ -120,8 +122,9 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
         };
         match listen(&mut conn, inbox, shared, &mut phase, drop_at).await? {
             Wake::Stop => return Ok(()),
-            // Nothing to resume from before the first event: stay and try later.
-            Wake::Drop if inbox.received == 0 => {}
+            // Nothing to resume from (the Node reference before the first event): stay and
+            // try later. Roomcast gives a position with the subscribe ack.
+            Wake::Drop if !inbox.cursor.resumable() => {}
             Wake::Drop => {
                 drop(conn);
                 reconnects += 1;
@@ -251,6 +254,8 @@ async fn subscribe(
             Packet::Ack(got, answer) if got == id => {
                 let v: Value = serde_json::from_str(answer.json())?;
                 ensure!(v[0]["ok"] == true, "subscribe refused: {}", answer.json());
+                // Where the room is: a drop before its first event still recovers.
+                inbox.cursor.position(&v[0]["positions"], room);
                 inbox.subscribe_us.push(micros_since(started));
                 return Ok(());
             }

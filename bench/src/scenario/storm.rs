@@ -1,8 +1,10 @@
 //! `storm`: N sockets in a room (or R rooms) while events are published one at a time; a
 //! fraction of them drop their TCP connection at random intervals (no disconnect packet)
 //! and come back with the server's recovery: Roomcast's `auth.since`, or socket.io's
-//! connection state recovery (`pid`/`offset`) on the Node reference. At the end every
-//! socket must hold every event exactly once and in publish order.
+//! connection state recovery (`pid`/`offset`) on the Node reference. A Roomcast socket's
+//! cursor starts at its room's position (the subscribe ack, or `connection.established`
+//! for `global`/`user:`), so it may drop before its first event and still recover. At the
+//! end every socket must hold every event exactly once and in publish order.
 
 use std::time::Duration;
 
