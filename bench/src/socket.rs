@@ -108,6 +108,8 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
         if let Some((_, room)) = &plan.room {
             // A room the server put the socket in (`global`, `user:`) has its position here.
             inbox.cursor.position(&established["positions"], room);
+        }
+        if let Some((_, room)) = plan.room.as_ref().filter(|(_, r)| !joined_at_connect(r)) {
             subscribe(&mut conn, room, inbox, shared).await?;
         }
         conn
@@ -198,7 +200,9 @@ async fn come_back(
             inbox.recovered += 1;
         } else {
             inbox.not_recovered += 1;
-            if !room.is_empty() {
+            if joined_at_connect(room) {
+                inbox.cursor.position(&established["positions"], room);
+            } else if !room.is_empty() {
                 subscribe(&mut conn, room, inbox, shared).await?;
             }
         }
@@ -208,6 +212,11 @@ async fn come_back(
     .await;
     shared.reconnecting.fetch_sub(1, Ordering::Relaxed);
     result
+}
+
+/// Whether the server puts every socket in `room` when it connects (no subscribe needed).
+fn joined_at_connect(room: &str) -> bool {
+    room == "global" || room.starts_with("user:")
 }
 
 /// Opens a connection and connects with `auth`; returns it with `connection.established`.
