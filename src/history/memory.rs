@@ -13,7 +13,7 @@ use crate::rooms::RoomName;
 
 /// How long an emptied room keeps its epoch and last `seq`, so a client that saw its last
 /// event still recovers without a gap. A log that never had an event (created to report a
-/// position) is kept only for the room's history TTL.
+/// position) is kept only for the room's history TTL after the last position read.
 const IDLE_KEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
@@ -160,11 +160,17 @@ impl History {
     /// The position (epoch, last `seq`) of each of `rooms` (scoped name, room), creating the
     /// log of a room with none. Read under the rooms' locks: a socket that joined them
     /// before this call receives every event with a higher `seq` live.
+    /// A log with no event yet is kept for the room's history TTL from the last such read.
     pub async fn positions(&self, rooms: &[(String, RoomName)]) -> Vec<(Arc<str>, u64)> {
-        self.lock(rooms)
-            .await
-            .iter()
-            .map(|log| (log.epoch.clone(), log.last_seq))
+        let now = Instant::now();
+        let mut logs = self.lock(rooms).await;
+        logs.iter_mut()
+            .map(|log| {
+                if log.last_seq == 0 {
+                    log.touched = now;
+                }
+                (log.epoch.clone(), log.last_seq)
+            })
             .collect()
     }
 

@@ -22,7 +22,7 @@
 //! `p:history:<tenant>/<room>` (stream) and `p:history-meta:<tenant>/<room>` (hash
 //! `epoch`, `seq`, kept for an hour past the last event so a client that saw it recovers
 //! without a gap; a room with no event yet gets it when a socket asks for its position,
-//! kept for the room's history TTL); channels `p:events` (every node) and `p:sync:<node>` (markers).
+//! kept for the room's history TTL from the last such request); channels `p:events` (every node) and `p:sync:<node>` (markers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use super::{Cursor, MAX_PAGE, Page};
 use crate::broadcaster::Deliver;
+use crate::cluster::ClusterStatus;
 use crate::cluster::conn::RedisConn;
 use crate::config::{ClusterMode, HistoryConfig};
 use crate::metrics::Counters;
@@ -98,7 +99,8 @@ return seqs
 /// KEYS: per room i, its meta hash (2i-1) and stream (2i).
 /// ARGV: 1 publish command, 2 marker channel, 3 marker ("" for none); then per room i,
 /// from 4i: since seq, limit (0: the position only), ttl ms, a fresh epoch to give a room
-/// with none ("" to leave it without; the new meta expires after the ttl).
+/// with none ("" to leave it without; a room with no event yet keeps its meta for the ttl
+/// from the last such read).
 /// Returns per room `{epoch, last seq, first kept seq, {{seq, id, event, t, payload}...}}`
 /// (epoch "" for a room with no history).
 const READ: &str = r#"
@@ -115,6 +117,8 @@ for i = 1, #KEYS / 2 do
     epoch = ARGV[4 * i + 3]
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+  end
+  if epoch and ARGV[4 * i + 3] ~= '' and redis.call('HGET', meta, 'seq') == '0' then
     redis.call('PEXPIRE', meta, math.max(tonumber(ARGV[4 * i + 2]), 1))
   end
   if not epoch then
@@ -203,6 +207,8 @@ pub struct RedisHistory {
     config: HistoryConfig,
     append: Script,
     read: Script,
+    /// Whether Redis answers: a position is not waited for during an outage.
+    status: Arc<ClusterStatus>,
     pub catchups: Catchups,
 }
 
@@ -213,6 +219,7 @@ impl RedisHistory {
         node_id: &str,
         mode: ClusterMode,
         config: HistoryConfig,
+        status: Arc<ClusterStatus>,
     ) -> Self {
         Self {
             conn,
@@ -226,6 +233,7 @@ impl RedisHistory {
             config,
             append: Script::new(APPEND),
             read: Script::new(READ),
+            status,
             catchups: Catchups::default(),
         }
     }
@@ -302,6 +310,11 @@ impl RedisHistory {
         &self,
         rooms: &[(String, RoomName)],
     ) -> redis::RedisResult<Vec<(String, u64)>> {
+        // During an outage a connect or subscribe answers at once, without positions.
+        if !self.status.is_up() {
+            let reason = self.status.reason();
+            return Err((redis::ErrorKind::Io, "redis unavailable", reason).into());
+        }
         let wanted: Vec<_> = rooms
             .iter()
             .map(|(scoped, room)| (scoped.clone(), room.clone(), 0, 0))
