@@ -253,7 +253,7 @@ export class RoomcastClient {
     return [...this.subscribed];
   }
 
-  /** The last `{epoch, seq}` processed per room. */
+  /** The last `{epoch, seq}` processed per room (at first, its position when joined). */
   cursor(room: string): Cursor | undefined {
     const c = this.cursors.get(room);
     return c && { ...c };

@@ -330,7 +330,7 @@ class RoomcastClient:
         return sorted(self._subscribed)
 
     def cursor(self, room: str) -> Optional[Cursor]:
-        """The `{epoch, seq}` of the last event processed in `room`."""
+        """The `{epoch, seq}` of the last event processed in `room` (at first, its position when joined)."""
         return self._cursors.get(room)
 
     async def subscribe(self, rooms: Union[str, Iterable[str]]) -> List[str]:
@@ -348,8 +348,9 @@ class RoomcastClient:
                 # Where each room is: a quiet room gets a cursor too, so a reconnect recovers it.
                 positions = ack.get("positions")
                 for room, p in (positions.items() if isinstance(positions, dict) else ()):
-                    if isinstance(p, dict) and isinstance(p.get("epoch"), str) and isinstance(p.get("seq"), int):
-                        self._advance(str(room), Cursor(epoch=p["epoch"], seq=p["seq"]))
+                    epoch, seq = (p.get("epoch"), p.get("seq")) if isinstance(p, dict) else (None, None)
+                    if isinstance(epoch, str) and isinstance(seq, int):
+                        self._advance(str(room), Cursor(epoch=epoch, seq=seq))
                 return joined
             finally:
                 for room in wanted:
