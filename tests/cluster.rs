@@ -197,6 +197,17 @@ async fn a_node_starts_while_redis_is_down_and_joins_later() {
         ready["reason"].as_str().unwrap().contains("redis"),
         "{ready}"
     );
+    // Its own sockets connect and subscribe meanwhile, at once, without positions.
+    let started = std::time::Instant::now();
+    let mut local = member(&node, "v", "default", &["1"]).await;
+    assert_eq!(local.established["positions"], json!({}));
+    let ack = local.subscribe("project:1").await;
+    assert_eq!((&ack["ok"], &ack["positions"]), (&json!(true), &json!({})));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let redis = RedisServer::start_on(port).await;
     node.until_ready(true).await;
     let peer = TestServer::start_cluster_node("peer", &redis, &p).await;

@@ -65,6 +65,11 @@ in_both_modes! {
     recovery_checks_access_again(""),
     history_on_demand_and_volatile_events(""),
     a_room_named_in_since_and_joined_by_default_gets_its_backlog_first(""),
+    the_subscribe_ack_and_established_give_each_room_its_position(""),
+    a_quiet_room_recovers_from_the_position_in_the_ack(""),
+    a_quiet_global_room_recovers_from_the_position_in_established(""),
+    every_event_after_the_acked_position_arrives_live(""),
+    a_quiet_room_keeps_its_position_for_its_history_ttl("[history]\nttl_secs = 1"),
 }
 
 async fn admin(server: &TestServer, auth: Value) -> Client {
@@ -402,4 +407,192 @@ async fn a_node_that_missed_an_event_reads_it_back_before_the_next() {
     assert_eq!(got["seq"], 3);
     let (_, stats) = b.get("/api/v1/websocket/stats", Some(KEY)).await;
     assert_eq!(stats["cluster"]["repaired_events"], 1, "{stats}");
+}
+
+async fn notify(server: &TestServer, n: u64) -> Value {
+    let (status, body) = server
+        .post(
+            "/api/v1/events",
+            json!({"type": "system.notification", "data": {"title": "t", "message": n.to_string()}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+async fn the_subscribe_ack_and_established_give_each_room_its_position(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(s.b(), json!({})).await;
+    let positions = c.established["positions"].clone();
+    for room in ["global", "user:w"] {
+        assert_eq!(positions[room]["seq"], 0, "{positions}");
+        assert!(
+            positions[room]["epoch"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty())
+        );
+    }
+    let ack = c
+        .emit_with_ack("subscribe", json!({"rooms": ["project:1", "project:2"]}))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let quiet = ack["positions"]["project:1"].clone();
+    let second = ack["positions"]["project:2"].clone();
+    assert_eq!(quiet["seq"], 0, "{ack}");
+    // Another socket, on the other node, is told the same epoch for the quiet room.
+    let mut other = admin(server, json!({})).await;
+    let again = other.subscribe("project:1").await;
+    assert_eq!(again["positions"]["project:1"], quiet);
+    // The room's first event carries that epoch, numbered right after the position.
+    publish(server, "1", 1).await;
+    let e = c.event("workflow.progress").await;
+    assert_eq!((&e["epoch"], &e["seq"]), (&quiet["epoch"], &json!(1)));
+    // Subscribing again to a room the socket is in reports where it is now.
+    let ack = c.subscribe("project:1").await;
+    assert_eq!(ack["positions"]["project:1"]["seq"], 1, "{ack}");
+    assert_eq!(ack["positions"]["project:1"]["epoch"], quiet["epoch"]);
+    // A reconnect reports positions for the recovered rooms and the default ones.
+    let since = json!({"since": {"project:2": second}});
+    let c = admin(s.b(), since).await;
+    let e = &c.established;
+    assert_eq!(e["recovery"]["project:2"]["replayed"], 0, "{e}");
+    assert_eq!(
+        e["positions"]["project:2"],
+        json!({"epoch": e["recovery"]["project:2"]["epoch"], "seq": 0})
+    );
+    assert_eq!(e["positions"]["global"], positions["global"]);
+    assert_eq!(e["positions"]["user:w"], positions["user:w"]);
+}
+
+async fn a_quiet_room_recovers_from_the_position_in_the_ack(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(server, json!({})).await;
+    let ack = c.subscribe("project:1").await;
+    let position = ack["positions"]["project:1"].clone();
+    assert_eq!(position["seq"], 0, "{ack}");
+    drop(c); // gone before the room's first event
+
+    let mut missed = Vec::new();
+    for n in 1..=3 {
+        missed.push(publish(server, "1", n).await["id"].clone());
+    }
+    let mut c = admin(s.b(), json!({"since": {"project:1": position}})).await;
+    let e = c.established.clone();
+    assert_eq!(e["recovered"], true, "{e}");
+    assert_eq!(e["recovery"]["project:1"]["replayed"], 3, "{e}");
+    assert_eq!(e["positions"]["project:1"]["seq"], 3, "{e}");
+    let live = publish(server, "1", 4).await;
+    for (i, id) in missed.iter().enumerate() {
+        let got = c.event("workflow.progress").await;
+        assert_eq!((&got["id"], &got["seq"]), (id, &json!(i + 1)));
+    }
+    assert_eq!(c.event("workflow.progress").await["id"], live["id"]);
+}
+
+async fn a_quiet_global_room_recovers_from_the_position_in_established(s: Setup) {
+    let server = &s.a;
+    let c = admin(server, json!({})).await;
+    let position = c.established["positions"]["global"].clone();
+    assert_eq!(position["seq"], 0, "{}", c.established);
+    drop(c); // gone before the first event of `global`
+
+    let mut missed = Vec::new();
+    for n in 1..=2 {
+        missed.push(notify(server, n).await["id"].clone());
+    }
+    let mut c = admin(s.b(), json!({"since": {"global": position}})).await;
+    assert_eq!(c.established["recovery"]["global"]["replayed"], 2);
+    for id in &missed {
+        assert_eq!(&c.event("system.notification").await["id"], id);
+    }
+}
+
+/// Sockets subscribe while a room's events stream in: each receives every event after the
+/// position its ack gave, in order, none missing.
+async fn every_event_after_the_acked_position_arrives_live(s: Setup) {
+    const EVENTS: u64 = 60;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(admin(s.b(), json!({})).await);
+    }
+    let addr = s.a.addr;
+    let publisher = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for n in 1..=EVENTS {
+            let body = json!({"type": "workflow.progress", "data": {"workflow_id": "w", "project_id": "1", "progress": n}});
+            let status = http
+                .post(format!("http://{addr}/api/v1/events"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            assert_eq!(status.ok(), Some(202));
+        }
+    });
+    let mut acked = Vec::new();
+    for c in &mut clients {
+        let ack = c.subscribe("project:1").await;
+        acked.push(
+            ack["positions"]["project:1"]["seq"]
+                .as_u64()
+                .expect("a position"),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+    }
+    publisher.await.unwrap();
+    assert!(
+        acked.iter().any(|p| *p > 0 && *p < EVENTS),
+        "raced: {acked:?}"
+    );
+    for (c, from) in clients.iter_mut().zip(acked) {
+        let mut want = from + 1;
+        while want <= EVENTS {
+            let e = c.event("workflow.progress").await;
+            let seq = e["seq"].as_u64().unwrap();
+            if seq <= from {
+                continue; // numbered before the position was read: may come or not
+            }
+            assert_eq!(seq, want, "after position {from}");
+            want += 1;
+        }
+    }
+}
+
+/// An epoch made up for a room with no event lasts the room's history TTL from the last time
+/// a socket was told it (not the hour a room that had events keeps its epoch): past it, the
+/// room is given a new one.
+async fn a_quiet_room_keeps_its_position_for_its_history_ttl(s: Setup) {
+    let server = &s.a;
+    let mut c = admin(s.b(), json!({})).await;
+    let ack = c
+        .emit_with_ack("subscribe", json!({"rooms": ["project:1", "project:2"]}))
+        .await;
+    let quiet = ack["positions"]["project:1"].clone();
+    publish(server, "2", 1).await;
+    let busy = c.event("workflow.progress").await;
+    // Watched through the history endpoint, which gives no position away.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, page) = server
+            .get("/api/v1/rooms/project:1/history?tenant=default", Some(KEY))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        if page["epoch"] != quiet["epoch"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{quiet} never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut other = admin(server, json!({})).await;
+    let now = other.subscribe("project:1").await["positions"]["project:1"].clone();
+    assert_ne!(now["epoch"], quiet["epoch"]);
+    assert_eq!(now["seq"], 0);
+    // The room that had an event still has its epoch: no gap for a client that saw it.
+    let since = json!({"since": {"project:2": {"epoch": busy["epoch"], "seq": busy["seq"]}}});
+    let c = admin(s.b(), since).await;
+    assert_eq!(c.established["recovered"], true, "{}", c.established);
 }

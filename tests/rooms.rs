@@ -17,7 +17,8 @@ async fn access_follows_the_claims() {
     let mut c = connect(&server, token_for("alice", "default", &["1", "2"])).await;
     for room in ["project:1", "project:2", "user:alice", "global"] {
         let ack = c.subscribe(room).await;
-        assert_eq!(ack, json!({"ok": true, "rooms": [room]}));
+        assert_eq!((&ack["ok"], &ack["rooms"]), (&json!(true), &json!([room])));
+        assert!(ack["positions"][room]["epoch"].is_string(), "{ack}");
     }
     for room in ["project:3", "user:bob", "agent:a1"] {
         let ack = c.subscribe(room).await;

@@ -76,12 +76,31 @@ impl Cursor {
         auth
     }
 
+    /// Whether a drop can be resumed from here: Roomcast gave a position or an event, or
+    /// socket.io an offset.
+    pub fn resumable(&self) -> bool {
+        self.since.is_some() || (self.pid.is_some() && self.offset.is_some())
+    }
+
+    /// Takes `room`'s position `{epoch, seq}` from `positions` (a `subscribe` ack's or
+    /// `connection.established`'s), unless the cursor is already further in that epoch.
+    pub fn position(&mut self, positions: &Value, room: &str) {
+        let p = &positions[room];
+        if let (Some(epoch), Some(seq)) = (p["epoch"].as_str(), p["seq"].as_u64()) {
+            self.move_to(epoch, seq);
+        }
+    }
+
+    fn move_to(&mut self, epoch: &str, seq: u64) {
+        match &mut self.since {
+            Some((e, s)) if e == epoch => *s = (*s).max(seq),
+            _ => self.since = Some((epoch.to_owned(), seq)),
+        }
+    }
+
     fn advance(&mut self, env: &Envelope, offset: Option<Cow<str>>) {
         if let (Some(seq), Some(epoch)) = (env.seq, &env.epoch) {
-            match &mut self.since {
-                Some((e, s)) if e == epoch => *s = seq,
-                _ => self.since = Some((epoch.to_string(), seq)),
-            }
+            self.move_to(epoch, seq);
         }
         if let Some(offset) = offset {
             let o = self.offset.get_or_insert_with(String::new);

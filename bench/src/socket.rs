@@ -104,8 +104,12 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
     let mut conn = {
         let _slot = shared.gate.acquire().await?;
         let auth = json!({ "token": plan.token });
-        let (mut conn, _) = handshake(plan.url(0), &auth, inbox, shared).await?;
+        let (mut conn, established) = handshake(plan.url(0), &auth, inbox, shared).await?;
         if let Some((_, room)) = &plan.room {
+            // A room the server put the socket in (`global`, `user:`) has its position here.
+            inbox.cursor.position(&established["positions"], room);
+        }
+        if let Some((_, room)) = plan.room.as_ref().filter(|(_, r)| !joined_at_connect(r)) {
             subscribe(&mut conn, room, inbox, shared).await?;
         }
         conn
@@ -120,8 +124,9 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
         };
         match listen(&mut conn, inbox, shared, &mut phase, drop_at).await? {
             Wake::Stop => return Ok(()),
-            // Nothing to resume from before the first event: stay and try later.
-            Wake::Drop if inbox.received == 0 => {}
+            // Nothing to resume from (the Node reference before the first event): stay and
+            // try later. Roomcast gives a position with the subscribe ack.
+            Wake::Drop if !inbox.cursor.resumable() => {}
             Wake::Drop => {
                 drop(conn);
                 reconnects += 1;
@@ -195,7 +200,9 @@ async fn come_back(
             inbox.recovered += 1;
         } else {
             inbox.not_recovered += 1;
-            if !room.is_empty() {
+            if joined_at_connect(room) {
+                inbox.cursor.position(&established["positions"], room);
+            } else if !room.is_empty() {
                 subscribe(&mut conn, room, inbox, shared).await?;
             }
         }
@@ -205,6 +212,11 @@ async fn come_back(
     .await;
     shared.reconnecting.fetch_sub(1, Ordering::Relaxed);
     result
+}
+
+/// Whether the server puts every socket in `room` when it connects (no subscribe needed).
+fn joined_at_connect(room: &str) -> bool {
+    room == "global" || room.starts_with("user:")
 }
 
 /// Opens a connection and connects with `auth`; returns it with `connection.established`.
@@ -251,6 +263,8 @@ async fn subscribe(
             Packet::Ack(got, answer) if got == id => {
                 let v: Value = serde_json::from_str(answer.json())?;
                 ensure!(v[0]["ok"] == true, "subscribe refused: {}", answer.json());
+                // Where the room is: a drop before its first event still recovers.
+                inbox.cursor.position(&v[0]["positions"], room);
                 inbox.subscribe_us.push(micros_since(started));
                 return Ok(());
             }

@@ -137,6 +137,7 @@ impl Cluster {
             &self.node_id,
             self.mode,
             config,
+            self.status.clone(),
         )
     }
 

@@ -12,7 +12,8 @@ use crate::config::{HistoryConfig, Retention};
 use crate::rooms::RoomName;
 
 /// How long an emptied room keeps its epoch and last `seq`, so a client that saw its last
-/// event still recovers without a gap.
+/// event still recovers without a gap. A log that never had an event (created to report a
+/// position) is kept only for the room's history TTL after the last position read.
 const IDLE_KEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
@@ -156,6 +157,23 @@ impl History {
         guards.into_iter().flatten().collect()
     }
 
+    /// The position (epoch, last `seq`) of each of `rooms` (scoped name, room), creating the
+    /// log of a room with none. Read under the rooms' locks: a socket that joined them
+    /// before this call receives every event with a higher `seq` live.
+    /// A log with no event yet is kept for the room's history TTL from the last such read.
+    pub async fn positions(&self, rooms: &[(String, RoomName)]) -> Vec<(Arc<str>, u64)> {
+        let now = Instant::now();
+        let mut logs = self.lock(rooms).await;
+        logs.iter_mut()
+            .map(|log| {
+                if log.last_seq == 0 {
+                    log.touched = now;
+                }
+                (log.epoch.clone(), log.last_seq)
+            })
+            .collect()
+    }
+
     /// Rooms with a log, and the events they keep (logs being written are skipped).
     pub fn size(&self) -> (u64, u64) {
         let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,7 +197,12 @@ impl History {
             log.evict(now);
             if log.entries.is_empty() {
                 log.entries.shrink_to_fit();
-                if now.duration_since(log.touched) > IDLE_KEEP {
+                let keep = if log.last_seq == 0 {
+                    Duration::from_secs(log.retention.ttl_secs)
+                } else {
+                    IDLE_KEEP
+                };
+                if now.duration_since(log.touched) > keep {
                     idle.push(key);
                 }
             }

@@ -55,6 +55,44 @@ impl HistoryStore {
     }
 }
 
+/// Where rooms are, by public name: what `subscribe` acks and `connection.established`
+/// report as `positions`.
+pub type Positions = std::collections::BTreeMap<String, Cursor>;
+
+impl HistoryStore {
+    /// The position of each of `rooms` (a room with no event yet gets its epoch now, at
+    /// `seq` 0). Call it after the socket joined the rooms: every event with a higher `seq`
+    /// then reaches the socket live. One lock per room on a single node, one Redis call in
+    /// a cluster.
+    pub async fn positions(
+        &self,
+        tenant: &crate::rooms::Tenant,
+        rooms: &[RoomName],
+    ) -> Result<Positions, HistoryError> {
+        let keys: Vec<(String, RoomName)> = rooms
+            .iter()
+            .map(|r| (r.scoped(tenant).into_owned(), r.clone()))
+            .collect();
+        let found: Vec<(String, u64)> = match self {
+            Self::Memory(history) => history
+                .positions(&keys)
+                .await
+                .into_iter()
+                .map(|(epoch, seq)| (epoch.to_string(), seq))
+                .collect(),
+            Self::Redis(history) => history
+                .positions(&keys)
+                .await
+                .map_err(|e| HistoryError(e.to_string()))?,
+        };
+        Ok(rooms
+            .iter()
+            .zip(found)
+            .map(|(room, (epoch, seq))| (room.to_string(), Cursor { epoch, seq }))
+            .collect())
+    }
+}
+
 /// A fresh random epoch.
 pub(crate) fn new_epoch() -> Arc<str> {
     format!("{:016x}", rand::random::<u64>()).into()

@@ -21,7 +21,8 @@
 //! Keys, under the cluster's prefix `p` (one hash tag on a Redis Cluster):
 //! `p:history:<tenant>/<room>` (stream) and `p:history-meta:<tenant>/<room>` (hash
 //! `epoch`, `seq`, kept for an hour past the last event so a client that saw it recovers
-//! without a gap); channels `p:events` (every node) and `p:sync:<node>` (markers).
+//! without a gap; a room with no event yet gets it when a socket asks for its position,
+//! kept for the room's history TTL from the last such request); channels `p:events` (every node) and `p:sync:<node>` (markers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ use uuid::Uuid;
 
 use super::{Cursor, MAX_PAGE, Page};
 use crate::broadcaster::Deliver;
+use crate::cluster::ClusterStatus;
 use crate::cluster::conn::RedisConn;
 use crate::config::{ClusterMode, HistoryConfig};
 use crate::metrics::Counters;
@@ -96,7 +98,9 @@ return seqs
 
 /// KEYS: per room i, its meta hash (2i-1) and stream (2i).
 /// ARGV: 1 publish command, 2 marker channel, 3 marker ("" for none); then per room i,
-/// from 3i+1: since seq, limit, ttl ms.
+/// from 4i: since seq, limit (0: the position only), ttl ms, a fresh epoch to give a room
+/// with none ("" to leave it without; a room with no event yet keeps its meta for the ttl
+/// from the last such read).
 /// Returns per room `{epoch, last seq, first kept seq, {{seq, id, event, t, payload}...}}`
 /// (epoch "" for a room with no history).
 const READ: &str = r#"
@@ -105,11 +109,23 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local since = tonumber(ARGV[3 * i + 1])
-  local cutoff = now - tonumber(ARGV[3 * i + 3])
+  local since = tonumber(ARGV[4 * i])
+  local limit = tonumber(ARGV[4 * i + 1])
+  local cutoff = now - tonumber(ARGV[4 * i + 2])
   local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch and ARGV[4 * i + 3] ~= '' then
+    epoch = ARGV[4 * i + 3]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+  end
+  if epoch and ARGV[4 * i + 3] ~= '' and redis.call('HGET', meta, 'seq') == '0' then
+    redis.call('PEXPIRE', meta, math.max(tonumber(ARGV[4 * i + 2]), 1))
+  end
   if not epoch then
     out[i] = {'', 0, 1, {}}
+  elseif limit == 0 then
+    local last = tonumber(redis.call('HGET', meta, 'seq'))
+    out[i] = {epoch, last, last + 1, {}}
   else
     local last = tonumber(redis.call('HGET', meta, 'seq'))
     local first_kept = last + 1
@@ -130,7 +146,7 @@ for i = 1, #KEYS / 2 do
     local from = math.max(since + 1, first_kept)
     local events = {}
     if from <= last then
-      local entries = redis.call('XRANGE', stream, from .. '-0', '+', 'COUNT', ARGV[3 * i + 2])
+      local entries = redis.call('XRANGE', stream, from .. '-0', '+', 'COUNT', limit)
       for _, e in ipairs(entries) do
         local f = e[2]
         events[#events + 1] = {tonumber(string.match(e[1], '^(%d+)')), f[2], f[4], tonumber(f[6]), f[8]}
@@ -191,6 +207,8 @@ pub struct RedisHistory {
     config: HistoryConfig,
     append: Script,
     read: Script,
+    /// Whether Redis answers: a position is not waited for during an outage.
+    status: Arc<ClusterStatus>,
     pub catchups: Catchups,
 }
 
@@ -201,6 +219,7 @@ impl RedisHistory {
         node_id: &str,
         mode: ClusterMode,
         config: HistoryConfig,
+        status: Arc<ClusterStatus>,
     ) -> Self {
         Self {
             conn,
@@ -214,6 +233,7 @@ impl RedisHistory {
             config,
             append: Script::new(APPEND),
             read: Script::new(READ),
+            status,
             catchups: Catchups::default(),
         }
     }
@@ -274,7 +294,7 @@ impl RedisHistory {
         rooms: &[(String, RoomName, u64, usize)],
     ) -> redis::RedisResult<Vec<RoomRead>> {
         let (marker, reached) = self.catchups.marker();
-        let read = self.read(rooms, &marker).await;
+        let read = self.read(rooms, &marker, true).await;
         if read.is_ok() && tokio::time::timeout(SYNC_LIMIT, reached).await.is_err() {
             tracing::warn!("catch-up went ahead before this node delivered what it read");
         }
@@ -282,12 +302,35 @@ impl RedisHistory {
         read
     }
 
-    /// Reads every room of `rooms` (scoped name, room, since seq, limit) in one atomic
-    /// step; publishes `marker` to this node's sync channel unless it is empty.
+    /// The position (epoch, last `seq`) of each of `rooms` (scoped name, room), in one
+    /// atomic step; a room with none gets its epoch now, in Redis, so every node reports
+    /// the same one. A socket that joined the rooms before this call receives every event
+    /// with a higher `seq` live.
+    pub async fn positions(
+        &self,
+        rooms: &[(String, RoomName)],
+    ) -> redis::RedisResult<Vec<(String, u64)>> {
+        // During an outage a connect or subscribe answers at once, without positions.
+        if !self.status.is_up() {
+            let reason = self.status.reason();
+            return Err((redis::ErrorKind::Io, "redis unavailable", reason).into());
+        }
+        let wanted: Vec<_> = rooms
+            .iter()
+            .map(|(scoped, room)| (scoped.clone(), room.clone(), 0, 0))
+            .collect();
+        let reads = self.read(&wanted, "", true).await?;
+        Ok(reads.into_iter().map(|r| (r.epoch, r.last_seq)).collect())
+    }
+
+    /// Reads every room of `rooms` (scoped name, room, since seq, limit; limit 0 reads the
+    /// position only) in one atomic step; publishes `marker` to this node's sync channel
+    /// unless it is empty. With `create`, a room with no history gets a fresh epoch.
     async fn read(
         &self,
         rooms: &[(String, RoomName, u64, usize)],
         marker: &str,
+        create: bool,
     ) -> redis::RedisResult<Vec<RoomRead>> {
         let mut invocation = self.read.prepare_invoke();
         invocation
@@ -299,7 +342,12 @@ impl RedisHistory {
                 invocation.key(key);
             }
             let ttl_ms = self.config.retention(room).ttl_secs.saturating_mul(1000);
-            invocation.arg(*since).arg(*limit).arg(ttl_ms);
+            let fresh = if create {
+                super::new_epoch()
+            } else {
+                "".into()
+            };
+            invocation.arg(*since).arg(*limit).arg(ttl_ms).arg(&*fresh);
         }
         let raw: Vec<RawRoom> = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(raw
@@ -341,7 +389,7 @@ impl RedisHistory {
         let scoped = room.scoped(tenant).into_owned();
         let limit = limit.clamp(1, MAX_PAGE);
         let read = self
-            .read(&[(scoped, room.clone(), since_seq, limit)], "")
+            .read(&[(scoped, room.clone(), since_seq, limit)], "", false)
             .await?
             .pop();
         let read = read.unwrap_or(RoomRead {
@@ -557,7 +605,7 @@ async fn repair(
         };
         let count = (place.seq - seq - 1) as usize;
         let wanted = [(place.room.clone(), room, *seq, count)];
-        match history.read(&wanted, "").await {
+        match history.read(&wanted, "", false).await {
             Ok(reads) => {
                 tracing::warn!(
                     room = place.room,

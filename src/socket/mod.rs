@@ -151,6 +151,9 @@ struct Established<'a> {
     recovered: bool,
     /// Per room of `auth.since`: `{replayed, epoch, seq}`, `{gap: true, ...}` or `{error}`.
     recovery: &'a serde_json::Map<String, serde_json::Value>,
+    /// `{room: {epoch, seq}}` for the rooms the socket was put in: the cursors to recover
+    /// from, even for a room with no event yet.
+    positions: &'a crate::history::Positions,
 }
 
 /// The client commands, registered by the connect middleware once the handshake is accepted
@@ -195,6 +198,7 @@ async fn on_connect<A: Adapter>(
             node_id: &ctx.node_id,
             recovered: outcome.recovered,
             recovery: &outcome.report,
+            positions: &outcome.positions,
         };
         if let Err(e) = s.emit("connection.established", &established) {
             tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send connection.established: {e}");

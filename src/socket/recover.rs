@@ -15,7 +15,7 @@ use socketioxide::extract::SocketRef;
 use super::SocketCtx;
 use crate::auth::Identity;
 use crate::history::redis::{Numbered, RoomRead, Stored};
-use crate::history::{Cursor, History, HistoryStore, RedisHistory, Replay};
+use crate::history::{Cursor, History, HistoryStore, Positions, RedisHistory, Replay};
 use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
@@ -32,6 +32,9 @@ pub struct Outcome {
     pub report: Map<String, Value>,
     /// True when every room was recovered completely.
     pub recovered: bool,
+    /// Where each room the socket was put in is (the rooms joined by default too): every
+    /// event after it reaches the socket.
+    pub positions: Positions,
 }
 
 /// A room of `auth.since` the socket may re-join, with its scoped name.
@@ -61,12 +64,17 @@ pub async fn recover<A: Adapter>(
         rooms: Vec::new(),
         report: Map::new(),
         recovered: !since.is_empty(),
+        positions: Positions::new(),
     };
     let named: HashSet<Option<RoomName>> = since.keys().map(|k| RoomName::parse(k)).collect();
+    let defaults: Vec<RoomName> = defaults
+        .iter()
+        .filter(|r| !named.contains(&Some((*r).clone())))
+        .cloned()
+        .collect();
     s.join(
         defaults
             .iter()
-            .filter(|r| !named.contains(&Some((*r).clone())))
             .map(|r| r.scoped(&identity.tenant))
             .collect::<Vec<_>>(),
     );
@@ -75,6 +83,7 @@ pub async fn recover<A: Adapter>(
         s,
         ctx,
         identity,
+        defaults,
         accepted,
         outcome,
     };
@@ -89,6 +98,8 @@ struct Job<'a, A: Adapter> {
     s: &'a SocketRef<A>,
     ctx: &'a SocketCtx,
     identity: &'a Identity,
+    /// Rooms joined by default (and not named in `since`), already joined.
+    defaults: Vec<RoomName>,
     accepted: Vec<Accepted>,
     outcome: Outcome,
 }
@@ -172,9 +183,22 @@ async fn from_memory<A: Adapter>(
         s,
         ctx,
         identity,
+        defaults,
         accepted,
         mut outcome,
     } = job;
+    // Joined already: read now, every later event reaches the socket.
+    let keys: Vec<_> = defaults
+        .iter()
+        .map(|r| (r.scoped(&identity.tenant).into_owned(), r.clone()))
+        .collect();
+    for (room, (epoch, seq)) in defaults.iter().zip(history.positions(&keys).await) {
+        let cursor = Cursor {
+            epoch: epoch.to_string(),
+            seq,
+        };
+        outcome.positions.insert(room.to_string(), cursor);
+    }
     let keys: Vec<_> = accepted
         .iter()
         .map(|a| (a.scoped.clone(), a.room.clone()))
@@ -201,6 +225,11 @@ async fn from_memory<A: Adapter>(
         };
         let entry = report(&log.epoch, log.last_seq, replayed);
         outcome.report.insert(a.room.to_string(), entry);
+        let cursor = Cursor {
+            epoch: log.epoch.to_string(),
+            seq: log.last_seq,
+        };
+        outcome.positions.insert(a.room.to_string(), cursor);
     }
     send_established(&outcome);
     // In publish order; an event in two replayed rooms (one payload) is sent once.
@@ -228,17 +257,22 @@ async fn from_redis<A: Adapter>(
         s,
         ctx,
         identity,
+        defaults,
         accepted,
         mut outcome,
     } = job;
     if accepted.is_empty() {
-        // A plain connect: no round trip to Redis.
+        // A plain connect: one round trip, for the positions of the rooms just joined.
+        match ctx.history.positions(&identity.tenant, &defaults).await {
+            Ok(positions) => outcome.positions = positions,
+            Err(e) => tracing::warn!(sid = %s.id, "connect without positions: {e}"),
+        }
         send_established(&outcome);
         return;
     }
     let scoped: Vec<String> = accepted.iter().map(|a| a.scoped.clone()).collect();
     let catchup = history.catchups.register(&scoped).await;
-    let wanted: Vec<_> = accepted
+    let mut wanted: Vec<_> = accepted
         .iter()
         .map(|a| {
             let since = a.cursor.as_ref().map_or(0, |c| c.seq);
@@ -250,7 +284,23 @@ async fn from_redis<A: Adapter>(
             )
         })
         .collect();
-    let reads = history.read_synced(&wanted).await;
+    // The default rooms' positions come with the same read (limit 0: the position only).
+    wanted.extend(
+        defaults
+            .iter()
+            .map(|r| (r.scoped(&identity.tenant).into_owned(), r.clone(), 0, 0)),
+    );
+    let reads = history.read_synced(&wanted).await.map(|mut reads| {
+        let at = reads.len().min(accepted.len());
+        for (room, read) in defaults.iter().zip(reads.split_off(at)) {
+            let cursor = Cursor {
+                epoch: read.epoch,
+                seq: read.last_seq,
+            };
+            outcome.positions.insert(room.to_string(), cursor);
+        }
+        reads
+    });
     let (_delivery, live) = history.catchups.finish(&catchup, &scoped).await;
     join(s, ctx, identity, &accepted);
 
@@ -275,6 +325,11 @@ async fn from_redis<A: Adapter>(
                 outcome
                     .report
                     .insert(a.room.to_string(), report(epoch, *last_seq, replayed));
+                let cursor = Cursor {
+                    epoch: epoch.clone(),
+                    seq: *last_seq,
+                };
+                outcome.positions.insert(a.room.to_string(), cursor);
                 read_up_to.insert(&a.scoped, *last_seq);
                 backlogs.push(if complete { read.events } else { Vec::new() });
             }

@@ -1,6 +1,8 @@
-//! `subscribe` `{room}` or `{rooms: [...]}`: all-or-nothing, checked against the token.
+//! `subscribe` `{room}` or `{rooms: [...]}`: all-or-nothing, checked against the token; the
+//! ack gives each room's position (`{epoch, seq}`), the cursor to recover from.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -9,6 +11,8 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
 use super::{SocketCtx, identity_of};
+use crate::auth::Identity;
+use crate::history::Positions;
 use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
@@ -53,14 +57,37 @@ pub async fn handle<A: Adapter>(
     TryData(payload): TryData<Value>,
     reply: Responder<A>,
 ) {
-    reply.result(subscribe(&s, &ctx, payload));
+    let result = match join(&s, &ctx, payload) {
+        Ok((identity, rooms)) => Ok(acked(&s, &ctx, &identity, rooms).await),
+        Err(e) => Err(e),
+    };
+    reply.result(result);
 }
 
-fn subscribe<A: Adapter>(
+/// `{ok, rooms, positions}`, the positions read after the socket joined the rooms, so every
+/// event after them reaches it live.
+async fn acked<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    identity: &Identity,
+    rooms: Vec<RoomName>,
+) -> Value {
+    let positions = match ctx.history.positions(&identity.tenant, &rooms).await {
+        Ok(positions) => positions,
+        Err(e) => {
+            tracing::warn!(sid = %s.id, "subscribe without positions: {e}");
+            Positions::new()
+        }
+    };
+    json!({"ok": true, "rooms": rooms, "positions": positions})
+}
+
+/// Checks and joins the rooms of the request; returns them, in request order.
+fn join<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &SocketCtx,
     payload: Result<Value, impl std::fmt::Display>,
-) -> Result<Value, CommandError> {
+) -> Result<(Arc<Identity>, Vec<RoomName>), CommandError> {
     let rooms = parse_rooms(payload)?;
     let identity = identity_of(s).ok_or_else(|| CommandError::Forbidden("*".into()))?;
     if let Some(denied) = rooms.iter().find(|r| !r.allows(&identity)) {
@@ -86,7 +113,7 @@ fn subscribe<A: Adapter>(
         joined.push(room);
     }
     let Some(first_new) = to_join.first().cloned() else {
-        return Ok(json!({"ok": true, "rooms": rooms}));
+        return Ok((identity, rooms));
     };
     s.join(to_join.clone());
     // Commands of one socket run concurrently: two subscribes may both pass the check
@@ -102,5 +129,5 @@ fn subscribe<A: Adapter>(
         });
     }
     ctx.presence.joined(&identity, joined);
-    Ok(json!({"ok": true, "rooms": rooms}))
+    Ok((identity, rooms))
 }

@@ -101,7 +101,8 @@ def test_connection_established_fields(connect):
     client = connect({"sub": sub, "tenant": "acme", "projects": ["1"]})
     est = client.established()
     assert set(est) == {"sid", "user_id", "tenant", "rooms", "server_time", "node_id",
-                        "recovered", "recovery"}
+                        "recovered", "recovery", "positions"}
+    assert sorted(est["positions"]) == sorted(est["rooms"])
     assert est["recovered"] is False and est["recovery"] == {}
     assert est["sid"] == client.sio.get_sid("/")
     assert est["user_id"] == sub

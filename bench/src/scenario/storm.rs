@@ -1,8 +1,10 @@
 //! `storm`: N sockets in a room (or R rooms) while events are published one at a time; a
 //! fraction of them drop their TCP connection at random intervals (no disconnect packet)
 //! and come back with the server's recovery: Roomcast's `auth.since`, or socket.io's
-//! connection state recovery (`pid`/`offset`) on the Node reference. At the end every
-//! socket must hold every event exactly once and in publish order.
+//! connection state recovery (`pid`/`offset`) on the Node reference. A Roomcast socket's
+//! cursor starts at its room's position (the subscribe ack, or `connection.established`
+//! for `global`/`user:`), so it may drop before its first event and still recover. At the
+//! end every socket must hold every event exactly once and in publish order.
 
 use std::time::Duration;
 
@@ -23,6 +25,10 @@ pub struct Args {
     pub publishing: Publishing,
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
+    /// Every socket in `global`, where the server puts it at connect (no subscribe; the
+    /// cursor starts at the position in `connection.established`). Roomcast only.
+    #[arg(long)]
+    pub global: bool,
     /// Fraction of the sockets that drop (the others stay connected throughout).
     #[arg(long, default_value_t = 0.5)]
     pub drop_fraction: f64,
@@ -36,7 +42,15 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     anyhow::ensure!(args.rooms >= 1, "--rooms must be at least 1");
-    let names = room_names(args.rooms);
+    anyhow::ensure!(
+        !args.global || args.rooms == 1,
+        "--global is one room: leave --rooms at 1"
+    );
+    let names = if args.global {
+        vec!["global".to_owned()]
+    } else {
+        room_names(args.rooms)
+    };
     let drops = Drops {
         every: Duration::from_secs_f64(args.drop_every),
         max_pause: Duration::from_millis(args.max_pause_ms),

@@ -15,6 +15,7 @@ import type {
   RefreshReply,
   RoomPosition,
   ServerShutdown,
+  SubscribeAck,
   WireError,
 } from "./types.js";
 
@@ -252,7 +253,7 @@ export class RoomcastClient {
     return [...this.subscribed];
   }
 
-  /** The last `{epoch, seq}` processed per room. */
+  /** The last `{epoch, seq}` processed per room (at first, its position when joined). */
   cursor(room: string): Cursor | undefined {
     const c = this.cursors.get(room);
     return c && { ...c };
@@ -264,8 +265,10 @@ export class RoomcastClient {
     return this.enqueue(list, async () => {
       for (const room of list) this.pending.add(room);
       try {
-        const joined = await this.command<{ rooms: string[] }>("subscribe", { rooms: list });
+        const joined = await this.command<SubscribeAck>("subscribe", { rooms: list });
         for (const room of joined.rooms) this.subscribed.add(room);
+        // Where each room is: a quiet room gets a cursor too, so a reconnect recovers it.
+        for (const [room, p] of Object.entries(joined.positions ?? {})) this.advance(room, p);
         return joined.rooms;
       } finally {
         for (const room of list) {
@@ -424,6 +427,13 @@ export class RoomcastClient {
     this.cursors.delete(room);
   }
 
+  /** Moves a room's cursor to a position the server reported, unless it is already further. */
+  private advance(room: string, p: Cursor): void {
+    if (!this.tracked(room)) return;
+    const c = this.cursors.get(room);
+    if (!c || c.epoch !== p.epoch || c.seq < p.seq) this.cursors.set(room, { epoch: p.epoch, seq: p.seq });
+  }
+
   /** Cursors of every room this client is in, for `auth.since`. */
   private since(): Record<string, Cursor> {
     const since: Record<string, Cursor> = {};
@@ -469,6 +479,11 @@ export class RoomcastClient {
         this.cursors.set(room, { epoch: r.epoch, seq: r.seq });
         this.emitter.emit("gap", { room, epoch: r.epoch, seq: r.seq });
       }
+    }
+    // The rooms joined without a cursor start where the server says they are; a replayed
+    // room keeps its cursor (the replay that follows brings it up).
+    for (const [room, p] of Object.entries(info.positions ?? {})) {
+      if (!(room in recovery)) this.advance(room, p);
     }
     const missing = [...this.toRestore].filter(
       (room) => this.subscribed.has(room) && !(room in recovery) && !info.rooms.includes(room),

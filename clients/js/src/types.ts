@@ -212,6 +212,15 @@ export interface ConnectionEstablished {
   node_id: string;
   recovered?: boolean;
   recovery?: Record<string, RoomRecovery>;
+  /** Where each joined room is (`seq` 0 for a room with no event yet): the cursor to recover from. */
+  positions?: Record<string, { epoch: string; seq: number }>;
+}
+
+/** A successful `subscribe` ack: the rooms, and where each one is. */
+export interface SubscribeAck {
+  ok: true;
+  rooms: string[];
+  positions?: Record<string, { epoch: string; seq: number }>;
 }
 
 export interface AuthExpiring {

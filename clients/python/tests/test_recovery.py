@@ -87,3 +87,38 @@ async def test_when_the_missed_events_are_no_longer_kept_the_client_reports_a_ga
     assert kind == "gap" and (gap.room, gap.epoch, gap.seq) == (room, epoch, 6)
     assert order[2] == ("event", 7)  # nothing was replayed, and the live event follows
     assert client.cursor(room).seq == 7
+
+
+async def test_a_room_with_no_event_yet_recovers_what_was_published_while_away(
+        server, make_client):
+    sub, pid = unique("u"), unique("p")
+    room = f"project:{pid}"
+    gate = Gate(server, sub=sub, projects=[pid])
+    client = make_client(get_token=gate)
+    rec = Recorder(client, "workflow.progress", "established", "gap")
+    await client.connect()
+    await client.subscribe(room)
+    assert client.cursor(room).seq == 0  # the ack's position: the room has no event yet
+
+    async def progress(n: int) -> str:
+        body = await server.publish("workflow.progress",
+                                    {"workflow_id": "w", "project_id": pid, "progress": n})
+        return body["id"]
+
+    gate.close()
+    await drop_transport(client)
+    await eventually(lambda: client.state == "reconnecting", what="state reconnecting")
+    missed = [await progress(n) for n in range(1, 1 + MISSED)]
+    gate.open()
+
+    await eventually(lambda: len(rec["established"]) == 2, timeout=10, what="the reconnect")
+    assert rec["established"][1].recovery[room].replayed == MISSED, rec["established"][1].recovery
+    live = await progress(99)
+    await eventually(lambda: len(rec["workflow.progress"]) == MISSED + 1,
+                     what="replayed and live events")
+    await barrier(server, client, sub)  # anything duplicated would have arrived by now
+
+    got = rec["workflow.progress"]
+    assert [e.id for e in got] == missed + [live]
+    assert [e.seq for e in got] == list(range(1, MISSED + 2))
+    assert rec["gap"] == []

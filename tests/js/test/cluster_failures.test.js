@@ -23,6 +23,7 @@ import {
   publish,
   publishOk,
   API_KEY,
+  withoutPositions,
 } from "../lib/helpers.js";
 import {
   startCluster,
@@ -60,7 +61,9 @@ const refused = [];
 
 async function join(srv, sub, room) {
   const s = await connectAs(srv, { sub, projects: "*", agents: "*" });
-  assert.deepEqual(await emitWithAck(s, "subscribe", { room }), { ok: true, rooms: [room] });
+  // While Redis is down the ack has no positions (nothing to read them from).
+  const ack = await emitWithAck(s, "subscribe", { room });
+  assert.deepEqual(withoutPositions(ack, { complete: false }), { ok: true, rooms: [room] });
   return s;
 }
 

@@ -30,7 +30,7 @@ afterEach(() => disconnectAll());
 
 async function inProject1(tenant, sub = "alice") {
   const s = await connectAs(srv, { sub, tenant, projects: ["1"] });
-  assert.deepEqual(await emitWithAck(s, "subscribe", { room: "project:1" }), { ok: true, rooms: ["project:1"] });
+  assert.deepEqual((await emitWithAck(s, "subscribe", { room: "project:1" })).rooms, ["project:1"]);
   return s;
 }
 
@@ -118,7 +118,7 @@ test("custom broadcasts are tenant-scoped too", async () => {
 
 test("an acme admin cannot reach globex rooms", async () => {
   const admin = await connectAs(srv, { sub: "root", tenant: "acme", role: "admin" });
-  assert.deepEqual(await emitWithAck(admin, "subscribe", { room: "project:1" }), { ok: true, rooms: ["project:1"] });
+  assert.deepEqual((await emitWithAck(admin, "subscribe", { room: "project:1" })).rooms, ["project:1"]);
   const accepted = await publishOk(srv, { type: "project.updated", tenant: "globex", data: { project_id: "1" } });
   await expectNoEvent(admin, "project.updated", {
     match: (e) => e?.id === accepted.id,

@@ -330,7 +330,7 @@ class RoomcastClient:
         return sorted(self._subscribed)
 
     def cursor(self, room: str) -> Optional[Cursor]:
-        """The `{epoch, seq}` of the last event processed in `room`."""
+        """The `{epoch, seq}` of the last event processed in `room` (at first, its position when joined)."""
         return self._cursors.get(room)
 
     async def subscribe(self, rooms: Union[str, Iterable[str]]) -> List[str]:
@@ -345,6 +345,12 @@ class RoomcastClient:
                 ack = await self._command("subscribe", {"rooms": wanted})
                 joined = [str(r) for r in ack.get("rooms", [])]
                 self._subscribed.update(joined)
+                # Where each room is: a quiet room gets a cursor too, so a reconnect recovers it.
+                positions = ack.get("positions")
+                for room, p in (positions.items() if isinstance(positions, dict) else ()):
+                    epoch, seq = (p.get("epoch"), p.get("seq")) if isinstance(p, dict) else (None, None)
+                    if isinstance(epoch, str) and isinstance(seq, int):
+                        self._advance(str(room), Cursor(epoch=epoch, seq=seq))
                 return joined
             finally:
                 for room in wanted:
@@ -570,6 +576,14 @@ class RoomcastClient:
             self._schedule(list(self._custom[env.type]), env)
         self._emit("*", env)
 
+    def _advance(self, room: str, position: Cursor) -> None:
+        """Moves a room's cursor to a position the server reported, unless it is further."""
+        if not self._tracked(room):
+            return
+        c = self._cursors.get(room)
+        if c is None or c.epoch != position.epoch or c.seq < position.seq:
+            self._cursors[room] = position
+
     def _on_established(self, payload: Any) -> None:
         try:
             info = ConnectionEstablished.model_validate(payload)
@@ -587,6 +601,11 @@ class RoomcastClient:
             elif r.gap and r.epoch is not None and r.seq is not None:
                 self._cursors[room] = Cursor(epoch=r.epoch, seq=r.seq)
                 self._emit("gap", Gap(room=room, epoch=r.epoch, seq=r.seq))
+        # The rooms joined without a cursor start where the server says they are; a replayed
+        # room keeps its cursor (the replay that follows brings it up).
+        for room, p in info.positions.items():
+            if room not in info.recovery:
+                self._advance(room, Cursor(epoch=p.epoch, seq=p.seq))
         missing = sorted(
             room
             for room in self._to_restore

@@ -222,6 +222,13 @@ def parse_envelope(payload: Dict[str, Any]) -> Envelope[Any]:
 # ------------------------------------------------------------ control events and replies
 
 
+class RoomCursor(Model):
+    """Where a room is: its `epoch` and last `seq` (0 when it has no event yet)."""
+
+    epoch: str
+    seq: int = Field(ge=0)
+
+
 class RoomRecovery(Model):
     """One room of `connection.established.recovery`: replayed, gap, or error."""
 
@@ -244,6 +251,8 @@ class ConnectionEstablished(Model):
     node_id: str
     recovered: bool = False
     recovery: Dict[str, RoomRecovery] = Field(default_factory=dict)
+    #: Where each joined room is (`seq` 0 for a room with no event yet): the cursor to recover from.
+    positions: Dict[str, RoomCursor] = Field(default_factory=dict)
 
 
 class AuthExpiring(Model):
