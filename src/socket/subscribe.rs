@@ -8,7 +8,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
-use super::{SocketCtx, identity_of};
+use super::{SocketCtx, identity_of, share_of};
 use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
@@ -101,6 +101,11 @@ fn subscribe<A: Adapter>(
             limit: ctx.max_rooms,
         });
     }
-    ctx.presence.joined(&identity, joined);
+    if let Some(share) = share_of(s)
+        && !ctx.presence.joined(&share, &identity, joined)
+    {
+        // The socket left meanwhile: the adapter must not keep it in these rooms.
+        s.leave(to_join);
+    }
     Ok(json!({"ok": true, "rooms": rooms}))
 }
