@@ -6,8 +6,11 @@
 //! for a single node, Redis for a cluster), which answers atomically whether a change was
 //! a user's first join or last leave. A last leave only becomes `presence.left` after the
 //! grace period, and only if the user has not come back meanwhile.
+//!
+//! Which counted rooms a socket is in is kept here too, in its [`Share`], not read back
+//! from the adapter when it leaves: see [`Share`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,27 +152,45 @@ impl Presence {
         self.record(USERS_KEY.into(), user_field(who), 1, None);
     }
 
-    pub fn disconnected(&self, who: &Identity) {
+    /// The socket with `share` is gone: every counted room it was in is left and its user
+    /// counts one connection less. Only the first call for a share counts.
+    pub fn disconnected(&self, share: &Share, who: &Identity) {
+        let Some(rooms) = share.close() else {
+            return;
+        };
+        self.rooms_changed(who, &rooms, -1);
         self.record(USERS_KEY.into(), user_field(who), -1, None);
     }
 
-    /// `rooms` were just joined (not already held) by a socket of `who`.
-    pub fn joined<'a>(&self, who: &Identity, rooms: impl IntoIterator<Item = &'a RoomName>) {
-        self.rooms_changed(who, rooms, 1);
-    }
-
-    /// `rooms` were just left (and had been held) by a socket of `who`.
-    pub fn left<'a>(&self, who: &Identity, rooms: impl IntoIterator<Item = &'a RoomName>) {
-        self.rooms_changed(who, rooms, -1);
-    }
-
-    fn rooms_changed<'a>(
+    /// The socket with `share` joined `rooms`; those it was not counted in yet count now.
+    /// False when the socket has already left: the caller undoes the join.
+    #[must_use]
+    pub fn joined<'a>(
         &self,
+        share: &Share,
         who: &Identity,
         rooms: impl IntoIterator<Item = &'a RoomName>,
-        delta: i64,
+    ) -> bool {
+        let Some(added) = share.add(rooms) else {
+            return false;
+        };
+        self.rooms_changed(who, &added, 1);
+        true
+    }
+
+    /// The socket with `share` left `rooms`; those it was counted in stop counting.
+    pub fn left<'a>(
+        &self,
+        share: &Share,
+        who: &Identity,
+        rooms: impl IntoIterator<Item = &'a RoomName>,
     ) {
-        for room in rooms.into_iter().filter(|r| announces(r)) {
+        let removed = share.remove(rooms);
+        self.rooms_changed(who, &removed, -1);
+    }
+
+    fn rooms_changed(&self, who: &Identity, rooms: &[RoomName], delta: i64) {
+        for room in rooms {
             self.record(
                 room.scoped(&who.tenant).into_owned(),
                 who.user_id.to_string(),
@@ -189,6 +210,66 @@ impl Presence {
             .map(|((k, f), n)| (k.clone(), f.clone(), *n))
             .collect();
         let _ = self.inner.tx.send(Op::Resync(entries));
+    }
+}
+
+/// One socket's part in presence: the counted rooms it is in, until it leaves.
+///
+/// Kept here rather than read back from the adapter at disconnect: socketioxide runs an async
+/// disconnect handler in a task of its own, and when the transport closes right behind the
+/// client's DISCONNECT packet (what socket.io-client's `disconnect()` does), the second close
+/// takes the socket out of its adapter rooms at once, often before that task has run. Rooms
+/// read there would be none: the leave lost, the user counted in the room for good.
+///
+/// It also makes each count exact: two concurrent `subscribe`s of one room count it once,
+/// and a join that lands after the socket has left counts nothing.
+pub struct Share {
+    /// `None` once the socket has left.
+    rooms: Mutex<Option<HashSet<RoomName>>>,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Self {
+            rooms: Mutex::new(Some(HashSet::new())),
+        }
+    }
+}
+
+impl Share {
+    /// Adds the counted rooms among `rooms`; returns those that were not in yet, or `None`
+    /// when the socket has left.
+    fn add<'a>(&self, rooms: impl IntoIterator<Item = &'a RoomName>) -> Option<Vec<RoomName>> {
+        let mut held = self.rooms.lock().ok()?;
+        let held = held.as_mut()?;
+        Some(
+            rooms
+                .into_iter()
+                .filter(|r| announces(r) && held.insert((*r).clone()))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Removes `rooms`; returns those that were in.
+    fn remove<'a>(&self, rooms: impl IntoIterator<Item = &'a RoomName>) -> Vec<RoomName> {
+        let Ok(mut held) = self.rooms.lock() else {
+            return Vec::new();
+        };
+        let Some(held) = held.as_mut() else {
+            return Vec::new();
+        };
+        rooms
+            .into_iter()
+            .filter(|r| held.remove(*r))
+            .cloned()
+            .collect()
+    }
+
+    /// Marks the socket gone; returns the rooms it was in, or `None` if it had already left.
+    fn close(&self) -> Option<Vec<RoomName>> {
+        let mut held = self.rooms.lock().ok()?;
+        held.take().map(|rooms| rooms.into_iter().collect())
     }
 }
 
@@ -450,6 +531,25 @@ impl PresenceStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_counts_each_room_once_and_nothing_after_the_socket_left() {
+        let share = Share::default();
+        let p1 = RoomName::parse("project:1").unwrap();
+        let a1 = RoomName::parse("agent:1").unwrap();
+        // Only counted rooms are kept.
+        assert_eq!(share.add([&RoomName::Global, &p1]), Some(vec![p1.clone()]));
+        // Two subscribes of one room: counted once.
+        assert_eq!(share.add([&p1, &a1]), Some(vec![a1.clone()]));
+        assert_eq!(share.remove([&a1, &a1]), vec![a1.clone()]);
+        let mut left = share.close().unwrap();
+        left.sort();
+        assert_eq!(left, vec![p1.clone()]);
+        // Gone: a late join counts nothing, a second leave takes nothing.
+        assert_eq!(share.add([&p1]), None);
+        assert_eq!(share.remove([&p1]), Vec::<RoomName>::new());
+        assert_eq!(share.close(), None);
+    }
 
     #[tokio::test]
     async fn first_join_last_leave_and_rejoin() {

@@ -114,6 +114,29 @@ async fn a_quick_reconnect_announces_nothing() {
     );
 }
 
+/// A client's `disconnect()` sends DISCONNECT and closes the transport right behind it.
+/// socketioxide runs the disconnect handler in a task of its own, and the transport's close
+/// takes the socket out of its adapter rooms meanwhile: the socket must stop counting all
+/// the same, in its rooms as in the user count, or its user is a ghost in presence forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_disconnects_and_closes_at_once_stops_counting() {
+    let server = TestServer::start().await;
+    // Many sockets leaving together keep the server's workers busy, so the disconnect
+    // handlers run late: without the fix most of them saw no rooms left.
+    const SOCKETS: u64 = 50;
+    let mut sockets = Vec::new();
+    for i in 0..SOCKETS {
+        let mut s = member(&server, &format!("u{i}"), &["1"]).await;
+        assert_eq!(s.subscribe("project:1").await["ok"], true);
+        sockets.push(s);
+    }
+    until_connections(&server, "project:1", SOCKETS).await;
+    until_connections(&server, "global", SOCKETS).await;
+    futures_util::future::join_all(sockets.into_iter().map(Client::disconnect)).await;
+    until_connections(&server, "project:1", 0).await;
+    until_connections(&server, "global", 0).await;
+}
+
 #[tokio::test]
 async fn global_and_user_presence_and_stats() {
     let server = TestServer::start().await;

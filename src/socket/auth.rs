@@ -22,6 +22,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use super::SocketCtx;
 use crate::auth::{AuthError, Identity};
 use crate::limits::{LimitError, Slot};
+use crate::presence::Share;
 
 /// Marks a session whose handshake was over its address's budget.
 #[derive(Clone)]
@@ -273,6 +274,7 @@ pub async fn authenticate<A: Adapter>(
     }
     s.extensions.insert(Arc::new(slot));
     s.extensions.insert(identity);
+    s.extensions.insert(Arc::new(Share::default()));
     // Here, not in the connect handler: socketioxide sends the CONNECT answer before it
     // spawns the connect handler, so a command the client sends at once could otherwise
     // arrive before any handler exists and be dropped without an answer.

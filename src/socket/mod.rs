@@ -37,7 +37,7 @@ use crate::events::Timestamp;
 use crate::history::HistoryStore;
 use crate::limits::{Limits, Slot};
 use crate::metrics::Counters;
-use crate::presence::{Presence, PresenceStore};
+use crate::presence::{Presence, PresenceStore, Share};
 use crate::rooms::{Id, RoomName};
 
 pub use reply::CommandError;
@@ -139,6 +139,11 @@ pub fn identity_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> Option<Ar
     s.extensions.get::<Arc<Identity>>()
 }
 
+/// The socket's part in presence, stored by the connect middleware with its identity.
+pub fn share_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> Option<Arc<Share>> {
+    s.extensions.get::<Arc<Share>>()
+}
+
 #[derive(Serialize)]
 struct Established<'a> {
     sid: String,
@@ -180,8 +185,17 @@ async fn on_connect<A: Adapter>(
         return;
     };
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    s.on_disconnect(on_disconnect::<A>);
+    // Counted before the disconnect handler exists, so its leave is queued after this.
     ctx.presence.connected(&identity);
+    s.on_disconnect(on_disconnect::<A>);
+    if !s.connected() {
+        // Closed before the handler was set, so it may never run: leave here (the share
+        // makes a second leave a no-op).
+        if let Some(share) = share_of(&s) {
+            ctx.presence.disconnected(&share, &identity);
+        }
+        return;
+    }
     ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
 
     tracing::debug!(parent: &span_of(&s), "socket connected");
@@ -219,9 +233,10 @@ async fn on_disconnect<A: Adapter>(
     let Some(identity) = identity_of(&s) else {
         return;
     };
-    // The socket still holds its rooms here: the adapter removes it after this handler.
-    ctx.presence.left(&identity, &public_rooms(&s));
-    ctx.presence.disconnected(&identity);
+    // Not `s.rooms()`: the adapter may have dropped them already (see `presence::Share`).
+    if let Some(share) = share_of(&s) {
+        ctx.presence.disconnected(&share, &identity);
+    }
     ctx.lifetimes.unwatch(s.ns(), s.id, identity.expires_at);
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
-use super::SocketCtx;
+use super::{SocketCtx, share_of};
 use crate::auth::Identity;
 use crate::history::redis::{Numbered, RoomRead, Stored};
 use crate::history::{Cursor, History, HistoryStore, Positions, RedisHistory, Replay};
@@ -144,9 +144,16 @@ fn check<A: Adapter>(
 
 /// Joins the accepted rooms and records the join for presence.
 fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, rooms: &[Accepted]) {
-    s.join(rooms.iter().map(|a| a.scoped.clone()).collect::<Vec<_>>());
-    ctx.presence
-        .joined(identity, rooms.iter().map(|a| &a.room).collect::<Vec<_>>());
+    let scoped: Vec<String> = rooms.iter().map(|a| a.scoped.clone()).collect();
+    s.join(scoped.clone());
+    if let Some(share) = share_of(s)
+        && !ctx
+            .presence
+            .joined(&share, identity, rooms.iter().map(|a| &a.room))
+    {
+        // The socket left meanwhile: the adapter must not keep it in these rooms.
+        s.leave(scoped);
+    }
 }
 
 /// The report entry of one room: where the room is, and what was replayed or the gap.

@@ -10,7 +10,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
-use super::{SocketCtx, identity_of, public_rooms};
+use super::{SocketCtx, identity_of, public_rooms, share_of};
 use crate::events::Timestamp;
 use crate::rooms::RoomName;
 
@@ -56,7 +56,9 @@ async fn refresh<A: Adapter>(
             .map(|r| r.scoped(&new.tenant))
             .collect::<Vec<_>>(),
     );
-    ctx.presence.left(&old, &lost);
+    if let Some(share) = share_of(s) {
+        ctx.presence.left(&share, &old, &lost);
+    }
     let expires_at = new.expires_at;
     s.extensions.insert(Arc::new(new));
     ctx.lifetimes.unwatch(s.ns(), s.id, old.expires_at);

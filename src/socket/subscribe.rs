@@ -10,7 +10,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
-use super::{SocketCtx, identity_of};
+use super::{SocketCtx, identity_of, share_of};
 use crate::auth::Identity;
 use crate::history::Positions;
 use crate::rooms::RoomName;
@@ -128,6 +128,11 @@ fn join<A: Adapter>(
             limit: ctx.max_rooms,
         });
     }
-    ctx.presence.joined(&identity, joined);
+    if let Some(share) = share_of(s)
+        && !ctx.presence.joined(&share, &identity, joined)
+    {
+        // The socket left meanwhile: the adapter must not keep it in these rooms.
+        s.leave(to_join);
+    }
     Ok((identity, rooms))
 }

@@ -6,7 +6,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::reply::{CommandError, Responder};
 use super::subscribe::parse_rooms;
-use super::{SocketCtx, identity_of};
+use super::{SocketCtx, identity_of, share_of};
 use crate::rooms::RoomName;
 
 pub async fn handle<A: Adapter>(
@@ -24,7 +24,9 @@ pub async fn handle<A: Adapter>(
             .filter(|(_, scoped)| current.contains(scoped))
             .unzip();
         s.leave(scoped);
-        ctx.presence.left(&identity, held);
+        if let Some(share) = share_of(&s) {
+            ctx.presence.left(&share, &identity, held);
+        }
         Ok(json!({"ok": true, "rooms": rooms}))
     });
     reply.result(result);

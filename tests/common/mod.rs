@@ -659,6 +659,17 @@ impl Client {
         }
     }
 
+    /// Leaves like socket.io-client's `disconnect()`: a DISCONNECT packet and, right behind
+    /// it in the same write, the transport's close.
+    pub async fn disconnect(mut self) {
+        let packet = format!("41{}", self.prefix());
+        let _ = self.ws.feed(Message::text(packet)).await;
+        let _ = self.ws.feed(Message::Close(None)).await;
+        let _ = self.ws.flush().await;
+        // Until the server's close answers ours, so the server has read both.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
+    }
+
     /// Every event received so far and not yet consumed.
     pub fn received(&self) -> Vec<String> {
         self.pending.iter().map(|(n, _)| n.clone()).collect()

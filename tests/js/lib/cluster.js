@@ -98,13 +98,18 @@ export async function presenceOk(srv, room, opts) {
 
 /** Waits until the presence of `room` at `srv` deep-equals `expected` ({users, connections}). */
 export function waitForPresence(srv, room, expected, { tenant, timeout = 10_000 } = {}) {
+  let seen;
   return eventually(
     async () => {
       const b = await presenceOk(srv, room, { tenant });
-      return isDeepStrictEqual({ users: b.users, connections: b.connections }, expected) ? b : null;
+      seen = { users: b.users, connections: b.connections };
+      return isDeepStrictEqual(seen, expected) ? b : null;
     },
     { timeout, interval: 100, what: `presence of ${room} at ${srv.nodeId} == ${JSON.stringify(expected)}` },
-  );
+  ).catch((err) => {
+    err.message += `; last seen: ${JSON.stringify(seen)}`;
+    throw err;
+  });
 }
 
 /** POST /api/v1/users/{user_id}/disconnect?tenant= */

@@ -23,7 +23,7 @@ import {
   assertEnvelope,
   withoutPositions,
 } from "../lib/helpers.js";
-import { startCluster, waitForPresence, PRESENCE_GRACE_SECS } from "../lib/cluster.js";
+import { startCluster, waitForPresence, clusterStats, PRESENCE_GRACE_SECS } from "../lib/cluster.js";
 
 const GRACE_MS = PRESENCE_GRACE_SECS * 1000;
 const LEFT_DEADLINE_MS = GRACE_MS + 4_000;
@@ -157,13 +157,24 @@ describe("presence.joined / presence.left", () => {
       assert.equal(count(w, "left", "u3", room), 0, "no presence.left on a quick reconnect");
       assert.equal(count(w, "joined", "u3", room), 1, "no second presence.joined on a quick reconnect");
       assert.equal(count(again, "joined", "u3", room), 0, "the reconnected socket gets no presence.joined for itself");
-      await waitForPresence(C, room, {
+      const live = {
         users: [
           { user_id: "u3", connections: 1 },
           { user_id: "watcher", connections: 1 },
         ],
         connections: 2,
-      });
+      };
+      await waitForPresence(C, room, live);
+      // Nor in the user counts or the nodes' figures: the closed socket counts nowhere.
+      await waitForPresence(A, "global", live);
+      await eventually(
+        async () => {
+          const { nodes } = await clusterStats(B);
+          const sum = (k) => nodes.reduce((n, node) => n + node[k], 0);
+          return sum("connections") === 2 && sum("users") === 2;
+        },
+        { timeout: 10_000, interval: 100, what: "stats.cluster.nodes to count 2 connections of 2 users" },
+      );
     });
   }
 
