@@ -28,6 +28,7 @@ const DEV_KEY = "roomcast-dev-key";
 const SKIP = {
   'socket.on("auth.expiring"': "a fragment: needs an existing socket and the app's getFreshToken",
   "const cursors = {}; // room -> {epoch, seq}": "a recipe: needs the app's url, currentToken, handle and refetch",
+  'import parser from "socket.io-msgpack-parser";': 'needs a server with [server] parser = "msgpack"; test/protocols.test.js runs the same client',
 };
 const RUN_DEADLINE_MS = 30_000;
 
