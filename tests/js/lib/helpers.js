@@ -650,3 +650,17 @@ export function assertEnvelope(env, { type, room, data, id }) {
   assertServerTime(env.timestamp);
   assert.deepEqual(env.data, data);
 }
+
+/**
+ * The section 11 recipe's bookkeeping: moves `cursors` (room -> {epoch, seq}) to the
+ * envelope's positions; false when the envelope is one already handled (a duplicate).
+ */
+export function trackCursors(cursors, env) {
+  for (const p of [{ room: env.room, seq: env.seq, epoch: env.epoch }, ...(env.also ?? [])]) {
+    if (p.seq === undefined) continue; // volatile
+    const cur = cursors[p.room];
+    if (cur && cur.epoch === p.epoch && p.seq <= cur.seq) return false; // duplicate
+    cursors[p.room] = { epoch: p.epoch, seq: p.seq };
+  }
+  return true;
+}

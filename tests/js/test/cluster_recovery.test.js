@@ -23,6 +23,7 @@ import {
   http,
   mintToken,
   publish,
+  trackCursors,
   API_KEY,
 } from "../lib/helpers.js";
 import { startCluster } from "../lib/cluster.js";
@@ -156,15 +157,7 @@ function recoveringClient(url, token) {
   });
   c.socket = socket;
 
-  function track(env) {
-    for (const p of [{ room: env.room, seq: env.seq, epoch: env.epoch }, ...(env.also ?? [])]) {
-      if (p.seq === undefined) continue; // volatile
-      const cur = cursors[p.room];
-      if (cur && cur.epoch === p.epoch && p.seq <= cur.seq) return false; // duplicate
-      cursors[p.room] = { epoch: p.epoch, seq: p.seq };
-    }
-    return true;
-  }
+  const track = (env) => trackCursors(cursors, env);
 
   socket.onAny((type, env) => {
     if (type === "connection.established") {

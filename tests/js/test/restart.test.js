@@ -12,7 +12,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 
-import { createSocket, disconnectAll, emitWithAck, eventually, freePort, mintToken, publish, withoutPositions, API_KEY } from "../lib/helpers.js";
+import { createSocket, disconnectAll, emitWithAck, eventually, freePort, mintToken, publish, trackCursors, withoutPositions, API_KEY } from "../lib/helpers.js";
 import { startCluster } from "../lib/cluster.js";
 
 /** socket.io-client's backoff (1 s, 2 s, 4 s, then 5 s, each +-50 %) over a restart of a
@@ -54,15 +54,7 @@ function recipeClient(url, token, transport) {
     reconnection: true,
     auth: (cb) => cb({ token, since: cursors }),
   });
-  function track(env) {
-    for (const p of [{ room: env.room, seq: env.seq, epoch: env.epoch }, ...(env.also ?? [])]) {
-      if (p.seq === undefined) continue; // volatile
-      const cur = cursors[p.room];
-      if (cur && cur.epoch === p.epoch && p.seq <= cur.seq) return false; // duplicate
-      cursors[p.room] = { epoch: p.epoch, seq: p.seq };
-    }
-    return true;
-  }
+  const track = (env) => trackCursors(cursors, env);
   c.socket.onAny((type, env) => {
     if (type === "connection.established") c.established.push(env);
     else if (type === "server.shutdown") c.shutdowns.push(env);
