@@ -156,6 +156,21 @@ fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, room
     }
 }
 
+/// The positions of the rooms joined by default, read after the join; without them (Redis
+/// unreachable) the socket connects all the same.
+async fn default_positions<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    identity: &Identity,
+    defaults: &[RoomName],
+    outcome: &mut Outcome,
+) {
+    match ctx.history.positions(&identity.tenant, defaults).await {
+        Ok(positions) => outcome.positions = positions,
+        Err(e) => tracing::warn!(sid = %s.id, "connect without positions: {e}"),
+    }
+}
+
 /// The report entry of one room: where the room is, and what was replayed or the gap.
 fn report(epoch: &str, seq: u64, replayed: Option<usize>) -> Value {
     match replayed {
@@ -195,17 +210,7 @@ async fn from_memory<A: Adapter>(
         mut outcome,
     } = job;
     // Joined already: read now, every later event reaches the socket.
-    let keys: Vec<_> = defaults
-        .iter()
-        .map(|r| (r.scoped(&identity.tenant).into_owned(), r.clone()))
-        .collect();
-    for (room, (epoch, seq)) in defaults.iter().zip(history.positions(&keys).await) {
-        let cursor = Cursor {
-            epoch: epoch.to_string(),
-            seq,
-        };
-        outcome.positions.insert(room.to_string(), cursor);
-    }
+    default_positions(s, ctx, identity, &defaults, &mut outcome).await;
     let keys: Vec<_> = accepted
         .iter()
         .map(|a| (a.scoped.clone(), a.room.clone()))
@@ -270,10 +275,7 @@ async fn from_redis<A: Adapter>(
     } = job;
     if accepted.is_empty() {
         // A plain connect: one round trip, for the positions of the rooms just joined.
-        match ctx.history.positions(&identity.tenant, &defaults).await {
-            Ok(positions) => outcome.positions = positions,
-            Err(e) => tracing::warn!(sid = %s.id, "connect without positions: {e}"),
-        }
+        default_positions(s, ctx, identity, &defaults, &mut outcome).await;
         send_established(&outcome);
         return;
     }
