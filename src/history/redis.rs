@@ -22,7 +22,8 @@
 //! `p:history:<tenant>/<room>` (stream) and `p:history-meta:<tenant>/<room>` (hash
 //! `epoch`, `seq`, kept for an hour past the last event so a client that saw it recovers
 //! without a gap; a room with no event yet gets it when a socket asks for its position,
-//! kept for the room's history TTL from the last such request); channels `p:events` (every node) and `p:sync:<node>` (markers).
+//! kept for the room's history TTL from the last such request); channels `p:events` (every
+//! node) and `p:sync:<node>` (markers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
