@@ -27,6 +27,9 @@ start_roomcast() {
     # tenant, publishing flat out.
     echo "[limits]"; echo "max_connections = 0"; echo "max_connections_per_tenant = 0"
     echo "max_connections_per_user = 0"; echo "publish_per_key_per_sec = 0"
+    # A storm reconnects thousands of sockets of few users at once.
+    echo "handshakes_per_user_per_sec = 0"; echo "preauth_sessions = 0"
+    echo "publish_bytes_per_key_per_sec = 0"
     if [ -n "${3:-}" ]; then # the nodes of one cluster share Redis and the key prefix
       echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$3\""; echo "key_prefix = \"bench$3\""
     fi

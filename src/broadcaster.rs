@@ -1,38 +1,20 @@
 //! [`EventBroadcaster`]: the single publish path. The HTTP API, and any Rust code embedding
 //! Roomcast, publish through it; history, idempotency, limits and metrics attach here.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::cluster::ClusterStatus;
 use crate::config::OnUnavailable;
+use crate::delivery::ClusterStatus;
+pub use crate::delivery::Deliver;
 use crate::events::*;
-use crate::history::redis::Target;
-use crate::history::{History, HistoryStore, Position, RedisHistory};
+use crate::history::{AppendError, HistoryStore};
 use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::metrics::Counters;
 use crate::rooms::{RoomName, Tenant};
-
-/// Hands one serialized event to the sockets of some adapter-level rooms. Implemented for
-/// socketioxide's `SocketIo<A>` over any adapter, so the broadcaster needs no generics.
-pub trait Deliver: Send + Sync + 'static {
-    /// Emits `payload` as `event` to every socket in any of `rooms`, once per socket, on
-    /// every node (on this node only with `local_only`). Returns how many sockets could not
-    /// be reached, or an error when the other nodes could not be told (nothing delivered).
-    fn deliver<'a>(
-        &'a self,
-        rooms: Vec<Cow<'static, str>>,
-        event: &'a str,
-        payload: &'a RawValue,
-        local_only: bool,
-    ) -> BoxFuture<'a, Result<u64, String>>;
-}
 
 /// What a publish produced; the body of a `202` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +29,10 @@ pub struct Published {
     /// idempotency key: nothing was delivered this time.
     #[serde(skip)]
     pub replayed: bool,
+    /// The event's `seq` in `room` (none for a volatile event). Not part of the HTTP
+    /// answer; the `publish` command acks it.
+    #[serde(skip)]
+    pub seq: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +45,9 @@ pub enum PublishError {
     ClusterUnavailable(String),
     #[error("a publish with this idempotency key is still in progress")]
     IdempotencyInProgress,
+    /// More rooms than `limits.max_rooms_per_publish` (the limit).
+    #[error("a publish may name at most {0} rooms")]
+    TooManyRooms(usize),
 }
 
 /// A cloneable handle that publishes typed events into one tenant (see [`Self::with_tenant`]).
@@ -66,7 +55,7 @@ pub enum PublishError {
 pub struct EventBroadcaster {
     io: Arc<dyn Deliver>,
     counters: Arc<Counters>,
-    /// Cluster mode only: whether Redis is reachable, and what to do when it is not.
+    /// Cluster mode only: whether the cluster is reachable, and what to do when it is not.
     cluster: Option<Arc<ClusterStatus>>,
     /// Publishes under way, so a shutdown can let them finish before closing sockets.
     inflight: Arc<AtomicUsize>,
@@ -77,7 +66,11 @@ pub struct EventBroadcaster {
     history: HistoryStore,
     /// Set by [`EventBroadcaster::volatile`]: no `seq`, no history.
     volatile: bool,
+    /// Set by [`EventBroadcaster::from_client`]: the socket a client event came from.
+    origin: Option<Arc<Origin>>,
     tenant: Tenant,
+    /// `limits.max_rooms_per_publish`: what one publish may cost in deliveries and logs.
+    max_rooms: usize,
 }
 
 /// Counts one publish in flight for as long as it lives.
@@ -129,8 +122,32 @@ impl EventBroadcaster {
             idempotency_key: None,
             history,
             volatile: false,
+            origin: None,
             tenant: Tenant::default_tenant(),
+            max_rooms: crate::config::LimitsConfig::default().max_rooms_per_publish,
         }
+    }
+
+    /// The same broadcaster, refusing publishes to more than `max` rooms (at least 2: a
+    /// typed event may route to two).
+    pub fn with_max_rooms(&self, max: usize) -> Self {
+        Self {
+            max_rooms: max.max(2),
+            ..self.clone()
+        }
+    }
+
+    /// The same broadcaster, delivering through `io`.
+    pub(crate) fn through(&self, io: Arc<dyn Deliver>) -> Self {
+        Self { io, ..self.clone() }
+    }
+
+    /// `TooManyRooms` when `count` rooms are more than one publish may name.
+    fn check_rooms(&self, count: usize) -> Result<(), PublishError> {
+        if count > self.max_rooms {
+            return Err(PublishError::TooManyRooms(self.max_rooms));
+        }
+        Ok(())
     }
 
     /// The same broadcaster, publishing volatile events: delivered live only, with no `seq`,
@@ -138,6 +155,16 @@ impl EventBroadcaster {
     pub fn volatile(&self) -> Self {
         Self {
             volatile: true,
+            ..self.clone()
+        }
+    }
+
+    /// The same broadcaster, publishing client events (the `publish` command): the
+    /// envelope's `from` is `origin.from`, and the sender's socket is skipped unless
+    /// `origin.echo`. Counted as `client` in the metrics.
+    pub fn from_client(&self, origin: Origin) -> Self {
+        Self {
+            origin: Some(Arc::new(origin)),
             ..self.clone()
         }
     }
@@ -198,6 +225,8 @@ impl EventBroadcaster {
         rooms: Vec<RoomName>,
         data: &serde_json::Value,
     ) -> Result<Published, PublishError> {
+        // Before removing duplicates, which is quadratic in the list.
+        self.check_rooms(rooms.len())?;
         let mut unique = Vec::with_capacity(rooms.len());
         for room in rooms {
             if !unique.contains(&room) {
@@ -233,6 +262,7 @@ impl EventBroadcaster {
         data: &T,
         counted: bool,
     ) -> Result<Published, PublishError> {
+        self.check_rooms(rooms.len())?;
         let Some(key) = &self.idempotency_key else {
             return self.deliver_now(event_type, rooms, data, counted).await;
         };
@@ -292,31 +322,34 @@ impl EventBroadcaster {
         };
         let id = Uuid::now_v7();
         let scoped: Vec<_> = rooms.iter().map(|r| r.scoped(&self.tenant)).collect();
-        let failed = match &self.history {
-            HistoryStore::Memory(history) if !self.volatile => {
-                self.deliver_in_memory(history, id, event_type, &rooms, scoped, data)
-                    .await?
-            }
-            // During a Redis outage with `on_unavailable = "local"` nothing can be numbered
-            // cluster-wide: the event goes to this node's sockets, unnumbered.
-            HistoryStore::Redis(history) if !self.volatile && !local_only => {
-                self.deliver_via_redis(history, id, event_type, &rooms, &scoped, data)
-                    .await?;
-                0
-            }
-            _ => {
-                let payload = envelope(id, event_type, &rooms, &[], data)?;
-                self.io
-                    .deliver(scoped, event_type, &payload, local_only)
-                    .await
-                    .map_err(PublishError::ClusterUnavailable)?
-            }
+        // Volatile events are not numbered; neither is anything during a cluster outage with
+        // `on_unavailable = "local"`: it goes to this node's sockets, unnumbered.
+        let origin = self.origin.as_deref();
+        let (failed, seq) = if self.volatile || local_only {
+            let payload = Envelope::encode(id, event_type, &rooms, &[], origin, data)
+                .map_err(|e| PublishError::Encode(e.to_string()))?;
+            let except = origin.and_then(Origin::except);
+            self.io
+                .deliver(scoped, event_type, &payload, local_only, except)
+                .await
+                .map(|failed| (failed, None))
+                .map_err(PublishError::ClusterUnavailable)?
+        } else {
+            self.history
+                .publish(&*self.io, id, event_type, &rooms, scoped, origin, data)
+                .await
+                .map_err(|e| match e {
+                    AppendError::Encode(e) => PublishError::Encode(e),
+                    AppendError::Unavailable(e) => PublishError::ClusterUnavailable(e),
+                })
+                .map(|(failed, seq)| (failed, Some(seq)))?
         };
         if counted {
             self.counters.by_type.incr(event_type);
             // Custom names are unbounded: one label for them all keeps /metrics bounded.
             let kind = match EventType::parse(event_type) {
                 Some(_) => event_type,
+                None if origin.is_some() => "client",
                 None => "custom",
             };
             self.counters
@@ -332,120 +365,8 @@ impl EventBroadcaster {
             room: rooms[0].clone(),
             rooms,
             tenant: self.tenant.clone(),
+            seq,
             replayed: false,
         })
     }
-
-    /// Single node: numbers the event in each room's log and delivers it while holding the
-    /// logs, so a room's sockets see its events in `seq` order and a replay never overlaps a
-    /// live event. Returns how many sockets could not be reached.
-    async fn deliver_in_memory<T: Serialize + ?Sized>(
-        &self,
-        history: &History,
-        id: Uuid,
-        event_type: &str,
-        rooms: &[RoomName],
-        scoped: Vec<Cow<'static, str>>,
-        data: &T,
-    ) -> Result<u64, PublishError> {
-        let keys: Vec<_> = scoped
-            .iter()
-            .map(|s| s.to_string())
-            .zip(rooms.iter().cloned())
-            .collect();
-        let mut logs = history.lock(&keys).await;
-        let positions: Vec<Position> = logs
-            .iter_mut()
-            .zip(rooms)
-            .map(|(log, room)| Position {
-                room: room.clone(),
-                seq: log.next_seq(),
-                epoch: log.epoch.clone(),
-            })
-            .collect();
-        let undo = |logs: &mut Vec<tokio::sync::OwnedMutexGuard<crate::history::RoomLog>>| {
-            for (log, p) in logs.iter_mut().zip(&positions) {
-                log.undo_seq(p.seq);
-            }
-        };
-        let payload = match envelope(id, event_type, rooms, &positions, data) {
-            Ok(payload) => payload,
-            Err(e) => {
-                undo(&mut logs);
-                return Err(e);
-            }
-        };
-        match self.io.deliver(scoped, event_type, &payload, false).await {
-            Ok(failed) => {
-                let name: Arc<str> = event_type.into();
-                for (log, p) in logs.iter_mut().zip(&positions) {
-                    log.push(p.seq, name.clone(), payload.clone());
-                }
-                Ok(failed)
-            }
-            Err(e) => {
-                undo(&mut logs);
-                Err(PublishError::ClusterUnavailable(e))
-            }
-        }
-    }
-
-    /// Cluster: one Redis script numbers the event, keeps it in each room's stream and
-    /// publishes it to every node, which delivers it in `seq` order (this node too).
-    async fn deliver_via_redis<T: Serialize + ?Sized>(
-        &self,
-        history: &RedisHistory,
-        id: Uuid,
-        event_type: &str,
-        rooms: &[RoomName],
-        scoped: &[Cow<'static, str>],
-        data: &T,
-    ) -> Result<(), PublishError> {
-        // The script splices `seq`, `epoch` and `also` in before `data`. Nothing before
-        // `data` can contain `,"data":` (ids, event and room names, and timestamps hold no
-        // quotes), so its first occurrence is where the envelope's `data` starts.
-        let unnumbered = envelope(id, event_type, rooms, &[], data)?;
-        let json = unnumbered.get();
-        let split = json
-            .find(",\"data\":")
-            .ok_or_else(|| PublishError::Encode("envelope without data".into()))?;
-        let (head, tail) = json.split_at(split);
-        let targets: Vec<Target> = rooms
-            .iter()
-            .zip(scoped)
-            .map(|(room, scoped)| Target {
-                room,
-                scoped: scoped.as_ref(),
-            })
-            .collect();
-        history
-            .append(id, event_type, &targets, head, tail)
-            .await
-            .map_err(|e| PublishError::ClusterUnavailable(e.to_string()))?;
-        Ok(())
-    }
-}
-
-/// Serializes an event's envelope once; `positions` (empty for a volatile event) numbers it
-/// in each of `rooms`.
-fn envelope<T: Serialize + ?Sized>(
-    id: Uuid,
-    event_type: &str,
-    rooms: &[RoomName],
-    positions: &[Position],
-    data: &T,
-) -> Result<Arc<RawValue>, PublishError> {
-    let envelope = Envelope {
-        id,
-        event_type,
-        room: &rooms[0],
-        timestamp: Timestamp::now(),
-        seq: positions.first().map(|p| p.seq),
-        epoch: positions.first().map(|p| &*p.epoch),
-        also: positions.get(1..).unwrap_or_default(),
-        data,
-    };
-    serde_json::value::to_raw_value(&envelope)
-        .map(Arc::from)
-        .map_err(|e| PublishError::Encode(e.to_string()))
 }

@@ -1,10 +1,11 @@
 //! The bodies of the `cargo fuzz` targets in `fuzz/`, as plain functions over bytes, so
 //! `cargo test` runs them too (tests/fuzz_smoke.rs) on stable. Each calls the functions a
 //! request really goes through and panics when an invariant breaks.
+// A fuzz target's expect() states an invariant: its panic is the finding.
+#![allow(clippy::expect_used)]
 
+use crate::events::request::{PublishCustom, PublishEvent, decode_json};
 use crate::events::{Event, EventType};
-use crate::http::decode_json;
-use crate::http::events::{PublishCustom, PublishEvent};
 use crate::rooms::{Id, RoomName};
 
 /// Room names: whatever parses prints back as itself, and tenant scoping round-trips.

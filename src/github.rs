@@ -4,40 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 
 use crate::config::GithubConfig;
 use crate::events::{Event, FieldError, Issue, PullRequest};
 use crate::rooms::{Id, Tenant};
 
-/// Checks `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` in constant time.
-pub fn signature_valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
-    let Some(digest) = header
-        .and_then(|h| h.strip_prefix("sha256="))
-        .and_then(|h| hex::decode(h.trim()).ok())
-    else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(body);
-    // `verify_slice` compares in constant time (and refuses a wrong length).
-    mac.verify_slice(&digest).is_ok()
-}
-
-/// The signature GitHub sends for `body`: `sha256=<hex>`.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+/// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`: the scheme Roomcast's own
+/// outbound requests are signed with too, so one implementation checks and signs both.
+pub use crate::outbound::{signature as sign, signature_valid};
 
 /// What to do with one verified delivery.
 #[derive(Debug, PartialEq)]
@@ -66,7 +41,7 @@ impl Github {
             secret: config
                 .webhook_secret
                 .as_ref()
-                .map(|s| s.as_bytes().to_vec()),
+                .map(|s| s.expose().as_bytes().to_vec()),
             tenant: Tenant::parse(&config.tenant).unwrap_or_else(Tenant::default_tenant),
             projects: config
                 .projects

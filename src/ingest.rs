@@ -26,8 +26,10 @@ use tokio::sync::watch;
 
 use crate::broadcaster::{EventBroadcaster, PublishError};
 use crate::config::RedisStreamsIngest;
-use crate::events::Event;
-use crate::http::{ApiError, PublishEvent, decode_json};
+use crate::events::FieldError;
+use crate::events::request::{PublishEvent, RequestError, decode_json};
+use crate::http::ApiError;
+use crate::idempotency::Publisher;
 use crate::rooms::Tenant;
 
 /// The field of a stream entry holding the event's JSON.
@@ -47,6 +49,60 @@ pub struct StreamIngest {
 enum Failure {
     /// Redis or the cluster is unreachable: retry later, in order.
     Retry(String),
+}
+
+/// Why an entry was not published.
+enum Refusal {
+    /// Its JSON is not a valid event (as `POST /api/v1/events` would say).
+    Request(RequestError),
+    /// The broadcaster refused it.
+    Publish(PublishError),
+}
+
+/// What becomes of an entry after an attempt to publish it.
+enum Outcome {
+    /// Published (or a replay of an earlier publish, or nothing left to publish):
+    /// acknowledge it.
+    Ack,
+    /// Might be published later (the cluster is unreachable, or another consumer is
+    /// publishing it right now): stop here and retry, so entries stay in order.
+    Retry(String),
+    /// Can never be published: move it to the dead-letter stream with its error, so it
+    /// does not block the entries behind it.
+    DeadLetter(Refusal),
+}
+
+impl Outcome {
+    /// Every refusal is decided here, by name: a new kind of publish error must be
+    /// placed on one side or the other.
+    fn of(result: Result<(), Refusal>) -> Self {
+        let refusal = match result {
+            Ok(()) => return Self::Ack,
+            Err(Refusal::Publish(e)) => match e {
+                PublishError::ClusterUnavailable(m) => return Self::Retry(m),
+                PublishError::IdempotencyInProgress => {
+                    return Self::Retry("the entry is being published elsewhere".into());
+                }
+                PublishError::InvalidPayload(_)
+                | PublishError::Encode(_)
+                | PublishError::TooManyRooms(_) => Refusal::Publish(e),
+            },
+            Err(refusal @ Refusal::Request(_)) => refusal,
+        };
+        Self::DeadLetter(refusal)
+    }
+}
+
+impl Refusal {
+    /// `{code, message, field?}` as the HTTP API would answer the same event: the
+    /// dead-letter entry speaks the publish API's codes.
+    fn detail(self) -> serde_json::Value {
+        match self {
+            Self::Request(e) => ApiError::from(e),
+            Self::Publish(e) => ApiError::from(e),
+        }
+        .to_json()
+    }
 }
 
 impl StreamIngest {
@@ -203,49 +259,51 @@ impl StreamIngest {
                 .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
         };
         let (raw, key) = (field(EVENT_FIELD), field(KEY_FIELD));
-        let outcome = match &raw {
+        let result = match &raw {
             // An entry deleted while pending has no fields left: nothing to publish.
             None if entry.map.is_empty() => Ok(()),
-            None => Err(ApiError::InvalidPayload(crate::events::FieldError::new(
-                EVENT_FIELD,
-                format!("the entry has no {EVENT_FIELD:?} field holding the event's JSON"),
+            None => Err(Refusal::Request(RequestError::InvalidPayload(
+                FieldError::new(
+                    EVENT_FIELD,
+                    format!("the entry has no {EVENT_FIELD:?} field holding the event's JSON"),
+                ),
             ))),
             Some(raw) => self.publish(&entry.id, raw, key.as_deref()).await,
         };
-        match outcome {
-            Ok(()) => {
+        match Outcome::of(result) {
+            Outcome::Ack => {
                 let acked: RedisResult<()> = self
                     .conn
                     .xack(&self.config.stream, &self.config.group, &[&entry.id])
                     .await;
                 acked.map_err(retry)
             }
-            Err(ApiError::ClusterUnavailable(m)) => Err(Failure::Retry(m)),
-            Err(ApiError::IdempotencyInProgress) => Err(Failure::Retry(
-                "the entry is being published elsewhere".into(),
-            )),
-            Err(error) => self.dead_letter(&entry, raw.as_deref(), &error).await,
+            Outcome::Retry(reason) => Err(Failure::Retry(reason)),
+            Outcome::DeadLetter(refusal) => {
+                self.dead_letter(&entry, raw.as_deref(), refusal.detail())
+                    .await
+            }
         }
     }
 
     /// Validates an entry exactly like `POST /api/v1/events`, and publishes it once per key.
-    async fn publish(&self, id: &str, raw: &str, key: Option<&str>) -> Result<(), ApiError> {
-        let body: PublishEvent = decode_json(raw.as_bytes())?;
-        let event = Event::from_json(&body.event_type, body.data)?;
+    async fn publish(&self, id: &str, raw: &str, key: Option<&str>) -> Result<(), Refusal> {
+        let mut body: PublishEvent = decode_json(raw.as_bytes()).map_err(Refusal::Request)?;
+        let (tenant, volatile) = (body.tenant.take(), body.volatile);
+        let event = body.into_event().map_err(Refusal::Request)?;
         let mut broadcaster = self
             .broadcaster
-            .with_tenant(body.tenant.unwrap_or_else(Tenant::default_tenant));
-        if body.volatile {
+            .with_tenant(tenant.unwrap_or_else(Tenant::default_tenant));
+        if volatile {
             broadcaster = broadcaster.volatile();
         }
         let key = match key {
-            Some(k) => format!("ingest:{k}"),
-            None => format!("ingest:{}/{id}", self.config.stream),
+            Some(k) => Publisher::Ingest.scoped(k),
+            None => Publisher::Ingest.scoped(&format!("{}/{id}", self.config.stream)),
         };
         match broadcaster.with_idempotency_key(key).publish(event).await {
             Ok(_) => Ok(()),
-            Err(PublishError::InvalidPayload(f)) => Err(ApiError::InvalidPayload(f)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(Refusal::Publish(e)),
         }
     }
 
@@ -255,9 +313,8 @@ impl StreamIngest {
         &mut self,
         entry: &StreamId,
         raw: Option<&str>,
-        error: &ApiError,
+        detail: serde_json::Value,
     ) -> Result<(), Failure> {
-        let detail = error.to_json();
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
         let fields = [
             ("id", entry.id.clone()),
@@ -300,4 +357,59 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 fn retry(e: redis::RedisError) -> Failure {
     Failure::Retry(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decided(refusal: Refusal) -> Result<String, String> {
+        match Outcome::of(Err(refusal)) {
+            Outcome::Ack => Err("acknowledged".into()),
+            Outcome::Retry(reason) => Err(format!("retried: {reason}")),
+            Outcome::DeadLetter(r) => Ok(r.detail()["code"].as_str().unwrap_or("").to_owned()),
+        }
+    }
+
+    /// Only what may succeed later is retried (in order, holding the entries behind it);
+    /// everything else is dead-lettered with the code the HTTP API would answer.
+    #[test]
+    fn unreachable_or_in_progress_is_retried_everything_else_is_dead_lettered() {
+        assert!(matches!(Outcome::of(Ok(())), Outcome::Ack));
+        for retried in [
+            PublishError::ClusterUnavailable("down".into()),
+            PublishError::IdempotencyInProgress,
+        ] {
+            assert!(decided(Refusal::Publish(retried)).is_err());
+        }
+        let field = || FieldError::new("data", "bad");
+        for (refusal, code) in [
+            (
+                Refusal::Request(RequestError::MalformedJson("x".into())),
+                "malformed_json",
+            ),
+            (
+                Refusal::Request(RequestError::UnknownEventType("x".into())),
+                "unknown_event_type",
+            ),
+            (
+                Refusal::Request(RequestError::InvalidPayload(field())),
+                "invalid_payload",
+            ),
+            (
+                Refusal::Publish(PublishError::InvalidPayload(field())),
+                "invalid_payload",
+            ),
+            (
+                Refusal::Publish(PublishError::Encode("x".into())),
+                "internal",
+            ),
+            (
+                Refusal::Publish(PublishError::TooManyRooms(2)),
+                "too_many_rooms",
+            ),
+        ] {
+            assert_eq!(decided(refusal).as_deref(), Ok(code));
+        }
+    }
 }

@@ -2,29 +2,103 @@
 //! typed events and an HTTP publish API.
 //!
 //! # Layout
-//! - [`config`]: the whole configuration schema, defaults, env overrides, validation.
+//! - [`config`]: the configuration schema, one file per TOML section (each default and check
+//!   beside its field), env overrides; credentials are [`config::Secret`]s, never printed.
 //! - [`auth`]: JWTs into an [`auth::Identity`] (sockets), API keys into an [`auth::Caller`] (HTTP).
 //! - [`rooms`]: room names, tenant scoping and the access policy.
-//! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope.
+//! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope;
+//!   `events::request`, what publishers send (HTTP, batch, stream ingest), decoded and checked.
 //! - [`broadcaster`]: [`EventBroadcaster`], the single publish path.
+//! - [`outbound`]: the one signed HTTP sender for calls to backends (outbound webhooks, the
+//!   RPC proxy): `X-Roomcast-Signature` / `X-Roomcast-Delivery`, one attempt per call.
+//! - [`hooks_out`]: outbound webhooks: `room.*`, `presence.*`, `connection.*` and
+//!   `client_event` batched, signed (through [`outbound`]) and retried to `[[webhooks]]`
+//!   backends; one bounded queue and one sender worker per webhook.
 //! - [`github`]: GitHub webhook signatures and payloads → `pr.*` / `issue.*` events.
 //! - [`ingest`]: durable ingest from a Redis stream (a consumer group over all nodes).
-//! - [`socket`]: the connect middleware and one file per client command.
-//! - [`tcp`]: the accepted connections: closed lingering (no RST), severed at the end of a
-//!   drain so clients see a dropped transport.
+//! - [`socket`]: the Socket.IO side: the connect middleware, and one file per client command
+//!   (a `Deserialize` struct implementing [`socket::command::Command`]). What every command
+//!   needs is done once: `socket::command` decodes the payload and finds the identity, over
+//!   a [`socket::command::Connection`] that knows no socketioxide (so another transport can
+//!   run the same commands); `dispatch` makes a socketioxide socket one and replies
+//!   (`reply`: the ack or an `error` event); `budget` spends the per-socket event budget.
+//! - [`tcp`]: the accept loop and the accepted connections: who is admitted (per-address
+//!   cap, descriptor reserve), the request head cap, the idle / header-read timeouts and
+//!   the write timeout;
+//!   closed lingering (no RST), severed at the end of a drain so clients see a dropped
+//!   transport.
+//! - [`stores`]: memory, disk (`[storage] path`) or Redis, chosen once: room history
+//!   ([`history`]), idempotency answers ([`idempotency`]) and presence ([`presence`]), each a
+//!   module with one file per backend. The publish path and recovery call the store
+//!   (`HistoryStore::publish`, `HistoryStore::catch_up`) and know no backend: how each one
+//!   keeps a room's `seq` order (locks held through delivery on one node, a Lua script and
+//!   a delivery lock in a cluster) lives beside its data. [`disk`] is what the disk backends share (times on
+//!   disk, the storage error); [`redis_conn`] the Redis connection the Redis backends and
+//!   the cluster share.
+//! - [`delivery`]: the seams, a leaf: [`delivery::Deliver`] (the broadcaster hands an event
+//!   to the sockets of some rooms), [`delivery::Census`] / [`delivery::Hub`] (what HTTP,
+//!   stats and the heartbeat need of the Socket.IO server) and [`delivery::ClusterStatus`].
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
-//! - [`cluster`]: many nodes on one Redis: the adapter's driver, heartbeats, shared presence.
+//! - [`cluster`]: many nodes on one Redis, membership only: the adapter's driver,
+//!   heartbeats, reaping dead nodes.
 //! - [`http`]: one file per endpoint group, and the `/debug` and `/admin` pages (assets in
 //!   `clients/web/`, embedded in the binary).
+//! - [`errors`]: the one table of client-visible error codes (HTTP status, message templates,
+//!   where each occurs) that HTTP errors, command errors, handshake refusals and limits use.
 //! - [`limits`]: connection limits and token buckets (handshakes, events, publishes).
-//! - [`memory`]: gives freed heap back to the OS after many sockets have left.
+//! - [`logging`]: redacts tokens, keys and session ids from every formatted log line.
+//! - [`memory`]: gives freed heap back to the OS after many sockets have left (the
+//!   `roomcast` binary runs it: a process-wide choice, not the library's).
 //! - [`metrics`]: counters for stats and `GET /metrics`, events per second by type, recent
 //!   errors.
+//! - [`services`]: [`services::Services`], what socket commands and HTTP handlers share
+//!   (config, node id, verifier, stores, presence, limits, counters); settings are read
+//!   from its `config`, not copied.
+//! - [`workers`]: the long-running loops (heartbeats, sweepers, samplers, the stream
+//!   consumer), started by name from one list in [`Roomcast::new`], stopped and joined at
+//!   the end of [`Roomcast::serve`]'s drain.
 //! - `fuzzing`: the bodies of the `cargo fuzz` targets in `fuzz/`, also run by `cargo test`.
 //!
 //! Data flows one way: a request (socket command or HTTP call) is authenticated into an
-//! identity, validated into a typed value, routed by `rooms`, published by the broadcaster
-//! and delivered by the socketioxide adapter.
+//! identity, validated into a typed value, routed by `rooms`, published by the broadcaster,
+//! kept by a store ([`stores`]) and delivered by the socketioxide adapter. The top-level
+//! modules form a DAG (leaves first: `config`, `rooms`, `events`, `delivery`, `disk`,
+//! `redis_conn`; then the stores' modules, the broadcaster, `cluster`, `stores`, `services`,
+//! `socket`, `http`): `tests/module_graph.rs` fails on a cycle and names it. A type two
+//! layers share goes to the lower one (as `Identity` lives in `rooms`, `Position` in
+//! `events`), never an import back up.
+//!
+//! # How to add a command
+//! 1. `src/socket/<name>.rs`: a `#[derive(Deserialize)]` struct (the payload, usually with
+//!    `#[serde(deny_unknown_fields)]`) and `impl Command` with `NAME` (the event name),
+//!    `USAGE` (the `invalid_payload` message) and `run`, which answers `Ok(json)` (the ack)
+//!    or a [`socket::CommandError`]. A command for subscribed sockets starts with
+//!    `cx.subscribed(self.room)?`. Budget, decoding, identity and the reply are not its
+//!    business.
+//! 2. `src/socket/mod.rs`: `mod <name>;` and one line in `register_commands`.
+//! 3. WEBSOCKET_API.md section 4, and a test against a real server (`tests/`).
+//!
+//! # How to add an event type
+//! 1. `src/events/<group>.rs`: the payload struct (`Serialize`, `Deserialize`,
+//!    `JsonSchema`, `deny_unknown_fields`) and `impl Payload` (its rooms).
+//! 2. `src/events/mod.rs`: one row in `for_each_event!` (type name, wire name, payload,
+//!    broadcaster method): the enum, the schema, `EventBroadcaster::broadcast_<name>` and
+//!    the typed clients' checks follow from it.
+//! 3. WEBSOCKET_API.md section 5, `clients/js/src/types.ts`, `clients/python/src/roomcast_client/`
+//!    types (tests compare them with the schema), and a test.
+//!
+//! # How to add an endpoint
+//! 1. A handler in `src/http/<group>.rs` (extractors in, `Result<_, ApiError>` out).
+//! 2. One row in the endpoint table (`http::endpoints`): method, path and guard; the test
+//!    that walks every guard picks it up.
+//! 3. A new error code goes in [`errors`] (the doc test keeps WEBSOCKET_API.md section 7 in
+//!    step); README's endpoint list and WEBSOCKET_API.md section 6.
+//!
+//! # How to add a config option
+//! 1. The field, its default (the section's `impl Default`) and its check (`validate`) in
+//!    `src/config/<section>.rs`; a new section is a file there plus a field of [`Config`].
+//! 2. Read it where it is used through `services.config.<section>.<field>`.
+//! 3. `config.toml` (a test checks it equals the defaults), README when users need it.
 //!
 //! [`Roomcast`] assembles the axum `Router` and the Socket.IO layer from a [`Config`], so a
 //! program (or a test) can run a full server in-process:
@@ -46,27 +120,41 @@
 //! # Ok(()) }
 //! ```
 
+// STYLE.md: no unwrap()/expect() on anything a client or a config file controls. The library
+// uses neither outside tests; the few infallible ones say why where they are allowed.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod broadcaster;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
+pub mod disk;
+pub mod errors;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod github;
 pub mod history;
+pub mod hooks_out;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
 pub mod limits;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod outbound;
 pub mod presence;
+pub mod redis_conn;
 pub mod rooms;
+pub mod services;
 pub mod socket;
+pub mod stores;
 pub mod tcp;
+pub mod workers;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -85,9 +173,11 @@ use auth::{ApiKeys, JwtVerifier};
 use cluster::Cluster;
 use config::Transport;
 use metrics::Counters;
-use presence::{MemoryStore, Presence, PresenceQueue, PresenceStore};
+use presence::{Presence, PresenceQueue};
+use services::Services;
 use socket::lifetime::Lifetimes;
 use socket::{Hub, SocketCtx, SocketCtxInner};
+use workers::Workers;
 
 /// A Roomcast server assembled from a [`Config`], ready to serve.
 pub struct Roomcast {
@@ -96,25 +186,20 @@ pub struct Roomcast {
     ready: Arc<AtomicBool>,
     hub: Arc<dyn Hub>,
     cluster: Option<Arc<Cluster>>,
-    node_id: Arc<str>,
-    shutdown_timeout: Duration,
-    reconnect_after_ms: u64,
+    services: Arc<Services>,
     /// Turned true at the start of a drain: the stream ingest stops taking entries.
     stop_ingest: tokio::sync::watch::Sender<bool>,
+    workers: Workers,
 }
 
 /// What [`Roomcast::assemble`] needs besides the Socket.IO layer.
 struct Parts {
-    config: Config,
-    node_id: Arc<str>,
-    counters: Arc<Counters>,
-    presence: Presence,
+    services: Arc<Services>,
     queue: PresenceQueue,
-    presence_store: Arc<dyn PresenceStore>,
     lifetimes: Arc<Lifetimes>,
-    history: history::HistoryStore,
+    stores: stores::Stores,
     cluster: Option<Arc<Cluster>>,
-    limits: Arc<limits::Limits>,
+    jwks: Option<Arc<auth::Jwks>>,
     /// For the HTTP screening of handshakes in front of Socket.IO.
     socket_ctx: SocketCtx,
 }
@@ -131,56 +216,55 @@ impl Roomcast {
             .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()))
             .into();
         let cluster = match &config.cluster.redis_url {
-            Some(url) => Some(Arc::new(Cluster::new(&config.cluster, url, &node_id)?)),
+            Some(url) => Some(Arc::new(Cluster::new(
+                &config.cluster,
+                url.expose(),
+                &node_id,
+            )?)),
             None => None,
         };
-        let presence_store: Arc<dyn PresenceStore> = match &cluster {
-            Some(c) => c.store.clone(),
-            None => Arc::new(MemoryStore::default()),
-        };
+        let stores = stores::Stores::open(config, cluster.as_deref())?;
         let (presence, queue) = Presence::new();
-        let history = match &cluster {
-            Some(c) => history::HistoryStore::Redis(Arc::new(c.history(config.history.clone()))),
-            None => history::HistoryStore::Memory(Arc::new(history::History::new(
-                config.history.clone(),
-            ))),
-        };
         let counters = Arc::new(Counters::default());
+        let hooks = hooks_out::Webhooks::new(&config.webhooks, counters.clone());
         let limits = Arc::new(limits::Limits::new(&config.limits));
         let lifetimes = Arc::new(Lifetimes::new(
             config.auth.expiry_warning_secs,
             config.auth.leeway_secs,
         ));
         let mut verifier = JwtVerifier::from_config(&config.auth)?;
-        if let Some(jwks) = auth::Jwks::from_config(&config.auth) {
+        let jwks = auth::Jwks::from_config(&config.auth);
+        if let Some(jwks) = &jwks {
             jwks.load().await?;
             verifier = verifier.with_jwks_source(jwks.clone());
-            tokio::spawn(jwks.run());
         }
-        let ctx = SocketCtx::new(SocketCtxInner {
+        let services = Arc::new(Services {
+            config: config.clone(),
+            node_id,
             verifier,
-            max_rooms: config.limits.max_rooms_per_socket,
-            node_id: node_id.clone(),
-            counters: counters.clone(),
-            presence: presence.clone(),
-            presence_store: presence_store.clone(),
+            counters,
+            presence,
+            presence_store: stores.presence.clone(),
+            history: stores.history.clone(),
+            limits,
+            outbound: crate::outbound::Outbound::new(),
+            client_schemas: config.client_events.compile_schemas()?,
+            broadcaster: std::sync::OnceLock::new(),
+            hooks,
+        });
+        let ctx = SocketCtx::new(SocketCtxInner {
+            services: services.clone(),
             lifetimes: lifetimes.clone(),
-            history: history.clone(),
-            limits: limits.clone(),
-            parser: config.server.parser,
+            transports: offered_transports(&config.server),
         });
         let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
-            config: config.clone(),
-            node_id,
-            counters,
-            presence,
+            services,
             queue,
-            presence_store,
             lifetimes,
-            history,
+            stores,
             cluster: cluster.clone(),
-            limits,
+            jwks,
             socket_ctx: ctx,
         };
         match &cluster {
@@ -203,107 +287,143 @@ impl Roomcast {
     fn assemble<A: Adapter + DefinedAdapter>(
         layer: SocketIoLayer<A>,
         io: SocketIo<A>,
-        p: Parts,
+        mut p: Parts,
     ) -> anyhow::Result<Self> {
         for init in socket::register(&io) {
             init.spawn();
         }
-        tokio::spawn(socket::lifetime::run(io.clone(), p.lifetimes));
-        tokio::spawn(p.limits.clone().run_sweeper());
-        tokio::spawn(memory::run_trimmer());
-        let io = Arc::new(socket::Sockets::new(io, p.config.server.parser));
+        let sockets = io.clone();
+        let io = Arc::new(socket::Sockets::new(io, p.services.config.server.parser));
         let status = p.cluster.as_ref().map(|c| c.status.clone());
-        let window = Duration::from_secs(p.config.publish.idempotency_window_secs);
-        let idempotency: Arc<dyn idempotency::IdempotencyStore> = match &p.cluster {
-            Some(c) => Arc::new(c.idempotency(window)),
-            None => Arc::new(idempotency::MemoryIdempotency::new(window)),
-        };
-        match (&p.history, &p.cluster) {
-            (history::HistoryStore::Memory(history), _) => {
-                tokio::spawn(history.clone().run_sweeper());
-            }
-            (history::HistoryStore::Redis(history), Some(cluster)) => {
-                tokio::spawn(history::redis::deliver_loop(
-                    history.clone(),
-                    cluster.numbered_events(history),
-                    io.clone(),
-                    p.counters.clone(),
-                ));
-            }
-            (history::HistoryStore::Redis(_), None) => {}
-        }
         let broadcaster = EventBroadcaster::new(
             io.clone(),
-            p.counters.clone(),
+            p.services.counters.clone(),
             status,
-            idempotency,
-            p.history.clone(),
-        );
+            p.stores.idempotency.clone(),
+            p.services.history.clone(),
+        )
+        .with_max_rooms(p.services.config.limits.max_rooms_per_publish);
+        // Weakly: the Socket.IO server's state holds the services.
+        let weak: std::sync::Weak<dyn delivery::Deliver> = Arc::downgrade(&io) as _;
+        let _ = p
+            .services
+            .broadcaster
+            .set(broadcaster.through(Arc::new(delivery::WeakDeliver(weak))));
         let announcer = presence::Announcer {
-            store: p.presence_store.clone(),
+            store: p.services.presence_store.clone(),
             broadcaster: broadcaster.clone(),
-            grace: Duration::from_secs(p.config.cluster.presence_grace_secs),
-            max_users: p.config.limits.presence_announce_max_users,
+            grace: Duration::from_secs(p.services.config.cluster.presence_grace_secs),
+            max_users: p.services.config.limits.presence_announce_max_users,
+            hooks: p.services.hooks.clone(),
         };
-        Presence::start(p.queue, announcer.clone());
+        let (stop_ingest, ingest_stopped) = tokio::sync::watch::channel(false);
+        let ingest = match (
+            &p.services.config.ingest.redis_streams,
+            p.services.config.ingest_redis_url(),
+        ) {
+            (Some(ingest), Some(url)) => Some(ingest::StreamIngest::new(
+                ingest.clone(),
+                url,
+                &p.services.node_id,
+                broadcaster.clone(),
+            )?),
+            _ => None,
+        };
+        let rates = Arc::new(metrics::Rates::default());
+
+        // Every long-running loop of the server, here and nowhere else.
+        let workers = Workers::default();
+        if let Some(jwks) = p.jwks {
+            workers.start("jwks_refresh", jwks.run());
+        }
+        workers.start(
+            "token_lifetimes",
+            socket::lifetime::run(sockets, p.lifetimes),
+        );
+        workers.start("limits_sweeper", p.services.limits.clone().run_sweeper());
+        p.stores
+            .start(&workers, io.clone(), p.services.counters.clone());
+        workers.start(
+            "presence_flush",
+            presence::flush(p.queue, announcer.clone()),
+        );
         if let Some(cluster) = &p.cluster {
-            tokio::spawn(
+            workers.start(
+                "cluster_heartbeat",
                 cluster
                     .clone()
-                    .run(io.clone(), p.presence.clone(), announcer),
+                    .run(io.clone(), p.services.presence.clone(), announcer),
             );
         }
-        let (stop_ingest, ingest_stopped) = tokio::sync::watch::channel(false);
-        if let (Some(ingest), Some(url)) =
-            (&p.config.ingest.redis_streams, p.config.ingest_redis_url())
-        {
-            let consumer =
-                ingest::StreamIngest::new(ingest.clone(), url, &p.node_id, broadcaster.clone())?;
-            tokio::spawn(consumer.run(ingest_stopped));
+        if let Some(consumer) = ingest {
+            workers.start("stream_ingest", consumer.run(ingest_stopped));
         }
+        for sender in p.services.hooks.senders(&p.services.outbound) {
+            workers.start("webhook_sender", sender);
+        }
+        workers.start(
+            "event_rates",
+            rates.clone().run(p.services.counters.clone()),
+        );
+        tracing::debug!(workers = ?workers.running(), "workers started");
+
         let ready = Arc::new(AtomicBool::new(false));
-        let rates = Arc::new(metrics::Rates::default());
-        tokio::spawn(rates.clone().run(p.counters.clone()));
         let state = http::AppState {
-            api_keys: Arc::new(ApiKeys::from_config(&p.config.api_keys)),
+            services: p.services.clone(),
+            api_keys: Arc::new(ApiKeys::from_config(&p.services.config.api_keys)),
             broadcaster: broadcaster.clone(),
             hub: io.clone(),
-            presence_store: p.presence_store,
-            history: p.history.clone(),
-            github: Arc::new(github::Github::from_config(&p.config.github)),
-            max_batch_events: p.config.publish.max_batch_events,
+            github: Arc::new(github::Github::from_config(&p.services.config.github)),
             cluster: p.cluster.clone(),
-            counters: p.counters,
             rates,
-            pages: p.config.pages.clone(),
-            limits: p.limits.clone(),
-            metrics_public: p.config.metrics.public,
-            node_id: p.node_id.clone(),
             started: Instant::now(),
             ready: ready.clone(),
         };
-        let router = http::router(state, p.config.limits.max_http_body_bytes)
+        let router = http::router(state, p.services.config.limits.max_http_body_bytes)
             .layer(layer)
-            .layer(axum::middleware::map_request(socket::detach_head))
             .layer(axum::middleware::map_request_with_state(
                 p.socket_ctx,
                 socket::screen_handshake,
             ))
+            // Outside the screen, which takes the peer address out of the request.
+            .layer(tower::util::option_layer(
+                p.services.config.limits.bind_polling_to_address.then(|| {
+                    let heartbeat = p.services.config.server.ping_interval_ms
+                        + p.services.config.server.ping_timeout_ms;
+                    axum::middleware::from_fn_with_state(
+                        limits::polling_binding::PollingBinding::new(
+                            p.services.config.limits.trusted_proxies.clone(),
+                            Duration::from_millis(heartbeat),
+                        ),
+                        limits::polling_binding::bind_polling_to_address,
+                    )
+                }),
+            ))
             // Outermost, so Socket.IO long-polling and the API answer preflights alike.
             // Only when origins are listed: without any, no CORS header is ever sent.
             .layer(tower::util::option_layer(http::cors(
-                &p.config.server.cors_origins,
-            )));
+                &p.services.config.server.cors_origins,
+            )))
+            // Around it: the other Access-Control-* headers it sends to any origin go too.
+            .layer(tower::util::option_layer(
+                http::cors::AllowedOrigins::new(&p.services.config.server.cors_origins).map(
+                    |allowed| {
+                        axum::middleware::from_fn_with_state(
+                            allowed,
+                            http::cors::only_allowed_origins,
+                        )
+                    },
+                ),
+            ));
         Ok(Self {
             router,
             broadcaster,
             ready,
             hub: io,
             cluster: p.cluster,
-            node_id: p.node_id,
-            shutdown_timeout: Duration::from_secs(p.config.server.shutdown_timeout_secs),
-            reconnect_after_ms: p.config.server.reconnect_after_ms,
+            services: p.services,
             stop_ingest,
+            workers,
         })
     }
 
@@ -342,16 +462,22 @@ impl Roomcast {
     }
 
     pub fn node_id(&self) -> &str {
-        &self.node_id
+        &self.services.node_id
+    }
+
+    /// The server's long-running loops: which are running, and (for a program that serves
+    /// through [`Self::into_router`]) a way to stop them. [`Self::serve`] stops them itself.
+    pub fn workers(&self) -> Workers {
+        self.workers.clone()
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains: `/ready` answers 503,
     /// no connection is accepted, every socket is sent `server.shutdown`, publishes and HTTP
     /// requests in flight finish, the websockets left are ended as a dropped transport would
     /// end them (what was queued is written first; no Engine.IO close, so stock clients
-    /// reconnect by themselves), the other sessions are closed and the node leaves the
-    /// cluster, all within `server.shutdown_timeout_secs`. Installs
-    /// [`EventBroadcaster::global`].
+    /// reconnect by themselves), the other sessions are closed, the [`workers`] are stopped
+    /// and joined and the node leaves the cluster, all within
+    /// `server.shutdown_timeout_secs`. Installs [`EventBroadcaster::global`].
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -362,29 +488,27 @@ impl Roomcast {
         let (ready, hub, cluster) = (self.ready.clone(), self.hub.clone(), self.cluster.clone());
         let broadcaster = self.broadcaster.clone();
         let stop_ingest = self.stop_ingest.clone();
-        let (limit, reconnect_after_ms) = (self.shutdown_timeout, self.reconnect_after_ms);
+        let workers = self.workers.clone();
+        let hooks = self.services.hooks.clone();
+        let settings = &self.services.config.server;
+        let limit = Duration::from_secs(settings.shutdown_timeout_secs);
+        let reconnect_after_ms = settings.reconnect_after_ms;
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let connections = tcp::Connections::default();
         // The listener closes as soon as the signal comes; HTTP requests under way finish,
         // and upgraded websockets are ours to end below.
-        // Small frames (the handshake's answer, then `connection.established`) must not wait
-        // for the client's delayed ACK: without TCP_NODELAY a connect costs ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(connections.listener(listener), |conn| {
-            if let Err(e) = conn.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
-        // ConnectInfo gives the connect middleware each client's address (handshake limit).
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let server = tcp::Server {
+            settings: tcp::Settings::from_config(&self.services.config),
+            admission: Arc::new(tcp::Admission::new(&self.services.config.limits)),
+            connections: connections.clone(),
+            counters: self.services.counters.clone(),
+        }
+        .run(listener, self.router, async move {
             shutdown.await;
             tracing::info!("shutting down: draining");
             ready.store(false, Ordering::Relaxed);
             let _ = draining.send(());
         });
-        let server = server.into_future();
         tokio::pin!(server);
         let mut drain_started = drain_started;
         // With no HTTP request under way the server future ends in the very poll that sent
@@ -394,7 +518,11 @@ impl Roomcast {
             _ = &mut drain_started => None,
         };
         let finished = match finished {
-            Some(result) if drain_started.try_recv().is_err() => return result,
+            Some(result) if drain_started.try_recv().is_err() => {
+                // The listener failed: this server is over all the same.
+                workers.stop().await;
+                return result;
+            }
             other => other,
         };
         let notice = async {
@@ -418,8 +546,8 @@ impl Roomcast {
         };
         let drain = async {
             let ((), result) = tokio::join!(notice, http);
-            // Only upgraded websockets are left. Each ends as if its client had gone: the
-            // session writes what was queued, then closes the websocket. An Engine.IO close
+            // Only upgraded websockets are left. Each ends as if its connection had broken:
+            // the session writes what was queued, then closes the websocket. An Engine.IO close
             // packet (`Hub::close`) would tell python-socketio the server meant it: it would
             // not reconnect.
             connections.sever();
@@ -427,19 +555,27 @@ impl Roomcast {
             // Sessions without a connection (polling between requests) end here; the node
             // leaves the cluster.
             hub.close().await;
+            // What the closed sockets produced goes out to the webhooks if it can, briefly:
+            // their senders are workers.
+            hooks.flush(hooks_out::FLUSH_AT_SHUTDOWN).await;
+            // Before leaving: a heartbeat after the leave would bring the node back.
+            workers.stop().await;
             if let Some(cluster) = cluster {
                 cluster.leave().await;
             }
             result
         };
         // Draining gets at most the shutdown timeout.
-        match tokio::time::timeout(limit, drain).await {
+        let result = match tokio::time::timeout(limit, drain).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!("shutdown timeout reached: closing what is left");
                 Ok(())
             }
-        }
+        };
+        // Prompt even past the timeout: a worker is dropped at its next await point.
+        workers.stop().await;
+        result
     }
 }
 
@@ -466,12 +602,20 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         // and payload limits above, so the attachment limits have nothing to count.
         config::Parser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),
     };
+    match offered_transports(server).as_slice() {
+        [only] => builder.transports([*only]),
+        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
+    }
+}
+
+/// The Engine.IO transports the server offers: both unless exactly one is configured.
+fn offered_transports(server: &config::ServerConfig) -> Vec<TransportType> {
     let websocket = server.transports.contains(&Transport::Websocket);
     let polling = server.transports.contains(&Transport::Polling);
     match (websocket, polling) {
-        (true, false) => builder.transports([TransportType::Websocket]),
-        (false, true) => builder.transports([TransportType::Polling]),
-        _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
+        (true, false) => vec![TransportType::Websocket],
+        (false, true) => vec![TransportType::Polling],
+        _ => vec![TransportType::Polling, TransportType::Websocket],
     }
 }
 

@@ -1,4 +1,5 @@
 //! The `roomcast` binary: parses the command line, loads the config and calls the library.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,10 @@ enum Command {
         /// `admin` may join every room of its tenant.
         #[arg(long)]
         role: Option<String>,
+        /// The `publish` claim: rooms to publish client events into, comma-separated
+        /// patterns (`project:42,project:7*`), or `*`. Without it the token is not narrowed.
+        #[arg(long)]
+        publish: Option<String>,
         /// Lifetime, e.g. `30m`, `1h`, `7d`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -132,7 +137,7 @@ fn publish(args: PublishArgs) -> Result<(), String> {
             .api_keys
             .iter()
             .find(|k| k.scopes.contains(&roomcast::config::Scope::Publish))
-            .and_then(|k| k.key.clone())
+            .and_then(|k| Some(k.key.as_ref()?.expose().to_owned()))
             .ok_or("give --api-key (or ROOMCAST_API_KEY): the config has no plain key with the publish scope")?,
     };
     let mut body = serde_json::json!({"type": args.event_type, "data": data});
@@ -267,9 +272,12 @@ fn init_tracing(config: &Config) {
         .unwrap_or_else(|| config.log.level.clone());
     let filter = EnvFilter::try_new(roomcast::config::log_filter(&level))
         .unwrap_or_else(|_| EnvFilter::new(roomcast::config::log_filter("info")));
+    // Redaction happens where lines are written, so no filter can let a token through.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(roomcast::logging::Redacting(std::io::stderr));
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
@@ -284,6 +292,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let server = roomcast::Roomcast::new(&config).await?;
+    // Process-wide, so the binary's choice: a program embedding the library owns its heap.
+    tokio::spawn(roomcast::memory::run_trimmer());
     let addr = config.server.bind;
     let listener = roomcast::listen(addr)
         .await
@@ -325,17 +335,18 @@ fn main() -> ExitCode {
             projects,
             agents,
             role,
+            publish,
             ttl,
         } => (|| {
             let config = load(&config)?;
             // The single secret, else the first secret of [[auth.keys]] (with its kid).
             let (secret, kid) = match &config.auth.jwt_secret {
-                Some(secret) => (secret.as_str(), None),
+                Some(secret) => (secret.expose(), None),
                 None => config
                     .auth
                     .keys
                     .iter()
-                    .find_map(|k| Some((k.secret.as_deref()?, Some(k.kid.as_str()))))
+                    .find_map(|k| Some((k.secret.as_ref()?.expose(), Some(k.kid.as_str()))))
                     .ok_or(
                         "roomcast token signs with auth.jwt_secret or a secret of [[auth.keys]]; \
                          this config has only public keys",
@@ -352,6 +363,16 @@ fn main() -> ExitCode {
                 projects: parse_grant("projects", projects.as_deref())?,
                 agents: parse_grant("agents", agents.as_deref())?,
                 role,
+                publish: publish
+                    .map(|list| {
+                        let patterns: Vec<&str> = list.split(',').map(str::trim).collect();
+                        serde_json::from_value(match patterns.as_slice() {
+                            ["*"] => serde_json::json!("*"),
+                            _ => serde_json::json!(patterns),
+                        })
+                        .map_err(|e| format!("--publish: {e}"))
+                    })
+                    .transpose()?,
                 iss: config.auth.issuer.clone(),
                 aud: config.auth.audience.clone().map(Into::into),
                 ..TokenClaims::new(sub, now + ttl.as_secs())

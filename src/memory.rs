@@ -9,6 +9,9 @@
 //! next one, up to [`LONGEST_WAIT`], so a fragmented heap is not walked every few seconds;
 //! slack that grew by another [`SLACK`] since the last trim (sockets left) trims at once.
 //! Elsewhere (other platforms or allocators) it does nothing.
+//!
+//! The `roomcast` binary runs it; the library does not start it, since trimming acts on
+//! the whole process and a program embedding Roomcast may manage its heap otherwise.
 
 use std::time::{Duration, Instant};
 
@@ -80,7 +83,7 @@ mod glibc {
 
     /// glibc's `struct mallinfo2` (2.33 and later): every field a `size_t`.
     #[repr(C)]
-    pub struct MallInfo2 {
+    pub(super) struct MallInfo2 {
         pub arena: usize,
         pub ordblks: usize,
         pub smblks: usize,
@@ -94,8 +97,8 @@ mod glibc {
     }
 
     unsafe extern "C" {
-        pub fn malloc_trim(pad: usize) -> c_int;
-        pub fn mallinfo2() -> MallInfo2;
+        pub(super) fn malloc_trim(pad: usize) -> c_int;
+        pub(super) fn mallinfo2() -> MallInfo2;
     }
 }
 

@@ -7,7 +7,7 @@
 //! one process, as in the tests, never mix their figures. Everything here is updated once
 //! per publish, handshake or refusal, never once per recipient.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,17 +41,25 @@ pub struct Counters {
     auth_failed: IntCounterVec,
     rate_limited: IntCounterVec,
     publish_seconds: Histogram,
-    tenants: Mutex<HashSet<String>>,
+    webhook_sent: IntCounterVec,
+    webhook_dropped: IntCounterVec,
+    webhook_failed: IntCounterVec,
+    webhook_retried: IntCounterVec,
+    /// Publishes per labelled tenant (at most [`TENANT_LABELS`]), for tenant-bound stats.
+    tenants: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Counters {
+    // The definitions are constants, registered into a fresh registry: a failure is a typo
+    // here, which every test that builds a server would hit first.
+    #[allow(clippy::expect_used)]
     fn default() -> Self {
         let registry = Registry::new();
         // The definitions are constants: registering them into a fresh registry cannot fail.
         let published = IntCounterVec::new(
             Opts::new(
                 "roomcast_events_published_total",
-                "Events published (typed by type, custom events as \"custom\"), by tenant",
+                "Events published (typed by type, custom events as \"custom\", client events as \"client\"), by tenant",
             ),
             &["type", "tenant"],
         )
@@ -67,7 +75,7 @@ impl Default for Counters {
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "roomcast_limited_total",
-                "Requests refused by a limit: connections_node, connections_tenant, connections_user, handshakes_ip, events, publish",
+                "Requests refused by a limit: connections_node, connections_tenant, connections_user, handshakes_ip, events, publish, publish_bytes, connections_ip, descriptors, auth_failures_ip, handshakes_user, preauth_ip, preauth_node",
             ),
             &["limit"],
         )
@@ -83,8 +91,35 @@ impl Default for Counters {
             ]),
         )
         .expect("valid metric");
+        let webhook = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let webhook_sent = webhook(
+            "roomcast_webhook_events_sent_total",
+            "Outbound webhook events the receiver accepted (2xx), by webhook (its index in [[webhooks]])",
+            &["webhook"],
+        );
+        let webhook_dropped = webhook(
+            "roomcast_webhook_events_dropped_total",
+            "Outbound webhook events never delivered, by webhook and reason (queue_full: the oldest waiting event made room; expired: its batch was not accepted within retry_max_age_secs)",
+            &["webhook", "reason"],
+        );
+        let webhook_failed = webhook(
+            "roomcast_webhook_requests_failed_total",
+            "Outbound webhook requests that failed (non-2xx answer, timeout, unreachable), by webhook",
+            &["webhook"],
+        );
+        let webhook_retried = webhook(
+            "roomcast_webhook_retries_total",
+            "Outbound webhook batches sent again after a failed request, by webhook",
+            &["webhook"],
+        );
         for metric in [
             Box::new(published.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhook_sent.clone()),
+            Box::new(webhook_dropped.clone()),
+            Box::new(webhook_failed.clone()),
+            Box::new(webhook_retried.clone()),
             Box::new(auth_failed.clone()),
             Box::new(rate_limited.clone()),
             Box::new(publish_seconds.clone()),
@@ -104,6 +139,10 @@ impl Default for Counters {
             auth_failed,
             rate_limited,
             publish_seconds,
+            webhook_sent,
+            webhook_dropped,
+            webhook_failed,
+            webhook_retried,
             tenants: Mutex::default(),
         }
     }
@@ -128,10 +167,11 @@ impl Counters {
         Self::incr(&self.events_published, 1);
         let tenant = {
             let mut seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.contains(tenant) {
+            if let Some(count) = seen.get_mut(tenant) {
+                *count += 1;
                 tenant
             } else if seen.len() < TENANT_LABELS {
-                seen.insert(tenant.to_owned());
+                seen.insert(tenant.to_owned(), 1);
                 tenant
             } else {
                 "_other"
@@ -139,6 +179,17 @@ impl Counters {
         };
         self.published.with_label_values(&[kind, tenant]).inc();
         self.publish_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Publishes into `tenant` at this node; `None` when the tenant came after the first
+    /// [`TENANT_LABELS`] and is counted only in `_other`.
+    pub fn published_in(&self, tenant: &str) -> Option<u64> {
+        let seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(tenant) {
+            Some(count) => Some(*count),
+            None if seen.len() < TENANT_LABELS => Some(0),
+            None => None,
+        }
     }
 
     /// A handshake refused with auth error `code`.
@@ -150,6 +201,28 @@ impl Counters {
     /// A request refused by `limit` (see the metric's help for the names).
     pub fn limited(&self, limit: &str) {
         self.rate_limited.with_label_values(&[limit]).inc();
+    }
+
+    /// `events` events of webhook `index` accepted by its receiver.
+    pub fn webhook_sent(&self, index: &str, events: u64) {
+        self.webhook_sent.with_label_values(&[index]).inc_by(events);
+    }
+
+    /// `events` events of webhook `index` dropped for `reason` (`queue_full`, `expired`).
+    pub fn webhook_dropped(&self, index: &str, reason: &str, events: u64) {
+        self.webhook_dropped
+            .with_label_values(&[index, reason])
+            .inc_by(events);
+    }
+
+    /// One failed request of webhook `index`.
+    pub fn webhook_failed(&self, index: &str) {
+        self.webhook_failed.with_label_values(&[index]).inc();
+    }
+
+    /// One retry of a batch of webhook `index`.
+    pub fn webhook_retried(&self, index: &str) {
+        self.webhook_retried.with_label_values(&[index]).inc();
     }
 
     /// The registry's metrics in Prometheus text format.
@@ -248,7 +321,7 @@ pub struct Rates {
 }
 
 impl Rates {
-    /// Samples `counters` until the process ends.
+    /// Samples `counters` until its worker is stopped.
     pub async fn run(self: Arc<Self>, counters: Arc<Counters>) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -311,10 +384,31 @@ pub struct ErrorRecord {
     pub message: String,
 }
 
-/// A bounded ring of the last [`RECENT_ERRORS`] client-facing errors, newest last.
+/// Refused authentication of one kind (a `source` and `code`), counted rather than listed:
+/// anyone can make it without a key, as fast as they like.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedAuth {
+    pub source: &'static str,
+    pub code: String,
+    pub count: u64,
+    pub first_time: String,
+    pub last_time: String,
+    /// Where the last one happened, and the message it was sent.
+    pub at: String,
+    pub message: String,
+}
+
+/// Most kinds of refused authentication [`RecentErrors`] counts; the codes are a short
+/// fixed list, so this is only a guard.
+const REFUSED_KINDS: usize = 16;
+
+/// A bounded ring of the last [`RECENT_ERRORS`] client-facing errors, newest last, and
+/// beside it refused authentication (missing or wrong keys and tokens, bad webhook
+/// signatures), one counted entry per kind, so a flood of it never pushes a real error out.
 #[derive(Debug, Default)]
 pub struct RecentErrors {
     ring: Mutex<VecDeque<ErrorRecord>>,
+    refused: Mutex<Vec<RefusedAuth>>,
 }
 
 impl RecentErrors {
@@ -332,6 +426,44 @@ impl RecentErrors {
             }
             ring.push_back(record);
         }
+    }
+
+    /// Counts one refused authentication in its kind's entry.
+    pub fn refused(&self, source: &'static str, code: &str, at: String, message: &str) {
+        let now = Timestamp::now().to_string();
+        let message: String = message.chars().take(MESSAGE_CHARS).collect();
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kind) = refused
+            .iter_mut()
+            .find(|r| r.source == source && r.code == code)
+        {
+            kind.count += 1;
+            kind.last_time = now;
+            kind.at = at;
+            kind.message = message;
+        } else if refused.len() < REFUSED_KINDS {
+            refused.push(RefusedAuth {
+                source,
+                code: code.to_owned(),
+                count: 1,
+                first_time: now.clone(),
+                last_time: now,
+                at,
+                message,
+            });
+        }
+    }
+
+    /// Each kind of refused authentication, most recent first.
+    pub fn refused_auth(&self) -> Vec<RefusedAuth> {
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // RFC 3339 UTC timestamps of one width sort as text.
+        refused.sort_by(|a, b| b.last_time.cmp(&a.last_time));
+        refused
     }
 
     /// Newest first.
@@ -369,6 +501,22 @@ mod tests {
         let kept = errors.newest_first();
         assert_eq!(kept.len(), RECENT_ERRORS);
         assert_eq!(kept[0].code, format!("c{}", RECENT_ERRORS + 4));
+    }
+
+    #[test]
+    fn refused_auth_is_counted_apart_from_the_ring() {
+        let errors = RecentErrors::default();
+        errors.record("http", "internal", "POST /x".into(), "real");
+        for _ in 0..RECENT_ERRORS * 3 {
+            errors.refused("http", "unauthorized", "GET /y".into(), "m");
+        }
+        errors.refused("handshake", "token_invalid", "/".into(), "m");
+        assert_eq!(errors.newest_first().len(), 1);
+        let refused = errors.refused_auth();
+        assert_eq!(refused.len(), 2);
+        let http = refused.iter().find(|r| r.source == "http").unwrap();
+        assert_eq!(http.count, RECENT_ERRORS as u64 * 3);
+        assert_eq!(http.code, "unauthorized");
     }
 
     #[test]

@@ -10,8 +10,6 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, de};
 
-use crate::auth::Identity;
-
 /// The longest id (user, project, agent, tenant, ...) Roomcast accepts.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -93,6 +91,19 @@ fn truncate(s: &str) -> &str {
     }
 }
 
+/// The adapter-level room every socket of one (tenant, user) joins at connect and never
+/// leaves: how `POST /api/v1/users/{id}/disconnect` finds a user's sockets on every node.
+/// It starts with `#`, which no tenant id holds, so it is never a scoped public room: no
+/// client command can name it, and the listings (stats, presence, recovery) skip it.
+pub fn identity_room(tenant: &Tenant, user: &Id) -> Cow<'static, str> {
+    Cow::Owned(format!("#{tenant}/{user}"))
+}
+
+/// Whether an adapter-level room is an [`identity_room`] rather than a scoped public room.
+pub fn is_identity_room(room: &str) -> bool {
+    room.starts_with('#')
+}
+
 /// The kinds of room a client can be in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoomName {
@@ -123,9 +134,23 @@ impl RoomName {
         Cow::Owned(format!("{tenant}/{self}"))
     }
 
-    /// Splits an adapter-level room back into tenant and public name.
+    /// Splits an adapter-level room back into tenant and public name; `None` for an
+    /// [identity room](identity_room).
     pub fn unscope(room: &str) -> Option<(&str, &str)> {
+        if is_identity_room(room) {
+            return None;
+        }
         room.split_once('/')
+    }
+
+    /// The room's kind: `global`, `user`, `project` or `agent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Global => "global",
+            Self::User(_) => "user",
+            Self::Project(_) => "project",
+            Self::Agent(_) => "agent",
+        }
     }
 
     /// Whether `who` may join this room. Rooms are already scoped to `who`'s tenant, so
@@ -232,9 +257,90 @@ impl Serialize for Grant {
     }
 }
 
+/// `pattern` is `name`, or ends in `*` and `name` starts with what comes before it
+/// (`chat.*`, `project:*`, `*`).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// The token's `publish` claim: the rooms its holder may publish into, `"*"` or a list of
+/// room names, each of which may end in `*` (`project:*`). It only narrows what
+/// `[client_events] rooms` allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPatterns(Box<[String]>);
+
+impl RoomPatterns {
+    pub fn allows(&self, room: &RoomName) -> bool {
+        let name = room.to_string();
+        self.0.iter().any(|p| pattern_matches(p, &name))
+    }
+}
+
+impl<'de> Deserialize<'de> for RoomPatterns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Star(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Star(s) if s == "*" => Ok(Self(["*".to_owned()].into())),
+            Raw::Star(_) => Err(de::Error::custom(
+                "expected an array of room patterns or the string \"*\"",
+            )),
+            Raw::List(patterns) => Ok(Self(patterns.into())),
+        }
+    }
+}
+
+impl Serialize for RoomPatterns {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Who a socket is: the verified claims of its token. Shared as an `Arc` per socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: Id,
+    pub tenant: Tenant,
+    pub projects: Grant,
+    pub agents: Grant,
+    pub role: Option<String>,
+    /// The `publish` claim; `None` (no claim) leaves `[client_events] rooms` as it is.
+    pub publish: Option<RoomPatterns>,
+    /// Token expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_publish_claim_is_star_or_room_patterns() {
+        let room = |s: &str| RoomName::parse(s).unwrap();
+        let star: RoomPatterns = serde_json::from_str(r#""*""#).unwrap();
+        assert!(star.allows(&room("global")) && star.allows(&room("agent:a")));
+        let some: RoomPatterns = serde_json::from_str(r#"["project:42", "agent:*"]"#).unwrap();
+        assert!(some.allows(&room("project:42")) && some.allows(&room("agent:b")));
+        assert!(!some.allows(&room("project:420")) && !some.allows(&room("global")));
+        let none: RoomPatterns = serde_json::from_str("[]").unwrap();
+        assert!(!none.allows(&room("project:42")));
+        for bad in [r#""project:42""#, "5", r#"[1]"#, "null"] {
+            assert!(serde_json::from_str::<RoomPatterns>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_four_kinds() {
@@ -281,6 +387,19 @@ mod tests {
         let scoped = RoomName::parse("project:1").unwrap().scoped(&tenant);
         assert_eq!(scoped, "acme/project:1");
         assert_eq!(RoomName::unscope(&scoped), Some(("acme", "project:1")));
+    }
+
+    #[test]
+    fn identity_rooms_are_no_public_room() {
+        let (tenant, user) = (Id::parse("acme").unwrap(), Id::parse("alice").unwrap());
+        let room = identity_room(&tenant, &user);
+        assert!(is_identity_room(&room));
+        assert_eq!(RoomName::unscope(&room), None);
+        for name in ["global", "user:alice", "project:1"] {
+            let scoped = RoomName::parse(name).unwrap().scoped(&tenant);
+            assert!(!is_identity_room(&scoped), "{scoped}");
+            assert_ne!(scoped, room);
+        }
     }
 
     #[test]

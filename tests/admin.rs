@@ -132,21 +132,26 @@ async fn recent_errors_hold_codes_never_tokens_or_keys() {
         .await;
     assert_eq!(status, 422);
 
-    let o = overview_until(&server, "three errors", |o| {
-        o["recent_errors"].as_array().map(Vec::len) == Some(3)
+    let o = overview_until(&server, "the error and two refusals", |o| {
+        o["recent_errors"].as_array().map(Vec::len) == Some(1)
+            && o["refused_auth"].as_array().map(Vec::len) == Some(2)
     })
     .await;
     let errors = o["recent_errors"].as_array().unwrap();
-    // Newest first.
     assert_eq!(errors[0]["code"], "unknown_event_type");
     assert_eq!(errors[0]["source"], "http");
     assert_eq!(errors[0]["at"], "POST /api/v1/events");
-    assert_eq!(errors[1]["code"], "unauthorized");
-    assert_eq!(errors[2]["code"], "token_expired");
-    assert_eq!(errors[2]["source"], "handshake");
-    assert_eq!(errors[2]["at"], "/");
-    assert!(errors[2]["time"].as_str().unwrap().ends_with('Z'));
-    let text = o["recent_errors"].to_string();
+    assert!(errors[0]["time"].as_str().unwrap().ends_with('Z'));
+    // Refused authentication is counted apart, most recent first.
+    let refused = o["refused_auth"].as_array().unwrap();
+    assert_eq!(refused[0]["code"], "unauthorized");
+    assert_eq!(refused[0]["source"], "http");
+    assert_eq!(refused[0]["count"], 1);
+    assert_eq!(refused[1]["code"], "token_expired");
+    assert_eq!(refused[1]["source"], "handshake");
+    assert_eq!(refused[1]["at"], "/");
+    assert!(refused[1]["last_time"].as_str().unwrap().ends_with('Z'));
+    let text = format!("{} {}", o["recent_errors"], o["refused_auth"]);
     assert!(!text.contains(&expired), "{text}");
     assert!(!text.contains("wrong-secret-key"), "{text}");
     // The overview's own refusals are errors too, and so is every API endpoint's.
@@ -156,6 +161,57 @@ async fn recent_errors_hold_codes_never_tokens_or_keys() {
     })
     .await;
     assert_eq!(o["recent_errors"][0]["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_keys_and_tokens_never_pushes_a_real_error_out() {
+    // Refused keys from this address are not throttled here: every one is answered 401.
+    let server = TestServer::start_with("[limits]\nauth_failures_per_ip_per_sec = 0").await;
+    let (status, _) = server
+        .post(
+            "/api/v1/events",
+            json!({"type": "project.renamed", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let bad_token = Client::connect(server.addr, Auth::Payload(json!({"token": "x.y.z"})))
+        .await
+        .err();
+    assert_eq!(bad_token.as_deref(), Some("token_invalid"));
+
+    const REFUSED: usize = 1000;
+    let http = reqwest::Client::new();
+    let url = server.url("/api/v1/events");
+    for chunk in 0..REFUSED / 50 {
+        let sends = (0..50).map(|i| {
+            http.post(&url)
+                .bearer_auth(format!("guess-{chunk}-{i}"))
+                .body("{}")
+                .send()
+        });
+        for answer in futures_util::future::join_all(sends).await {
+            assert_eq!(answer.expect("request").status(), 401);
+        }
+    }
+
+    let o = overview_until(&server, "every refusal counted", |o| {
+        o["refused_auth"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["count"] == REFUSED))
+    })
+    .await;
+    let errors = o["recent_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "unknown_event_type");
+    let refused = o["refused_auth"].as_array().unwrap();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused[0]["source"], "http");
+    assert_eq!(refused[0]["code"], "unauthorized");
+    assert_eq!(refused[0]["count"], REFUSED);
+    assert_eq!(refused[0]["at"], "POST /api/v1/events");
+    assert!(refused[0]["first_time"].as_str() <= refused[0]["last_time"].as_str());
+    assert_eq!(refused[1]["code"], "token_invalid");
+    assert_eq!(refused[1]["count"], 1);
 }
 
 async fn page(server: &TestServer, path: &str) -> (u16, String, String) {

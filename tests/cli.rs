@@ -221,3 +221,96 @@ fn an_address_in_use_is_named_in_the_error() {
     );
     drop(taken);
 }
+
+/// `roomcast check-config` on a config whose `[[api_keys]]` are `keys` (TOML).
+async fn check_keys(label: &str, keys: &str) -> Output {
+    let path =
+        std::env::temp_dir().join(format!("roomcast-keys-{label}-{}.toml", std::process::id()));
+    let text =
+        format!("[server]\nbind = \"127.0.0.1:8000\"\n[auth]\njwt_secret = \"{SECRET}\"\n{keys}");
+    std::fs::write(&path, text).unwrap();
+    let out = roomcast(args(&["check-config", "--config", path.to_str().unwrap()])).await;
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+fn key(name: &str, secret: &str, tenant: Option<&str>) -> String {
+    let tenant = tenant.map_or(String::new(), |t| format!("tenant = \"{t}\"\n"));
+    format!("[[api_keys]]\nname = {name:?}\nkey = \"{secret}\"\n{tenant}")
+}
+
+#[tokio::test]
+async fn check_config_refuses_key_names_that_are_not_ids_duplicates_or_reserved() {
+    let long = "k".repeat(129);
+    let cases = [
+        // `ci:x` would share idempotency keys with `ci` (`ci:x:a` = `ci` + `x:a`).
+        (
+            "colon",
+            format!(
+                "{}{}",
+                key("ci", "secret-ci-1", None),
+                key("ci:x", "secret-ci-2", None)
+            ),
+            "api_keys[1]: name \"ci:x\" must be 1 to 128 characters of [A-Za-z0-9_.-]",
+        ),
+        (
+            "empty",
+            key("", "secret-empty", None),
+            "api_keys[0]: name \"\" must be 1 to 128",
+        ),
+        (
+            "long",
+            key(&long, "secret-long", None),
+            "must be 1 to 128 characters",
+        ),
+        (
+            "space",
+            key("my key", "secret-space", None),
+            "api_keys[0]: name \"my key\" must be",
+        ),
+        // Two keys of one name in two tenants would share one budget and idempotency keys.
+        (
+            "duplicate",
+            format!(
+                "{}{}",
+                key("ci", "secret-ci-acme", Some("acme")),
+                key("ci", "secret-ci-globex", Some("globex"))
+            ),
+            "api_keys[1]: name \"ci\" is already used by api_keys[0]",
+        ),
+        // A key named `github` would own the webhook's idempotency keys, `ingest` the stream's.
+        (
+            "github",
+            key("github", "secret-github", None),
+            "api_keys[0]: name \"github\" is reserved",
+        ),
+        (
+            "ingest",
+            key("ingest", "secret-ingest", None),
+            "api_keys[0]: name \"ingest\" is reserved",
+        ),
+    ];
+    for (label, keys, expected) in cases {
+        let out = check_keys(label, &keys).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{label}: accepted\n{keys}");
+        assert!(stderr.contains(expected), "{label}: {stderr}");
+        assert!(
+            !stderr.contains("secret-"),
+            "{label}: a key in the message: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{label}");
+    }
+    // Ids of every allowed character, distinct: accepted.
+    let ok = format!(
+        "{}{}",
+        key("Deploy_bot-2.prod", "secret-ok-1", None),
+        key("deploy_bot-2.prod", "secret-ok-2", None)
+    );
+    let out = check_keys("ok", &ok).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -116,6 +116,40 @@ async fn kicking_a_user_reaches_every_node() {
 }
 
 #[tokio::test]
+async fn kicking_a_user_finds_them_by_identity_on_another_node() {
+    let redis = RedisServer::start().await;
+    let p = prefix();
+    let a = TestServer::start_cluster_node("a", &redis, &p).await;
+    let b = TestServer::start_cluster_node("b", &redis, &p).await;
+    let mut alice = member(&b, "alice", "default", &[]).await;
+    // Leaving the user room is refused, so events for alice keep reaching her.
+    let ack = alice
+        .emit_with_ack("unsubscribe", json!({"room": "user:alice"}))
+        .await;
+    assert_eq!(ack["error"]["code"], "forbidden", "{ack}");
+    // An admin on either node watching alice's room is not alice.
+    let mut admin_claims = claims("root");
+    admin_claims.role = Some("admin".into());
+    let mut admin_b = b.connect(&token(&admin_claims)).await;
+    assert_eq!(admin_b.subscribe("user:alice").await["ok"], true);
+    let mut admin_a = a.connect(&token(&admin_claims)).await;
+    assert_eq!(admin_a.subscribe("user:alice").await["ok"], true);
+
+    let (status, body) = a.post("/api/v1/users/alice/disconnect", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected"], 1, "{body}");
+    assert!(alice.closed().await);
+    assert_eq!(
+        admin_b.emit_with_ack("ping", json!(null)).await["pong"],
+        true
+    );
+    assert_eq!(
+        admin_a.emit_with_ack("ping", json!(null)).await["pong"],
+        true
+    );
+}
+
+#[tokio::test]
 async fn presence_is_announced_once_per_user_across_nodes() {
     let redis = RedisServer::start().await;
     let p = prefix();

@@ -62,14 +62,26 @@ async fn raw(server: &TestServer, connect: bool) -> Option<Ws> {
     Some(ws)
 }
 
+/// How long one hostile conversation or one garbage request may take. The server answers
+/// or closes each at once; one it neither answers nor reads from is a bug (a CI run once
+/// hung here until the observer's token expired, an hour later), so the test names it.
+const STUCK: Duration = Duration::from_secs(60);
+
 /// Sends every message, ignoring a connection the server closed (that is a fine answer).
-async fn barrage(server: &TestServer, connect: bool, messages: Vec<Message>) {
-    let Some(mut ws) = raw(server, connect).await else {
+/// Panics naming the case and the step when the server stops reading without closing.
+async fn barrage(server: &TestServer, case: usize, connect: bool, messages: Vec<Message>) {
+    let stuck = |step: &str| format!("hostile case {case}: stuck {STUCK:?} at {step}");
+    let Some(mut ws) = tokio::time::timeout(STUCK, raw(server, connect))
+        .await
+        .unwrap_or_else(|_| panic!("{}", stuck("connect")))
+    else {
         return;
     };
-    for m in messages {
-        if ws.send(m).await.is_err() {
-            break;
+    for (i, m) in messages.into_iter().enumerate() {
+        match tokio::time::timeout(STUCK, ws.send(m)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => panic!("{}", stuck(&format!("sending message {i}"))),
         }
     }
     // Read what comes back for a moment, answering nothing.
@@ -77,7 +89,9 @@ async fn barrage(server: &TestServer, connect: bool, messages: Vec<Message>) {
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
-    let _ = ws.close(None).await;
+    if tokio::time::timeout(STUCK, ws.close(None)).await.is_err() {
+        panic!("{}", stuck("close"));
+    }
 }
 
 fn text(s: impl Into<String>) -> Message {
@@ -260,6 +274,7 @@ fn websocket_cases() -> Vec<(bool, Vec<Message>)> {
                 "ping",
                 "presence",
                 "history",
+                "rpc",
                 "auth.refresh",
             ]
             .iter()
@@ -276,6 +291,8 @@ fn websocket_cases() -> Vec<(bool, Vec<Message>)> {
                     json!({"room": "global", "since": "x", "limit": -1}),
                     json!({"room": "global", "after": u64::MAX, "limit": u64::MAX}),
                     json!({"token": "a.b.c"}),
+                    json!({"method": "m".repeat(10_000), "data": {"user_id": "x"}}),
+                    json!({"method": "a\u{0}b"}),
                 ]
                 .into_iter()
                 .enumerate()
@@ -286,9 +303,22 @@ fn websocket_cases() -> Vec<(bool, Vec<Message>)> {
     ]
 }
 
+/// An error is a fine answer to garbage, but not silence: a timeout fails the test.
+fn unanswered(e: reqwest::Error) -> reqwest::Error {
+    assert!(
+        !e.is_timeout(),
+        "a garbage request got no answer within {STUCK:?}: {e}"
+    );
+    e
+}
+
 /// Garbage on the HTTP API and the long-polling transport.
 async fn http_garbage(server: &TestServer) -> usize {
-    let client = reqwest::Client::new();
+    // A request the server neither answers nor refuses within STUCK fails the test, named.
+    let client = reqwest::Client::builder()
+        .timeout(STUCK)
+        .build()
+        .expect("client");
     let nested_body = nested(100_000);
     let array_body = format!(
         "{{\"event\":\"x\",\"rooms\":[{}],\"data\":1}}",
@@ -330,7 +360,8 @@ async fn http_garbage(server: &TestServer) -> usize {
                     .header("content-type", ct)
                     .body(body.clone())
                     .send()
-                    .await;
+                    .await
+                    .map_err(unanswered);
                 requests += 1;
             }
         }
@@ -362,7 +393,8 @@ async fn http_garbage(server: &TestServer) -> usize {
                 .header("authorization", format!("Bearer {long}"))
                 .body("4garbage\u{1e}42[\"x\"]")
                 .send()
-                .await;
+                .await
+                .map_err(unanswered);
             requests += 1;
         }
     }
@@ -380,7 +412,8 @@ async fn http_garbage(server: &TestServer) -> usize {
             .header(name, value.as_bytes())
             .body("{}")
             .send()
-            .await;
+            .await
+            .map_err(unanswered);
         requests += 1;
     }
     // Polling: a real session fed broken payloads.
@@ -388,6 +421,7 @@ async fn http_garbage(server: &TestServer) -> usize {
         .get(server.url("/socket.io/?EIO=4&transport=polling"))
         .send()
         .await
+        .map_err(unanswered)
         && let Ok(open) = resp.text().await
         && let Some(sid) = open
             .strip_prefix('0')
@@ -403,7 +437,12 @@ async fn http_garbage(server: &TestServer) -> usize {
             "b\u{ff}".to_owned(),
             "4".repeat(60_000),
         ] {
-            let _ = client.post(&url).body(body).send().await;
+            let _ = client
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .map_err(unanswered);
             requests += 1;
         }
     }
@@ -414,7 +453,11 @@ async fn http_garbage(server: &TestServer) -> usize {
         "/socket.io/?EIO=3&transport=polling&b64=1&token={}",
         token(&claims("hostile-v3"))
     );
-    if let Ok(resp) = client.get(server.url(&v3_open)).send().await
+    if let Ok(resp) = client
+        .get(server.url(&v3_open))
+        .send()
+        .await
+        .map_err(unanswered)
         && let Ok(open) = resp.text().await
         && let Some(sid) = open
             .split_once(':')
@@ -436,7 +479,12 @@ async fn http_garbage(server: &TestServer) -> usize {
             "\u{0}\u{1}\u{ff}".to_owned(),
             "9".repeat(60_000),
         ] {
-            let _ = client.post(&url).body(body).send().await;
+            let _ = client
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .map_err(unanswered);
             requests += 1;
         }
     }
@@ -452,8 +500,8 @@ async fn the_server_survives_hostile_input() {
     for _ in 0..3 {
         tokio::join!(
             async {
-                for (connect, messages) in websocket_cases() {
-                    barrage(&server, connect, messages).await;
+                for (case, (connect, messages)) in websocket_cases().into_iter().enumerate() {
+                    barrage(&server, case, connect, messages).await;
                 }
             },
             http_garbage(&server)
@@ -471,7 +519,8 @@ async fn the_server_survives_hostile_input() {
             futures_util::future::join_all(
                 cases
                     .into_iter()
-                    .map(|(connect, messages)| barrage(&server, connect, messages)),
+                    .enumerate()
+                    .map(|(case, (connect, messages))| barrage(&server, case, connect, messages)),
             )
             .await;
             http_garbage(&server).await;

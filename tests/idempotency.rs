@@ -56,6 +56,28 @@ async fn a_retry_returns_the_first_answer_and_delivers_nothing() {
 }
 
 #[tokio::test]
+async fn two_keys_in_one_tenant_never_share_an_answer() {
+    let server = TestServer::start().await;
+    let mut c = server.connect(&token_for("w", "acme", &["1"])).await;
+    assert_eq!(c.subscribe("project:1").await["ok"], true);
+    let body = json!({"type": "project.updated", "tenant": "acme", "data": {"project_id": 1}});
+    let key = [("Idempotency-Key", "release-7")];
+    // `full` (unbound, publishing into acme) and `acme` (bound to it): one key each.
+    let (s1, h1, first) = server
+        .post_with("/api/v1/events", Some(KEY), body.to_string(), &key)
+        .await;
+    let (s2, h2, second) = server
+        .post_with("/api/v1/events", Some(ACME_KEY), body.to_string(), &key)
+        .await;
+    assert_eq!((s1, s2), (202, 202), "{first} {second}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert!(h2.get("idempotent-replayed").is_none());
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(c.event("project.updated").await["id"], first["id"]);
+    assert_eq!(c.event("project.updated").await["id"], second["id"]);
+}
+
+#[tokio::test]
 async fn a_failed_publish_can_be_retried_with_its_key() {
     let server = TestServer::start().await;
     let key = [("Idempotency-Key", "k1")];

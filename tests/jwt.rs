@@ -506,3 +506,78 @@ async fn a_new_kid_rereads_the_jwks_at_once_but_not_for_every_unknown_kid() {
     assert_eq!(connect(ed).await, Ok(()));
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_token_with_a_crit_header_is_refused() {
+    // RFC 7515: extensions named in `crit` must be understood; Roomcast understands none.
+    let server = TestServer::start().await;
+    let claims = body("alice");
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let mut header = Header::new(Algorithm::HS256);
+    let plain = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    header.crit = Some(vec!["https://example.com/must-understand".into()]);
+    let critical = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    header.crit = Some(Vec::new());
+    let empty = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let connect = |t: String| async move {
+        Client::connect(server.addr, Auth::Payload(json!({ "token": t })))
+            .await
+            .err()
+    };
+    assert_eq!(connect(plain).await, None);
+    assert_eq!(connect(critical).await.as_deref(), Some("token_invalid"));
+    assert_eq!(connect(empty).await.as_deref(), Some("token_invalid"));
+}
+
+#[tokio::test]
+async fn a_token_living_longer_than_max_token_lifetime_is_refused() {
+    let server = TestServer::start_with_auth(&format!(
+        "[auth]\njwt_secret = \"{SECRET}\"\nleeway_secs = 0\nmax_token_lifetime_secs = 3600"
+    ))
+    .await;
+    let now = now_secs();
+    for (what, claims, want) in [
+        (
+            "an hour",
+            json!({"sub": "a", "iat": now, "exp": now + 3600}),
+            None,
+        ),
+        (
+            "no iat, 10 min",
+            json!({"sub": "a", "exp": now + 600}),
+            None,
+        ),
+        (
+            "issued earlier, 30 min left",
+            json!({"sub": "a", "iat": now - 1800, "exp": now + 1800}),
+            None,
+        ),
+        (
+            "two hours",
+            json!({"sub": "a", "iat": now, "exp": now + 7200}),
+            Some("token_invalid"),
+        ),
+        (
+            "no iat, two hours",
+            json!({"sub": "a", "exp": now + 7200}),
+            Some("token_invalid"),
+        ),
+        // A future `iat` does not shorten the lifetime: it counts from now.
+        (
+            "future iat",
+            json!({"sub": "a", "iat": now + 7000, "exp": now + 7200}),
+            Some("token_invalid"),
+        ),
+        (
+            "exp near 2^64",
+            json!({"sub": "a", "iat": now, "exp": u64::MAX}),
+            Some("token_invalid"),
+        ),
+    ] {
+        let t = hs(SECRET, None, &claims);
+        let err = Client::connect(server.addr, Auth::Payload(json!({ "token": t })))
+            .await
+            .err();
+        assert_eq!(err.as_deref(), want, "{what}");
+    }
+}

@@ -1,5 +1,6 @@
 //! A token's lifetime holds on a live socket: warned before expiry, disconnected at expiry
-//! unless refreshed; and a shutdown drains sockets with `server.shutdown`.
+//! unless refreshed; and a shutdown drains sockets with `server.shutdown` and stops the
+//! server's background loops.
 
 mod common;
 
@@ -113,4 +114,128 @@ async fn shutdown_tells_sockets_and_closes_them() {
     // Closed as a dropped transport: an Engine.IO close or a Socket.IO disconnect would tell
     // stock clients the server meant it, and they would not reconnect.
     assert_eq!(c.ending().await, "transport");
+}
+
+/// The drain ends a websocket that still has events queued (its client reads slowly): every
+/// one of them, then `server.shutdown`, reaches the client before the close. (Severing a
+/// websocket by ending its reads made tungstenite refuse every write after it: what was not
+/// yet written was lost, `server.shutdown` too when the drain was quick.)
+#[tokio::test]
+async fn a_drain_writes_what_a_slow_reader_has_queued() {
+    const EVENTS: usize = 300;
+    let mut server = TestServer::start_with(
+        "[limits]\npublish_per_key_per_sec = 0\npublish_bytes_per_key_per_sec = 0\n",
+    )
+    .await;
+    let mut c = server.connect(&token(&claims("alice"))).await;
+    // ~60 KB each, 18 MB in all: more than the loopback buffers hold while the client does
+    // not read, so most of it is still queued in the session when the drain severs it.
+    server.publish_bulky(EVENTS, 60_000).await;
+    server.shutdown();
+    let mut titles = Vec::new();
+    loop {
+        let (name, payload) = c
+            .next_event()
+            .await
+            .unwrap_or_else(|| panic!("closed after {} events", titles.len()));
+        match name.as_str() {
+            "system.notification" => {
+                titles.push(payload["data"]["title"].as_str().unwrap().to_owned())
+            }
+            "server.shutdown" => break,
+            _ => {}
+        }
+    }
+    let expected: Vec<String> = (0..EVENTS).map(|i| i.to_string()).collect();
+    assert_eq!(titles, expected);
+    assert_eq!(c.ending().await, "transport");
+}
+
+#[tokio::test]
+async fn an_exp_near_2_pow_64_is_no_expiry() {
+    let server = server().await;
+    for exp in [u64::MAX, u64::MAX - 1, 1 << 63] {
+        let mut far = claims("alice");
+        far.exp = exp;
+        let mut c = server.connect(&token(&far)).await;
+        // The expiry timer wakes as soon as a socket is watched, and at least every 200 ms:
+        // an overflowed deadline would end the socket well within this window.
+        let ended = tokio::time::timeout(std::time::Duration::from_millis(1500), c.closed()).await;
+        assert!(ended.is_err(), "exp {exp}: the socket was disconnected");
+        assert_eq!(c.emit_with_ack("ping", json!(null)).await["pong"], true);
+        assert!(
+            !c.received().contains(&"auth.expired".to_string()),
+            "exp {exp}"
+        );
+        // A refresh with such a token says when it expires: the last representable second.
+        let ack = c
+            .emit_with_ack("auth.refresh", json!({ "token": token(&far) }))
+            .await;
+        assert_eq!(ack["expires_at"], "9999-12-31T23:59:59.000Z", "{ack}");
+    }
+}
+
+/// Once `serve` has returned from a shutdown no background loop runs on: the cluster
+/// heartbeat does not put back the key the node dropped when it left, and every worker has
+/// been joined.
+#[tokio::test]
+async fn no_worker_outlives_a_shutdown() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let config = roomcast::Config::from_toml(&format!(
+        "[server]\nbind = \"127.0.0.1:0\"\nnode_id = \"leaver\"\n\
+         [auth]\njwt_secret = \"{SECRET}\"\n\
+         [cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nkey_prefix = \"workers\"\n\
+         node_ttl_secs = 3",
+        redis.port
+    ))
+    .unwrap();
+    let server = roomcast::Roomcast::new(&config).await.unwrap();
+    let workers = server.workers();
+    assert!(
+        workers.running().contains(&"cluster_heartbeat"),
+        "{:?}",
+        workers.running()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = "workers:node:leaver";
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !conn.exists::<_, bool>(key).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat was ever sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("the drain ends within the deadline")
+        .unwrap()
+        .unwrap();
+    // A beat every second (a third of node_ttl_secs): a heartbeat still running would
+    // have put the key back within this window, three beats long.
+    let watch = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < watch {
+        assert!(
+            !conn.exists::<_, bool>(key).await.unwrap(),
+            "a heartbeat was sent after serve returned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        workers.running().is_empty(),
+        "still running after serve returned: {:?}",
+        workers.running()
+    );
 }

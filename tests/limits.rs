@@ -279,6 +279,105 @@ async fn publishes_over_the_key_budget_get_429_and_deliver_nothing() {
     assert!(!c.received().contains(&"x.y".to_owned()));
 }
 
+/// `GET /api/v1/websocket/stats` with `key`, from the client address `xff`: status,
+/// `Retry-After` (seconds) and body.
+async fn stats_from(server: &TestServer, key: &str, xff: &str) -> (u16, Option<u64>, Value) {
+    let resp = reqwest::Client::new()
+        .get(server.url("/api/v1/websocket/stats"))
+        .header("x-api-key", key)
+        .header("x-forwarded-for", xff)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (
+        status,
+        retry_after,
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn guessing_keys_is_throttled_per_address_and_a_right_key_waits_too() {
+    let server = TestServer::start_with(
+        "[limits]\nauth_failures_per_ip_per_sec = 1\nauth_failures_per_ip_burst = 5\n\
+         trusted_proxies = [\"127.0.0.1\"]\nhandshake_exempt = []",
+    )
+    .await;
+    let guesser = "203.0.113.7";
+    let started = tokio::time::Instant::now();
+    let (mut refused, mut throttled) = (0u64, 0u64);
+    for i in 0..200 {
+        let (status, retry_after, body) = stats_from(&server, &format!("guess-{i}"), guesser).await;
+        match status {
+            401 => refused += 1,
+            429 => {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                assert!(
+                    body["error"]["retry_after_ms"].as_u64() <= Some(1000),
+                    "{body}"
+                );
+                assert_eq!(retry_after, Some(1));
+                throttled += 1;
+            }
+            other => panic!("guess {i}: {other} {body}"),
+        }
+    }
+    // The burst, plus at most one more per second the hammering took.
+    let refills = started.elapsed().as_secs() + 1;
+    assert!(
+        (5..=5 + refills).contains(&refused),
+        "{refused} guesses checked, {throttled} throttled"
+    );
+    // While the address is throttled its right key is not even checked.
+    let (status, _, body) = stats_from(&server, READ_KEY, guesser).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("rate_limited"))
+    );
+    // Another address is not affected.
+    let (status, _, body) = stats_from(&server, READ_KEY, "203.0.113.8").await;
+    assert_eq!(status, 200, "{body}");
+    // Once a token is back (one per second), the right key works again.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, _, body) = stats_from(&server, READ_KEY, guesser).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "never let through");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = server.get_text("/metrics", Some(READ_KEY)).await.1;
+    assert!(
+        metrics.contains("roomcast_limited_total{limit=\"auth_failures_ip\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn refused_keys_from_loopback_are_exempt_by_default() {
+    let server = TestServer::start().await;
+    for i in 0..50 {
+        let (status, body) = server
+            .get("/api/v1/websocket/stats", Some(&format!("guess-{i}")))
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(
+        server
+            .get("/api/v1/websocket/stats", Some(READ_KEY))
+            .await
+            .0,
+        200
+    );
+}
+
 #[tokio::test]
 async fn websocket_messages_over_the_limit_close_the_connection() {
     let server =
@@ -349,4 +448,86 @@ async fn polling_payloads_over_the_limit_get_413() {
     let big = format!("42{}", json!(["frobnicate", "a".repeat(2100)]));
     let resp = http.post(&url).body(big).send().await.unwrap();
     assert_eq!(resp.status(), 413, "an oversized polling payload");
+}
+
+/// A long-polling session opened from 203.0.113.1 (through a trusted proxy) and connected
+/// with a token; returns its polling URL.
+async fn polling_session(server: &TestServer, http: &reqwest::Client) -> String {
+    let open = http
+        .get(server.url("/socket.io/?EIO=4&transport=polling"))
+        .header("x-forwarded-for", "203.0.113.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let open = open.text().await.unwrap();
+    let open: Value = serde_json::from_str(&open[1..]).unwrap();
+    let url = server.url(&format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    ));
+    let sent = http
+        .post(&url)
+        .header("x-forwarded-for", "203.0.113.1")
+        .body(format!(
+            "40{}",
+            json!({"token": token_for("alice", "acme", &[])})
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    url
+}
+
+/// Polls `url` as `from` until `connection.established` arrives; the status of a refusal.
+async fn poll_session(http: &reqwest::Client, url: &str, from: &str) -> Result<String, u16> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut received = String::new();
+    while !received.contains("connection.established") {
+        assert!(tokio::time::Instant::now() < deadline, "{received}");
+        let resp = http
+            .get(url)
+            .header("x-forwarded-for", from)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            return Err(resp.status().as_u16());
+        }
+        received.push_str(&resp.text().await.unwrap());
+    }
+    Ok(received)
+}
+
+#[tokio::test]
+async fn a_polling_session_bound_to_its_address_refuses_another() {
+    let http = reqwest::Client::new();
+    // Off (the default): the sid alone is enough, from any address.
+    let open = TestServer::start_with("[limits]\ntrusted_proxies = [\"127.0.0.1\"]").await;
+    let url = polling_session(&open, &http).await;
+    let stolen = poll_session(&http, &url, "198.51.100.7").await;
+    assert!(stolen.is_ok(), "{stolen:?}");
+
+    let bound = TestServer::start_with(
+        "[limits]\ntrusted_proxies = [\"127.0.0.1\"]\nbind_polling_to_address = true",
+    )
+    .await;
+    let url = polling_session(&bound, &http).await;
+    assert_eq!(poll_session(&http, &url, "198.51.100.7").await, Err(403));
+    let refused = http
+        .post(&url)
+        .header("x-forwarded-for", "198.51.100.7")
+        .body("42[\"ping\",{}]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap(),
+        json!({"code": 4, "message": "Forbidden"})
+    );
+    // The owner's session is untouched by the attempts.
+    let own = poll_session(&http, &url, "203.0.113.1").await;
+    assert!(own.is_ok_and(|text| text.contains("\"user_id\":\"alice\"")));
 }

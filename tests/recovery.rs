@@ -508,28 +508,48 @@ async fn a_quiet_global_room_recovers_from_the_position_in_established(s: Setup)
 }
 
 /// Sockets subscribe while a room's events stream in: each receives every event after the
-/// position its ack gave, in order, none missing.
+/// position its ack gave, in order, none missing. The publisher runs from before the first
+/// subscribe until after the last (not a fixed count, which a busy machine could publish
+/// entirely before the first subscribe), so every position is taken mid-stream.
 async fn every_event_after_the_acked_position_arrives_live(s: Setup) {
-    const EVENTS: u64 = 60;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(admin(s.b(), json!({})).await);
     }
     let addr = s.a.addr;
-    let publisher = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        for n in 1..=EVENTS {
-            let body = json!({"type": "workflow.progress", "data": {"workflow_id": "w", "project_id": "1", "progress": n}});
-            let status = http
-                .post(format!("http://{addr}/api/v1/events"))
-                .bearer_auth(KEY)
-                .json(&body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16());
-            assert_eq!(status.ok(), Some(202));
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (published, stop) = (published.clone(), stop.clone());
+        async move {
+            let http = reqwest::Client::new();
+            // At least one event after the last subscribe.
+            let mut last = false;
+            while !last {
+                last = stop.load(Ordering::SeqCst);
+                let n = published.load(Ordering::SeqCst) + 1;
+                let body = json!({"type": "workflow.progress", "data": {"workflow_id": "w", "project_id": "1", "progress": n}});
+                let status = http
+                    .post(format!("http://{addr}/api/v1/events"))
+                    .bearer_auth(KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                assert_eq!(status.ok(), Some(202));
+                published.store(n, Ordering::SeqCst);
+                // Paced well under `limits.publish_per_key_per_sec`.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
         }
     });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while published.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing published");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let mut acked = Vec::new();
     for c in &mut clients {
         let ack = c.subscribe("project:1").await;
@@ -540,14 +560,17 @@ async fn every_event_after_the_acked_position_arrives_live(s: Setup) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(15)).await;
     }
+    stop.store(true, Ordering::SeqCst);
     publisher.await.unwrap();
+    let events = published.load(Ordering::SeqCst);
+    // Each position was read mid-stream: after the first event, before the last.
     assert!(
-        acked.iter().any(|p| *p > 0 && *p < EVENTS),
-        "raced: {acked:?}"
+        acked.iter().all(|p| *p >= 1 && *p < events),
+        "positions {acked:?} of {events} events"
     );
     for (c, from) in clients.iter_mut().zip(acked) {
         let mut want = from + 1;
-        while want <= EVENTS {
+        while want <= events {
             let e = c.event("workflow.progress").await;
             let seq = e["seq"].as_u64().unwrap();
             if seq <= from {

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Auth, Client};
+use common::{Auth, Client, free_port};
 use roomcast::auth::jwt::{TokenClaims, now_secs, sign_hs256, sign_hs256_with_kid};
 use serde_json::json;
 
@@ -19,6 +19,9 @@ const READ_ONLY_KEY: &str = "read-SECRET-77aa88bb99cc";
 const JWKS_PASSWORD: &str = "jwks-SECRET-pa55w0rd";
 const JWKS_TOKEN: &str = "jwks-SECRET-querytoken";
 const REDIS_PASSWORD: &str = "redis-SECRET-hunter2";
+const RPC_SECRET: &str = "rpc-SECRET-5e6f7a8b9c0d";
+const RPC_PASSWORD: &str = "rpc-SECRET-pa55w0rd";
+const RPC_TOKEN: &str = "rpc-SECRET-querytoken";
 
 fn secrets() -> Vec<&'static str> {
     vec![
@@ -29,15 +32,10 @@ fn secrets() -> Vec<&'static str> {
         JWKS_PASSWORD,
         JWKS_TOKEN,
         REDIS_PASSWORD,
+        RPC_SECRET,
+        RPC_PASSWORD,
+        RPC_TOKEN,
     ]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(port: u16, redis: bool) -> String {
@@ -55,6 +53,8 @@ fn config(port: u16, redis: bool) -> String {
          [[auth.keys]]\nkid = \"k1\"\nsecret = \"{KID_SECRET}\"\n\
          [[api_keys]]\nname = \"full\"\nkey = \"{API_KEY}\"\nscopes = [\"publish\", \"read\"]\n\
          [[api_keys]]\nname = \"reader\"\nkey = \"{READ_ONLY_KEY}\"\nscopes = [\"read\"]\n\
+         [rpc]\nurl = \"http://user:{RPC_PASSWORD}@127.0.0.1:{closed}/rpc?token={RPC_TOKEN}\"\n\
+         secret = \"{RPC_SECRET}\"\n\
          {redis}\
          [log]\nlevel = \"trace\"\n"
     )
@@ -179,6 +179,11 @@ async fn logs_errors_and_stats_hold_no_secret() {
         .emit_with_ack("auth.refresh", json!({ "token": keyed }))
         .await;
     assert_eq!(ack["error"]["code"], "refresh_mismatch");
+    // An RPC to a backend that cannot be reached (its URL has credentials and a token).
+    let ack = alice
+        .emit_with_ack("rpc", json!({"method": "a.b", "data": {}}))
+        .await;
+    assert_eq!(ack["error"]["code"], "rpc_unavailable");
     if let Err(e) = Client::connect(addr, Auth::Header(&keyed)).await {
         panic!("bob: {e}");
     }

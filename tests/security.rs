@@ -225,3 +225,54 @@ async fn without_cors_origins_no_origin_is_allowed() {
         assert_eq!(allow_origin(&resp), None, "{origin}");
     }
 }
+
+fn cors_headers(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_origin_gets_no_access_control_header_at_all() {
+    let server = TestServer::start_toml(&format!(
+        "[server]\nbind = \"127.0.0.1:0\"\ncors_origins = [\"{ALLOWED}\"]\n\
+         [auth]\njwt_secret = \"{SECRET}\"\n\
+         [[api_keys]]\nname = \"full\"\nkey = \"{KEY}\"\nscopes = [\"publish\", \"read\"]"
+    ))
+    .await;
+    let polling = "/socket.io/?EIO=4&transport=polling";
+    for path in ["/api/v1/events", "/api/v1/websocket/stats", polling] {
+        let ok = preflight(&server, path, ALLOWED).await;
+        assert!(
+            cors_headers(&ok).contains(&"access-control-allow-methods".to_owned()),
+            "{path}: {:?}",
+            cors_headers(&ok)
+        );
+        let refused = preflight(&server, path, REFUSED).await;
+        assert_eq!(
+            cors_headers(&refused),
+            Vec::<String>::new(),
+            "{path} preflight"
+        );
+    }
+    let ok = stats(&server, ALLOWED).await;
+    assert!(cors_headers(&ok).contains(&"access-control-expose-headers".to_owned()));
+    let refused = stats(&server, REFUSED).await;
+    assert_eq!(refused.status(), 200);
+    assert_eq!(
+        cors_headers(&refused),
+        Vec::<String>::new(),
+        "actual request"
+    );
+    for headers in [vec![("origin", REFUSED)], vec![]] {
+        let open = request(&server, Method::GET, polling, &headers).await;
+        assert_eq!(open.status(), 200);
+        assert_eq!(
+            cors_headers(&open),
+            Vec::<String>::new(),
+            "polling {headers:?}"
+        );
+    }
+}

@@ -81,6 +81,7 @@ async fn run(seed: u64) {
             projects: c.projects.clone(),
             agents: c.agents.clone(),
             role: c.role.clone(),
+            publish: None,
             expires_at: c.exp,
         };
         let client = server.connect(&token(&c)).await;

@@ -157,6 +157,47 @@ async fn a_redelivery_publishes_nothing_twice() {
 }
 
 #[tokio::test]
+async fn a_replay_under_a_new_delivery_id_publishes_nothing_twice() {
+    // A captured delivery (body and signature) sent again with a fresh X-GitHub-Delivery
+    // gets the first answer and publishes nothing.
+    let server = TestServer::start_with(&github_config()).await;
+    let (mut seven, _) = watchers(&server).await;
+    let body = fixture("pull_request.opened.json");
+    let sig = signature(WEBHOOK_SECRET, &body);
+    let (s1, h1, first) = deliver(
+        &server,
+        "pull_request",
+        "0b1d5e00-0000-4000-8000-000000000001",
+        body.clone(),
+        Some(sig.clone()),
+    )
+    .await;
+    assert_eq!(s1, 202, "{first}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert_eq!(seven.event("pr.created").await["id"], first["id"]);
+    for delivery in [
+        "0b1d5e00-0000-4000-8000-000000000002",
+        "0b1d5e00-0000-4000-8000-000000000003",
+    ] {
+        let (status, headers, again) = deliver(
+            &server,
+            "pull_request",
+            delivery,
+            body.clone(),
+            Some(sig.clone()),
+        )
+        .await;
+        assert_eq!(status, 202, "{delivery}: {again}");
+        assert_eq!(again, first, "{delivery}");
+        assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+    }
+    server.publish_marker().await;
+    seven
+        .assert_not_before("pr.created", "system.notification")
+        .await;
+}
+
+#[tokio::test]
 async fn pull_request_and_issue_actions_map_to_their_event_types() {
     let server = TestServer::start_with(&github_config()).await;
     let (mut seven, _) = watchers(&server).await;
@@ -171,6 +212,7 @@ async fn pull_request_and_issue_actions_map_to_their_event_types() {
         ("issues", "issues.labeled.json", "issue.updated"),
         ("issues", "issues.closed.json", "issue.closed"),
     ];
+    let mut received = std::collections::HashMap::new();
     for (i, (event, file, want)) in cases.iter().enumerate() {
         let (status, answer) = signed(&server, event, &format!("d-{i}"), file).await;
         assert_eq!(
@@ -180,23 +222,14 @@ async fn pull_request_and_issue_actions_map_to_their_event_types() {
         );
         let got = seven.event(want).await;
         assert_eq!(got["id"], answer["id"], "{file}");
+        received.insert(*want, got);
     }
     // Check the fields of two of them: merged on a closed PR, the issue's own fields.
-    let (_, _) = signed(
-        &server,
-        "pull_request",
-        "merged-again",
-        "pull_request.closed.json",
-    )
-    .await;
-    let closed = seven.event("pr.closed").await;
+    let closed = &received["pr.closed"];
     assert_eq!(closed["data"]["merged"], true);
     assert_eq!(closed["data"]["state"], "closed");
-    let (_, answer) = signed(&server, "issues", "issue-again", "issues.closed.json").await;
-    let issue = seven.event("issue.closed").await;
-    assert_eq!(issue["id"], answer["id"]);
     assert_eq!(
-        issue["data"],
+        received["issue.closed"]["data"],
         json!({"project_id": "7", "number": 1348, "title": "Found a bug",
                "url": "https://github.com/octo-org/hello-world/issues/1348",
                "author": "hubot", "state": "closed", "action": "closed"})
@@ -254,4 +287,39 @@ async fn a_malformed_signed_payload_is_invalid_and_no_secret_turns_the_endpoint_
     let (status, answer) = signed(&off, "pull_request", "o-1", "pull_request.opened.json").await;
     assert_eq!(status, 404, "{answer}");
     assert_eq!(answer["error"]["code"], "github_not_configured");
+}
+
+#[tokio::test]
+async fn an_api_keys_idempotency_key_never_swallows_a_delivery() {
+    let server = TestServer::start_with(&github_config()).await;
+    let (mut seven, _) = watchers(&server).await;
+    let delivery = "9e1c7a52-0000-11f0-8000-4c9367dc0958";
+    // A publisher with a key claims the delivery id first, both ways an API key can (the
+    // two headers name one key of the API key's own).
+    for (header, replayed) in [("Idempotency-Key", false), ("X-GitHub-Delivery", true)] {
+        let (status, headers, body) = server
+            .post_with(
+                "/api/v1/events",
+                Some(KEY),
+                json!({"type": "project.updated", "data": {"project_id": "7"}}).to_string(),
+                &[(header, delivery)],
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(
+            headers.contains_key("idempotent-replayed"),
+            replayed,
+            "{header}"
+        );
+    }
+    seven.event("project.updated").await;
+    let (status, answer) = signed(
+        &server,
+        "pull_request",
+        delivery,
+        "pull_request.opened.json",
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(seven.event("pr.created").await["id"], answer["id"]);
 }

@@ -49,6 +49,7 @@ function show(o) {
   rows("room-table", o.top_rooms ?? [], (r) => [[r.tenant], [r.room, "mono"], [number(r.members), "num"]], "No rooms");
   rows("nodes", c.nodes ?? [], (n) => [[n.node_id, "mono"], [number(n.connections), "num"], [number(n.users), "num"], [n.last_seen, "mono"]], "No nodes");
   rows("errors", o.recent_errors ?? [], (e) => [[e.time, "mono"], [e.source], [e.code, "mono"], [e.at, "mono"], [e.message]], "No errors");
+  rows("refused-auth", o.refused_auth ?? [], (r) => [[r.last_time, "mono"], [r.source], [r.code, "mono"], [number(r.count), "num"], [r.at, "mono"], [r.first_time, "mono"]], "None refused");
 }
 
 async function poll(key, gen) {

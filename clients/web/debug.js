@@ -1,4 +1,5 @@
-// The /debug page: connect with a token, subscribe to rooms, watch events, publish one.
+// The /debug page: connect with a token, subscribe to rooms, watch events, publish one
+// (over HTTP with an API key, or as a client event over the socket).
 import { RoomcastSocket, fill, h } from "/pages/roomcast.js";
 
 const $ = (id) => document.getElementById(id);
@@ -144,6 +145,42 @@ async function publish(e) {
   }
 }
 
+/** The `publish` command over the page's socket (WEBSOCKET_API.md 4.3b). */
+async function publishClientEvent(e) {
+  e.preventDefault();
+  const out = $("client-publish-result");
+  const fail = (text) => {
+    out.className = "bad";
+    fill(out, text);
+  };
+  if (!socket || !socket.connected) return fail("Not connected");
+  let data;
+  try {
+    data = JSON.parse($("client-data").value);
+  } catch (err) {
+    return fail(`Data is not JSON: ${err.message}`);
+  }
+  const body = {
+    room: $("client-room").value.trim(),
+    event: $("client-event").value.trim(),
+    data,
+    volatile: $("client-volatile").checked,
+    echo: $("client-echo").checked,
+  };
+  try {
+    const ack = await socket.emitWithAck("publish", body);
+    if (ack?.ok) {
+      out.className = "ok";
+      fill(out, `published ${body.event} to ${body.room} (id ${ack.id}${ack.seq !== undefined ? `, seq ${ack.seq}` : ", volatile"})`);
+    } else {
+      const err = ack?.error ?? {};
+      fail(`${err.code ?? "error"}: ${err.message ?? JSON.stringify(ack)}${err.field !== undefined ? ` (field ${err.field || "/"})` : ""}`);
+    }
+  } catch (err) {
+    fail(`publish failed: ${err.message}`);
+  }
+}
+
 async function loadTypes() {
   try {
     const res = await fetch("/api/v1/schema");
@@ -162,6 +199,7 @@ $("room-form").addEventListener("submit", (e) => {
 });
 $("unsubscribe").addEventListener("click", () => command("unsubscribe"));
 $("publish-form").addEventListener("submit", publish);
+$("client-publish-form").addEventListener("submit", publishClientEvent);
 $("clear").addEventListener("click", () => {
   $("events").tBodies[0].replaceChildren();
   received = 0;

@@ -34,7 +34,7 @@ impl ApiKeys {
             .iter()
             .filter_map(|k| {
                 let digest: [u8; 32] = match (&k.key, &k.key_sha256) {
-                    (Some(plain), _) => Sha256::digest(plain.as_bytes()).into(),
+                    (Some(plain), _) => Sha256::digest(plain.expose().as_bytes()).into(),
                     (None, Some(hex_digest)) => hex::decode(hex_digest).ok()?.try_into().ok()?,
                     (None, None) => return None,
                 };

@@ -43,7 +43,7 @@ impl Jwks {
     pub fn from_config(config: &AuthConfig) -> Option<Arc<Self>> {
         let source = match (&config.jwks_file, &config.jwks_url) {
             (Some(path), _) => Source::File(path.clone()),
-            (None, Some(url)) => Source::Url(url.clone()),
+            (None, Some(url)) => Source::Url(url.expose().to_owned()),
             (None, None) => return None,
         };
         Some(Arc::new(Self {

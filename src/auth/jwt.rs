@@ -13,25 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
-use crate::rooms::{Grant, Id, Tenant};
-
-/// Who a socket is: the verified claims of its token. Shared as an `Arc` per socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user_id: Id,
-    pub tenant: Tenant,
-    pub projects: Grant,
-    pub agents: Grant,
-    pub role: Option<String>,
-    /// Token expiry, seconds since the Unix epoch.
-    pub expires_at: u64,
-}
-
-impl Identity {
-    pub fn is_admin(&self) -> bool {
-        self.role.as_deref() == Some("admin")
-    }
-}
+use crate::rooms::{Grant, Id, Identity, RoomPatterns, Tenant};
 
 /// The claims Roomcast reads (and `roomcast token` writes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +32,9 @@ pub struct TokenClaims {
     pub agents: Grant,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Rooms the holder may publish client events into (`"*"` or room patterns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<RoomPatterns>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// A string or an array of strings (RFC 7519); `jsonwebtoken` checks it against the config.
@@ -75,6 +60,7 @@ impl TokenClaims {
             projects: Grant::None,
             agents: Grant::None,
             role: None,
+            publish: None,
             iss: None,
             aud: None,
         }
@@ -95,10 +81,26 @@ pub enum AuthError {
 
 impl AuthError {
     pub fn code(self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    pub fn error_code(self) -> crate::errors::Code {
+        use crate::errors::Code;
         match self {
-            Self::TokenMissing => "token_missing",
-            Self::TokenInvalid => "token_invalid",
-            Self::TokenExpired => "token_expired",
+            Self::TokenMissing => Code::TokenMissing,
+            Self::TokenInvalid => Code::TokenInvalid,
+            Self::TokenExpired => Code::TokenExpired,
+        }
+    }
+
+    /// What a refused handshake is told (the HTTP answer to an Engine.IO v3 one; the recent
+    /// errors of a `connect_error`, whose message is the code alone).
+    pub fn handshake_message(self) -> crate::errors::Message {
+        use crate::errors::Message;
+        match self {
+            Self::TokenMissing => Message::HandshakeTokenMissing,
+            Self::TokenInvalid => Message::HandshakeTokenInvalid,
+            Self::TokenExpired => Message::HandshakeTokenExpired,
         }
     }
 }
@@ -196,6 +198,8 @@ pub struct JwtVerifier {
     /// Where the JWK Set comes from, to re-read it when a token names a `kid` it lacks.
     jwks_source: Option<Arc<super::Jwks>>,
     validation: Validation,
+    /// `auth.max_token_lifetime_secs`: the longest `exp − min(iat, now)` accepted.
+    max_lifetime_secs: Option<u64>,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -213,7 +217,7 @@ impl JwtVerifier {
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.jwt_secret {
-            keys.push(VerifyKey::secret(None, secret.as_bytes()));
+            keys.push(VerifyKey::secret(None, secret.expose().as_bytes()));
         }
         if let Some(path) = &config.jwt_public_key_file {
             keys.push(load_public_key(None, path, "auth.jwt_public_key_file")?);
@@ -221,7 +225,7 @@ impl JwtVerifier {
         for (i, k) in config.keys.iter().enumerate() {
             let kid = Some(k.kid.clone());
             keys.push(match (&k.secret, &k.public_key_file) {
-                (Some(secret), _) => VerifyKey::secret(kid, secret.as_bytes()),
+                (Some(secret), _) => VerifyKey::secret(kid, secret.expose().as_bytes()),
                 (None, Some(path)) => load_public_key(kid, path, &format!("auth.keys[{i}]"))?,
                 (None, None) => anyhow::bail!("auth.keys[{i}]: no secret or public_key_file"),
             });
@@ -251,6 +255,7 @@ impl JwtVerifier {
             jwks: None,
             jwks_source: None,
             validation,
+            max_lifetime_secs: config.max_token_lifetime_secs,
         })
     }
 
@@ -301,6 +306,11 @@ impl JwtVerifier {
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::TokenInvalid)?;
+        // RFC 7515 4.1.11: a token may only be accepted if every extension its `crit`
+        // names is understood; Roomcast understands none (and an empty list is invalid).
+        if header.crit.is_some() {
+            return Err(AuthError::TokenInvalid);
+        }
         let jwks = self.jwks_now();
         let all = self
             .keys
@@ -337,6 +347,11 @@ impl JwtVerifier {
             }
         }
         let claims = result?;
+        if let Some(max) = self.max_lifetime_secs
+            && lifetime_secs(&claims, now_secs()) > max
+        {
+            return Err(AuthError::TokenInvalid);
+        }
         let user_id = Id::parse(&claims.sub).ok_or(AuthError::TokenInvalid)?;
         let tenant = match claims.tenant.as_deref() {
             None => Tenant::default_tenant(),
@@ -348,9 +363,21 @@ impl JwtVerifier {
             projects: claims.projects,
             agents: claims.agents,
             role: claims.role,
+            publish: claims.publish,
             expires_at: claims.exp,
         })
     }
+}
+
+/// How long a token lives: from the earlier of its `iat` and `now` (a token without `iat`,
+/// or with one in the future, is measured from now) to its `exp`.
+fn lifetime_secs(claims: &TokenClaims, now: u64) -> u64 {
+    let iat = claims
+        .iat
+        .as_ref()
+        .and_then(|n| n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)));
+    let from = iat.map_or(now, |iat| iat.min(now));
+    claims.exp.saturating_sub(from)
 }
 
 /// Reads a PEM public key file.

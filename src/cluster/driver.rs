@@ -15,8 +15,8 @@ use redis::{FromRedisValue, PushInfo, PushKind};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
-use super::conn::RedisConn;
 use crate::config::ClusterMode;
+use crate::redis_conn::RedisConn;
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
 

@@ -5,69 +5,36 @@
 //!
 //! Keys, under `key_prefix` `p`: `p:node:<id>` (a node's heartbeat, expires after the TTL),
 //! `p:nodes` (sorted set of node ids, to find the dead ones), `p:reap:<id>` (who cleans up
-//! after a dead node), and the presence keys described in [`store`].
+//! after a dead node), and the presence keys described in [`crate::presence::redis`].
 
-pub mod conn;
 pub mod driver;
-pub mod store;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
-use crate::config::{ClusterConfig, ClusterMode, HistoryConfig, OnUnavailable};
+use crate::config::{ClusterConfig, ClusterMode, HistoryConfig};
+use crate::delivery::Census;
+pub use crate::delivery::ClusterStatus;
 use crate::events::Timestamp;
 use crate::history::RedisHistory;
+use crate::hooks_out::HookKind;
+use crate::presence::RedisStore;
 use crate::presence::{Announcer, Presence};
+use crate::redis_conn::RedisConn;
 use crate::rooms::{Id, RoomName};
-use crate::socket::Census;
-use conn::RedisConn;
 use driver::ResilientDriver;
-use store::RedisStore;
 
-/// Whether the cluster is reachable, shared by the broadcaster, `/ready` and stats.
-#[derive(Debug)]
-pub struct ClusterStatus {
-    up: AtomicBool,
-    reason: Mutex<String>,
-    pub on_unavailable: OnUnavailable,
-}
-
-impl ClusterStatus {
-    pub fn new(on_unavailable: OnUnavailable) -> Self {
-        Self {
-            up: AtomicBool::new(false),
-            reason: Mutex::new("connecting to redis".into()),
-            on_unavailable,
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    pub fn reason(&self) -> String {
-        self.reason
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|_| "unknown".into())
-    }
-
-    fn set_up(&self) {
-        self.up.store(true, Ordering::Relaxed);
-    }
-
-    fn set_down(&self, reason: String) {
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!("redis unreachable: {reason}");
-        }
-        if let Ok(mut r) = self.reason.lock() {
-            *r = format!("redis unreachable: {reason}");
-        }
-    }
+/// A presence entry's scoped room key and user field, parsed back.
+fn parse_entry(key: &str, field: &str) -> Option<(Id, RoomName, Id)> {
+    let (tenant, room) = RoomName::unscope(key)?;
+    Some((
+        Id::parse(tenant)?,
+        RoomName::parse(room)?,
+        Id::parse(field)?,
+    ))
 }
 
 /// One node's heartbeat, as stored in Redis and shown in stats.
@@ -124,9 +91,10 @@ impl Cluster {
         RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
     }
 
-    /// Idempotency keys shared by the cluster, kept for `window`.
-    pub fn idempotency(&self, window: Duration) -> store::RedisIdempotency {
-        store::RedisIdempotency::new(self.conn.clone(), &self.prefix, window)
+    /// A connection to the cluster's Redis and the prefix of every key, for the stores
+    /// that keep their data there.
+    pub fn redis(&self) -> (RedisConn, &str) {
+        (self.conn.clone(), &self.prefix)
     }
 
     /// Room history shared by the cluster, in Redis streams.
@@ -194,7 +162,7 @@ impl Cluster {
     }
 
     /// Keeps this node's heartbeat, watches Redis, restores state after an outage and
-    /// cleans up after dead nodes. Runs until the process ends.
+    /// cleans up after dead nodes. Runs until its worker is stopped.
     pub async fn run(
         self: Arc<Self>,
         census: Arc<dyn Census>,
@@ -287,21 +255,23 @@ impl Cluster {
                 continue;
             }
             tracing::warn!(node = id, "node heartbeat expired: removing its presence");
-            let pending = self
+            let reaped = self
                 .store
                 .reap(&id, true)
                 .await
                 .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "reap", e.0)))?;
-            for (key, field, token) in pending {
-                let Some((tenant, room)) = RoomName::unscope(&key) else {
-                    continue;
-                };
-                let (Some(tenant), Some(room), Some(user)) =
-                    (Id::parse(tenant), RoomName::parse(room), Id::parse(&field))
-                else {
+            for (key, field, token) in reaped.leaving {
+                let Some((tenant, room, user)) = parse_entry(&key, &field) else {
                     continue;
                 };
                 announcer.schedule_left(tenant, room, user, token).await;
+            }
+            // The dead node's sockets were the last in these rooms: reported once, here,
+            // by the node that holds the reap lock.
+            for (key, field) in reaped.vacated {
+                if let Some((tenant, room, user)) = parse_entry(&key, &field) {
+                    announcer.room_changed(HookKind::RoomVacated, &tenant, &room, &user);
+                }
             }
             redis::cmd("ZREM")
                 .arg(self.nodes_key())

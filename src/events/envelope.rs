@@ -25,8 +25,59 @@ pub struct Envelope<'a, T: Serialize + ?Sized> {
     pub epoch: Option<&'a str>,
     /// For an event in several rooms, its position in the others.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub also: &'a [crate::history::Position],
+    pub also: &'a [Position],
+    /// Who published a client event (`publish` command); set by the server only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a Sender>,
     pub data: &'a T,
+}
+
+/// The socket a client event came from, as the envelope's `from` tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sender {
+    pub user_id: String,
+    pub sid: String,
+}
+
+/// A client event's origin: its sender, and whether the sender receives it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub from: Sender,
+    pub echo: bool,
+}
+
+impl Origin {
+    /// The socket the event skips: the sender's, unless it asked for an echo.
+    pub fn except(&self) -> Option<&str> {
+        (!self.echo).then_some(self.from.sid.as_str())
+    }
+}
+
+impl<T: Serialize + ?Sized> Envelope<'_, T> {
+    /// Serializes an event's envelope once, timestamped now; `positions` (empty for an
+    /// unnumbered event) numbers it in each of `rooms` (non-empty), in order; `origin` is
+    /// a client event's.
+    pub fn encode(
+        id: Uuid,
+        event_type: &str,
+        rooms: &[RoomName],
+        positions: &[Position],
+        origin: Option<&Origin>,
+        data: &T,
+    ) -> Result<std::sync::Arc<serde_json::value::RawValue>, serde_json::Error> {
+        let envelope = Envelope {
+            id,
+            event_type,
+            room: &rooms[0],
+            timestamp: Timestamp::now(),
+            seq: positions.first().map(|p| p.seq),
+            epoch: positions.first().map(|p| &*p.epoch),
+            also: positions.get(1..).unwrap_or_default(),
+            from: origin.map(|o| &o.from),
+            data,
+        };
+        serde_json::value::to_raw_value(&envelope).map(std::sync::Arc::from)
+    }
 }
 
 /// A UTC instant rendered as RFC 3339 with milliseconds: `2026-11-22T10:00:00.123Z`.
@@ -38,10 +89,12 @@ impl Timestamp {
         Self(OffsetDateTime::now_utc())
     }
 
-    /// From seconds since the Unix epoch (a JWT `exp`).
+    /// From seconds since the Unix epoch (a JWT `exp`); a time past year 9999 shows as
+    /// its last second, not as 1970 (which would read as long expired).
     pub fn from_unix_secs(secs: u64) -> Self {
+        const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
         Self(
-            OffsetDateTime::from_unix_timestamp(secs.min(i64::MAX as u64) as i64)
+            OffsetDateTime::from_unix_timestamp(secs.min(LAST as u64) as i64)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         )
     }
@@ -112,6 +165,14 @@ impl EventName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// An event's place in one of its rooms, as carried by the envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub room: RoomName,
+    pub seq: u64,
+    pub epoch: std::sync::Arc<str>,
 }
 
 #[cfg(test)]

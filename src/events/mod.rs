@@ -9,6 +9,7 @@ pub mod ai;
 pub mod code;
 mod envelope;
 pub mod project;
+pub mod request;
 pub mod system;
 pub mod workflow;
 
@@ -22,7 +23,7 @@ use serde_json::Value;
 pub use agent::{AgentConnection, AgentStatusChanged};
 pub use ai::{AiAnalysisComplete, AiSuggestion};
 pub use code::{Issue, PullRequest};
-pub use envelope::{Envelope, EventName, Timestamp};
+pub use envelope::{Envelope, EventName, Origin, Position, Sender, Timestamp};
 pub use project::{ProjectDeleted, ProjectUpdated};
 pub use system::{Severity, SystemNotification};
 pub use workflow::{WorkflowCompleted, WorkflowFailed, WorkflowProgress, WorkflowStarted};

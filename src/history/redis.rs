@@ -35,12 +35,13 @@ use redis::Script;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::{Cursor, MAX_PAGE, Page};
-use crate::broadcaster::Deliver;
-use crate::cluster::ClusterStatus;
-use crate::cluster::conn::RedisConn;
+use super::{AppendError, CatchUp, Caught, Cursor, HistoryError, MAX_PAGE, Page, Wanted};
 use crate::config::{ClusterMode, HistoryConfig};
+use crate::delivery::ClusterStatus;
+use crate::delivery::Deliver;
+use crate::events::{Envelope, Origin};
 use crate::metrics::Counters;
+use crate::redis_conn::RedisConn;
 use crate::rooms::{RoomName, Tenant};
 
 /// How long a room's epoch and last `seq` outlive its last event (at least its TTL).
@@ -194,6 +195,15 @@ impl RoomRead {
 type RawRoom = (String, u64, u64, Vec<(u64, String, String, u64, String)>);
 
 /// One room of a numbered publish.
+/// Why [`RedisHistory::append`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("envelope without data")]
+    NoData,
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+}
+
 pub struct Target<'a> {
     pub room: &'a RoomName,
     pub scoped: &'a str,
@@ -211,6 +221,34 @@ pub struct RedisHistory {
     /// Whether Redis answers: a position is not waited for during an outage.
     status: Arc<ClusterStatus>,
     pub catchups: Catchups,
+    /// The senders to skip of client events published here, until they come back.
+    excluded: Excluded,
+}
+
+/// Client events published on this node without `echo`, by event id: the sender's socket
+/// id, taken by [`deliver_loop`] when the event comes back from Redis.
+#[derive(Default)]
+struct Excluded(Mutex<HashMap<String, String>>);
+
+impl Excluded {
+    /// Bounded: an event that never comes back (Redis lost it) is forgotten in the end.
+    const MAX: usize = 10_000;
+
+    fn remember(&self, id: Uuid, sid: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(id.to_string(), sid.to_owned());
+    }
+
+    fn take(&self, id: &str) -> Option<String> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return None;
+        }
+        map.remove(id)
+    }
 }
 
 impl RedisHistory {
@@ -236,6 +274,7 @@ impl RedisHistory {
             read: Script::new(READ),
             status,
             catchups: Catchups::default(),
+            excluded: Excluded::default(),
         }
     }
 
@@ -252,10 +291,163 @@ impl RedisHistory {
         ]
     }
 
-    /// Numbers, keeps and publishes one event to every node. `head` is the envelope's JSON
-    /// without its closing brace and without `seq`/`epoch`/`also`; `tail` is `,"data":…}`.
-    /// Returns the event's `seq` in each room.
+    /// Numbers the event, keeps it in each room's log and publishes it to every node, which
+    /// delivers it in `seq` order ([`deliver_loop`], this node too). Returns its `seq` in
+    /// its first room.
+    pub async fn publish<T: serde::Serialize + ?Sized>(
+        &self,
+        id: Uuid,
+        event_type: &str,
+        rooms: &[RoomName],
+        scoped: &[std::borrow::Cow<'static, str>],
+        origin: Option<&Origin>,
+        data: &T,
+    ) -> Result<u64, AppendError> {
+        let unnumbered = Envelope::encode(id, event_type, rooms, &[], origin, data)
+            .map_err(|e| AppendError::Encode(e.to_string()))?;
+        // The sender's socket is on this node: [`deliver_loop`] skips it here when the
+        // event comes back from Redis (the other nodes have no such socket).
+        let except = origin.and_then(Origin::except);
+        if let Some(sid) = except {
+            self.excluded.remember(id, sid);
+        }
+        let appended = self
+            .append(id, event_type, rooms, scoped, &unnumbered)
+            .await
+            .map_err(|e| match e {
+                ScriptError::NoData => AppendError::Encode(e.to_string()),
+                ScriptError::Redis(e) => AppendError::Unavailable(e.to_string()),
+            });
+        if appended.is_err() && except.is_some() {
+            self.excluded.take(&id.to_string());
+        }
+        appended.map(|seqs| seqs.first().copied().unwrap_or_default())
+    }
+
+    /// Catches a socket up (see [`super::HistoryStore::catch_up`]): registers for the
+    /// rooms' live events, reads every backlog (and the defaults' positions) in one atomic
+    /// step, waits until this node has delivered what Redis numbered before the read,
+    /// then, holding the node's delivery lock, joins the rooms and sends the backlog, then
+    /// the live events that arrived meanwhile and are newer than it.
+    pub(super) async fn catch_up(
+        &self,
+        tenant: &Tenant,
+        wanted: &[Wanted],
+        defaults: &[RoomName],
+        join: impl FnOnce(),
+        established: impl FnOnce(CatchUp),
+        mut send: impl FnMut(&str, &RawValue) -> bool,
+    ) {
+        let scoped: Vec<String> = wanted.iter().map(|w| w.scoped.clone()).collect();
+        let catchup = self.catchups.register(&scoped).await;
+        let mut rooms: Vec<_> = wanted
+            .iter()
+            .map(|w| {
+                let since = w.cursor.as_ref().map_or(0, |c| c.seq);
+                (
+                    w.scoped.clone(),
+                    w.room.clone(),
+                    since,
+                    self.size_of(&w.room),
+                )
+            })
+            .collect();
+        // The default rooms' positions come with the same read (limit 0: the position only).
+        rooms.extend(
+            defaults
+                .iter()
+                .map(|r| (r.scoped(tenant).into_owned(), r.clone(), 0, 0)),
+        );
+        let reads = self.read_synced(&rooms).await;
+        let (_delivery, live) = self.catchups.finish(&catchup, &scoped).await;
+        join();
+
+        // The newest `seq` the read saw per room: live events up to it are in the backlog.
+        let mut read_up_to: HashMap<&str, u64> = HashMap::new();
+        let mut backlogs: Vec<Vec<Stored>> = Vec::new();
+        let found = match reads {
+            Ok(mut reads) => {
+                let at = reads.len().min(wanted.len());
+                let positions = defaults
+                    .iter()
+                    .zip(reads.split_off(at))
+                    .map(|(room, read)| {
+                        let cursor = Cursor {
+                            epoch: read.epoch,
+                            seq: read.last_seq,
+                        };
+                        (room.to_string(), cursor)
+                    })
+                    .collect();
+                let mut caught = Vec::with_capacity(wanted.len());
+                for (w, read) in wanted.iter().zip(reads) {
+                    let complete = w.cursor.as_ref().is_some_and(|c| read.complete_from(c));
+                    caught.push(Caught {
+                        epoch: read.epoch.clone(),
+                        seq: read.last_seq,
+                        replayed: complete.then_some(read.events.len()),
+                    });
+                    read_up_to.insert(&w.scoped, read.last_seq);
+                    backlogs.push(if complete { read.events } else { Vec::new() });
+                }
+                CatchUp {
+                    rooms: Ok(caught),
+                    defaults: Ok(positions),
+                }
+            }
+            Err(e) => CatchUp {
+                rooms: Err(HistoryError(e.to_string())),
+                defaults: Err(HistoryError(e.to_string())),
+            },
+        };
+        established(found);
+
+        let mut sent = HashSet::new();
+        for stored in merge(backlogs) {
+            if sent.insert(stored.id.clone()) && !send(&stored.event, &stored.payload) {
+                return;
+            }
+        }
+        for numbered in live {
+            if newer(&numbered, &read_up_to)
+                && sent.insert(numbered.id.clone())
+                && !send(&numbered.event, &numbered.payload)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Numbers, keeps and publishes one event to every node. `unnumbered` is its envelope
+    /// without `seq`, `epoch` and `also`, which the script splices in before `data`, in each
+    /// of `rooms` (room, scoped name). Returns the event's `seq` in each room.
     pub async fn append(
+        &self,
+        id: Uuid,
+        event: &str,
+        rooms: &[RoomName],
+        scoped: &[std::borrow::Cow<'static, str>],
+        unnumbered: &RawValue,
+    ) -> Result<Vec<u64>, ScriptError> {
+        // Nothing before `data` can contain `,"data":` (ids, event and room names, and
+        // timestamps hold no quotes), so its first occurrence is where `data` starts.
+        let json = unnumbered.get();
+        let split = json.find(",\"data\":").ok_or(ScriptError::NoData)?;
+        let (head, tail) = json.split_at(split);
+        let targets: Vec<Target> = rooms
+            .iter()
+            .zip(scoped)
+            .map(|(room, scoped)| Target {
+                room,
+                scoped: scoped.as_ref(),
+            })
+            .collect();
+        Ok(self.append_parts(id, event, &targets, head, tail).await?)
+    }
+
+    /// [`Self::append`] with the envelope split: `head` is its JSON without the closing brace
+    /// and without `seq`/`epoch`/`also`; `tail` is `,"data":…}`.
+    async fn append_parts(
         &self,
         id: Uuid,
         event: &str,
@@ -548,6 +740,34 @@ impl Catchups {
     }
 }
 
+/// Whether a live event is past what the backlog read saw in one of the socket's rooms
+/// (every live event is, when the read failed).
+fn newer(numbered: &Numbered, read_up_to: &HashMap<&str, u64>) -> bool {
+    read_up_to.is_empty()
+        || numbered
+            .rooms
+            .iter()
+            .any(|p| read_up_to.get(p.room.as_str()).is_some_and(|m| p.seq > *m))
+}
+
+/// Merges per-room backlogs into one, oldest first by the time each was kept, keeping
+/// every room's own order.
+fn merge(backlogs: Vec<Vec<Stored>>) -> Vec<Stored> {
+    let mut queues: Vec<std::collections::VecDeque<Stored>> =
+        backlogs.into_iter().map(Into::into).collect();
+    let mut merged = Vec::new();
+    loop {
+        let next = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|e| (e.at_ms, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        merged.extend(queues[i].pop_front());
+    }
+    merged
+}
+
 /// Receives every numbered event of the cluster, in the order Redis numbered them, and
 /// delivers each to this node's sockets; records it for sockets catching up on its rooms.
 ///
@@ -660,8 +880,15 @@ async fn deliver_one(
         .iter()
         .map(|p| p.room.clone().into())
         .collect();
+    let except = history.excluded.take(&numbered.id);
     match io
-        .deliver(rooms, &numbered.event, &numbered.payload, true)
+        .deliver(
+            rooms,
+            &numbered.event,
+            &numbered.payload,
+            true,
+            except.as_deref(),
+        )
         .await
     {
         Ok(0) => {}

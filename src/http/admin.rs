@@ -8,14 +8,14 @@ use axum::extract::State;
 use serde::Serialize;
 
 use super::stats::{Stats, gather};
-use super::{Admin, ApiCaller, AppState};
-use crate::metrics::{ErrorRecord, RATE_WINDOW};
+use super::{Admin, ApiCaller, ApiError, AppState};
+use crate::metrics::{ErrorRecord, RATE_WINDOW, RefusedAuth};
 
 /// How many rooms the overview lists.
 const ADMIN_ROOMS: usize = 100;
 
 #[derive(Serialize)]
-pub struct Overview {
+pub(super) struct Overview {
     /// Everything `GET /api/v1/websocket/stats` answers, `top_rooms` holding up to 100 rooms.
     #[serde(flatten)]
     stats: Stats,
@@ -24,8 +24,13 @@ pub struct Overview {
     rate_window_secs: u64,
     /// Per event type published at this node: busiest first.
     events_by_type: Vec<TypeFigures>,
-    /// The last client-facing errors of this node, newest first.
+    /// The last client-facing errors of this node, newest first (refused authentication
+    /// aside).
     recent_errors: Vec<ErrorRecord>,
+    /// Refused authentication at this node (missing or wrong API keys and tokens, bad
+    /// webhook signatures, addresses throttled for them): one counted entry per source and
+    /// code, most recent first.
+    refused_auth: Vec<RefusedAuth>,
 }
 
 #[derive(Serialize)]
@@ -36,9 +41,19 @@ struct TypeFigures {
     per_sec: f64,
 }
 
-pub async fn overview(State(state): State<AppState>, _caller: ApiCaller<Admin>) -> Json<Overview> {
+pub(super) async fn overview(
+    State(state): State<AppState>,
+    ApiCaller(caller, _): ApiCaller<Admin>,
+) -> Result<Json<Overview>, ApiError> {
+    // Config validation refuses a tenant-bound admin key; the overview (recent errors,
+    // events by type) cannot be narrowed to a tenant, so it is refused here too.
+    if let Some(tenant) = caller.tenant {
+        return Err(ApiError::Forbidden(format!(
+            "the admin overview covers every tenant; this API key is bound to tenant \"{tenant}\""
+        )));
+    }
     let stats = gather(&state, ADMIN_ROOMS).await;
-    let totals = state.counters.by_type.totals();
+    let totals = state.services.counters.by_type.totals();
     let rates = state.rates.per_sec(&totals);
     let mut events_by_type: Vec<TypeFigures> = totals
         .into_iter()
@@ -54,13 +69,14 @@ pub async fn overview(State(state): State<AppState>, _caller: ApiCaller<Admin>) 
             .then(b.total.cmp(&a.total))
             .then_with(|| a.event_type.cmp(&b.event_type))
     });
-    Json(Overview {
+    Ok(Json(Overview {
         stats,
         events_per_sec: round(rates.values().sum()),
         rate_window_secs: RATE_WINDOW.as_secs(),
         events_by_type,
-        recent_errors: state.counters.errors.newest_first(),
-    })
+        recent_errors: state.services.counters.errors.newest_first(),
+        refused_auth: state.services.counters.errors.refused_auth(),
+    }))
 }
 
 /// Two decimals are plenty on a dashboard.

@@ -4,52 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{ApiCaller, ApiError, AppState, JsonBody, Publish, tenant_for};
+use super::{ApiCaller, ApiError, AppState, Publish, PublishBody, tenant_for};
 use crate::auth::Caller;
 use crate::broadcaster::{EventBroadcaster, Published};
-use crate::events::{Event, EventError, EventName, FieldError};
-use crate::rooms::{RoomName, Tenant};
-
-/// The body of `POST /api/v1/events`, also one event of a batch or of the stream ingest.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishEvent {
-    #[serde(rename = "type")]
-    pub event_type: String,
-    #[serde(default)]
-    pub data: Value,
-    #[serde(default)]
-    pub tenant: Option<Tenant>,
-    /// Live delivery only: no `seq`, not kept in history.
-    #[serde(default)]
-    pub volatile: bool,
-}
-
-/// `POST /api/v1/events/batch`: events as in `POST /api/v1/events`, published in order.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishBatch {
-    events: Vec<PublishEvent>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishCustom {
-    event: String,
-    #[serde(default)]
-    room: Option<String>,
-    #[serde(default)]
-    rooms: Option<Vec<String>>,
-    #[serde(default)]
-    data: Value,
-    #[serde(default)]
-    tenant: Option<Tenant>,
-    #[serde(default)]
-    volatile: bool,
-}
+use crate::events::request::{PublishBatch, PublishCustom, PublishEvent};
+use crate::idempotency::Publisher;
+use crate::rooms::Tenant;
 
 /// The broadcaster for the tenant a caller asked for, if the caller may publish there,
 /// publishing once per idempotency key when the request carries one.
@@ -68,7 +30,7 @@ fn broadcaster_for(
         return Ok(broadcaster);
     };
     // Keys are per API key: two callers never share an answer.
-    Ok(broadcaster.with_idempotency_key(format!("{}:{key}", caller.name)))
+    Ok(broadcaster.with_idempotency_key(Publisher::ApiKey(&caller.name).scoped(key)))
 }
 
 /// The `Idempotency-Key` (or `X-GitHub-Delivery`) of a publish request.
@@ -104,50 +66,11 @@ pub(super) fn accepted(published: Published) -> Response {
     response
 }
 
-impl PublishEvent {
-    /// The typed event the body names: `unknown_event_type` or `invalid_payload` otherwise.
-    pub fn into_event(self) -> Result<Event, ApiError> {
-        Ok(Event::from_json(&self.event_type, self.data)?)
-    }
-}
-
-impl PublishCustom {
-    /// The event name and the target rooms, validated.
-    pub fn name_and_rooms(&self) -> Result<(EventName, Vec<RoomName>), ApiError> {
-        let name = EventName::parse(&self.event)
-            .map_err(|m| ApiError::InvalidEventName(format!("{m}: {:?}", self.event)))?;
-        let (field, raw) = match (&self.room, &self.rooms) {
-            (Some(room), None) => ("room", std::slice::from_ref(room)),
-            (None, Some(rooms)) if !rooms.is_empty() => ("rooms", rooms.as_slice()),
-            _ => {
-                return Err(ApiError::InvalidPayload(FieldError::new(
-                    "room",
-                    "give either room or a non-empty rooms list",
-                )));
-            }
-        };
-        let rooms = raw
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                RoomName::parse(name).ok_or_else(|| {
-                    let at = if field == "rooms" { format!("rooms[{i}]") } else { "room".into() };
-                    ApiError::InvalidRoom(FieldError::new(
-                        at,
-                        format!("invalid room {name:?}: expected global, user:<id>, project:<id> or agent:<id>"),
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((name, rooms))
-    }
-}
-
-pub async fn publish_event(
+pub(super) async fn publish_event(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody<PublishEvent>,
+    PublishBody(mut body): PublishBody<PublishEvent>,
 ) -> Result<Response, ApiError> {
     let key = request_key(&headers)?;
     let broadcaster = broadcaster_for(&state, &caller, body.tenant.take(), body.volatile, key)?;
@@ -158,35 +81,49 @@ pub async fn publish_event(
 /// Validates every event first (one bad event: nothing is published), then publishes them
 /// in order. With `Idempotency-Key: K`, event `i` is published once per key `K#i`, so a
 /// retry after a partial failure publishes only what is missing.
-pub async fn publish_batch(
+///
+/// A batch costs the key's publish budget one request per event: the request took one,
+/// the other events are taken at once (all or none) before anything is published. A batch
+/// larger than the budget's burst could never pass: `422 batch_too_large`, like one over
+/// `publish.max_batch_events`.
+pub(super) async fn publish_batch(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<PublishBatch>,
+    PublishBody(body): PublishBody<PublishBatch>,
 ) -> Result<Response, ApiError> {
-    let max = state.max_batch_events;
+    let max = state
+        .services
+        .limits
+        .publish_burst()
+        .map_or(state.services.config.publish.max_batch_events, |burst| {
+            burst.min(state.services.config.publish.max_batch_events)
+        });
     if body.events.is_empty() || body.events.len() > max {
         return Err(ApiError::BatchTooLarge(max));
     }
     let key = request_key(&headers)?;
     let mut ready = Vec::with_capacity(body.events.len());
-    for (i, e) in body.events.into_iter().enumerate() {
+    for (i, mut e) in body.events.into_iter().enumerate() {
         let in_batch = |e: ApiError| ApiError::InBatch(i, Box::new(e));
         let key = key.map(|k| format!("{k}#{i}"));
-        let broadcaster = broadcaster_for(&state, &caller, e.tenant, e.volatile, key.as_deref())
-            .map_err(in_batch)?;
-        let event = Event::from_json(&e.event_type, e.data).map_err(|e| {
-            in_batch(match e {
-                // A data field's path, from the event object.
-                EventError::InvalidPayload(f) if f.field == "data" => ApiError::InvalidPayload(f),
-                EventError::InvalidPayload(f) => ApiError::InvalidPayload(FieldError {
-                    field: format!("data.{}", f.field),
-                    message: f.message,
-                }),
-                other => other.into(),
-            })
-        })?;
+        let broadcaster =
+            broadcaster_for(&state, &caller, e.tenant.take(), e.volatile, key.as_deref())
+                .map_err(in_batch)?;
+        let event = e.into_batch_event().map_err(|e| in_batch(e.into()))?;
         ready.push((broadcaster, event));
+    }
+    // Valid: the rest of the batch is charged now (an invalid one cost its request only).
+    if let Err(e) = state
+        .services
+        .limits
+        .publish_n(&caller.name, ready.len().saturating_sub(1))
+    {
+        state.services.counters.limited("publish");
+        return Err(ApiError::RateLimited {
+            retry_after_ms: e.retry_after_ms(),
+            limit: "publish_per_key_per_sec",
+        });
     }
     let mut results = Vec::with_capacity(ready.len());
     let mut failed: Option<(usize, ApiError)> = None;
@@ -216,11 +153,11 @@ pub async fn publish_batch(
     Ok((status, Json(json!({"events": results}))).into_response())
 }
 
-pub async fn publish_custom(
+pub(super) async fn publish_custom(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<PublishCustom>,
+    PublishBody(body): PublishBody<PublishCustom>,
 ) -> Result<Response, ApiError> {
     let key = request_key(&headers)?;
     let broadcaster = broadcaster_for(&state, &caller, body.tenant.clone(), body.volatile, key)?;

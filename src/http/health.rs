@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 
 use super::AppState;
 
-pub async fn health() -> Json<Value> {
+pub(super) async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let unavailable = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,

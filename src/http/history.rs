@@ -10,7 +10,7 @@ use crate::history::{Page, default_page};
 use crate::rooms::{RoomName, Tenant};
 
 #[derive(Deserialize)]
-pub struct HistoryQuery {
+pub(super) struct HistoryQuery {
     tenant: Option<Tenant>,
     #[serde(default)]
     since_seq: u64,
@@ -18,7 +18,7 @@ pub struct HistoryQuery {
     limit: usize,
 }
 
-pub async fn history(
+pub(super) async fn history(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Read>,
     Path(room): Path<String>,
@@ -29,6 +29,7 @@ pub async fn history(
         ApiError::InvalidRoom(FieldError::new("room", format!("invalid room {room:?}")))
     })?;
     let page = state
+        .services
         .history
         .page(&tenant, &room, query.since_seq, query.limit)
         .await

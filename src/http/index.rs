@@ -11,16 +11,16 @@ use serde_json::json;
 
 use super::AppState;
 
-pub const DOCS_PATH: &str = "/docs/WEBSOCKET_API.md";
+pub(super) const DOCS_PATH: &str = "/docs/WEBSOCKET_API.md";
 const DOCS: &str = include_str!("../../WEBSOCKET_API.md");
 
 /// The links `GET /` lists: path and what is there. Pages turned off are left out.
 fn links(state: &AppState) -> Vec<(&'static str, &'static str)> {
     let mut links = Vec::new();
-    if state.pages.debug {
+    if state.services.config.pages.debug {
         links.push(("/debug", "interactive test client"));
     }
-    if state.pages.admin {
+    if state.services.config.pages.admin {
         links.push(("/admin", "live dashboard (an API key with the admin scope)"));
     }
     links.extend([
@@ -32,7 +32,7 @@ fn links(state: &AppState) -> Vec<(&'static str, &'static str)> {
     links
 }
 
-pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let version = env!("CARGO_PKG_VERSION");
     let links = links(&state);
     let wants_html = headers
@@ -59,7 +59,7 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
     .into_response()
 }
 
-pub async fn docs() -> impl IntoResponse {
+pub(super) async fn docs() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
         DOCS,

@@ -1,5 +1,7 @@
-//! `GET /metrics`: Prometheus text format. Needs an API key with the `read` scope unless
-//! `[metrics] public = true`.
+//! `GET /metrics`: Prometheus text format. Needs an API key with the `read` scope, not
+//! bound to a tenant, unless `[metrics] public = true`. The figures are the node's, over
+//! every tenant (publish counts are labelled by tenant), so a tenant-bound key is refused
+//! rather than shown a part that could not be told from the whole.
 //!
 //! Counters and the latency histogram are kept as they happen ([`crate::metrics`]); the
 //! gauges (sockets, rooms, users, Redis, history) are read at scrape time: one walk over
@@ -10,18 +12,22 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiCaller, ApiError, AppState, Read};
-use crate::history::HistoryStore;
 use crate::metrics::{Counters, labelled, sample};
 
-pub async fn metrics(
+pub(super) async fn metrics(
     State(state): State<AppState>,
     caller: Result<ApiCaller<Read>, ApiError>,
 ) -> Result<Response, ApiError> {
-    if !state.metrics_public {
-        caller?;
+    if !state.services.config.metrics.public {
+        let ApiCaller(caller, _) = caller?;
+        if let Some(tenant) = caller.tenant {
+            return Err(ApiError::Forbidden(format!(
+                "/metrics covers every tenant; this API key is bound to tenant \"{tenant}\""
+            )));
+        }
     }
-    let snapshot = state.hub.snapshot(0);
-    let c = &state.counters;
+    let snapshot = state.hub.snapshot(0, None);
+    let c = &state.services.counters;
     let mut out = String::with_capacity(4096);
     sample(
         &mut out,
@@ -78,7 +84,7 @@ pub async fn metrics(
         "roomcast_rate_limit_tracked_keys",
         "gauge",
         "Sockets, addresses and API keys with a partly spent token bucket",
-        state.limits.tracked() as u64,
+        state.services.limits.tracked() as u64,
     );
     sample(
         &mut out,
@@ -110,8 +116,7 @@ pub async fn metrics(
             Counters::get(&c.repaired_events),
         );
     }
-    if let HistoryStore::Memory(history) = &state.history {
-        let (rooms, events) = history.size();
+    if let Some((rooms, events)) = state.services.history.local_size() {
         sample(
             &mut out,
             "roomcast_history_rooms",

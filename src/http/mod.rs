@@ -1,12 +1,13 @@
 //! The HTTP API: one file per endpoint group, and `pages` for the `/debug` and `/admin` pages.
-//! Handlers take extractors ([`ApiCaller`], [`JsonBody`], `State`) and return
+//! Handlers take extractors ([`ApiCaller`], [`PublishBody`] or [`JsonBody`], `State`) and return
 //! `Result<_, ApiError>`; the error's mapping to a status and a `{error: {code, message,
 //! field?}}` body is written once, in [`ApiError`], and every error answer is noted in the
 //! recent errors the admin overview shows.
 
 mod admin;
+pub mod cors;
 mod error;
-pub mod events;
+mod events;
 mod health;
 mod history;
 mod index;
@@ -19,12 +20,15 @@ mod users;
 mod webhooks;
 
 use std::marker::PhantomData;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
@@ -35,41 +39,30 @@ use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
-pub use events::PublishEvent;
 
 use crate::auth::{ApiKeys, Caller};
 use crate::broadcaster::EventBroadcaster;
 use crate::cluster::Cluster;
-use crate::config::{PagesConfig, Scope};
+use crate::config::Scope;
 use crate::github::Github;
-use crate::history::HistoryStore;
-use crate::limits::Limits;
-use crate::metrics::{Counters, Rates};
-use crate::presence::PresenceStore;
+use crate::metrics::Rates;
 use crate::rooms::Tenant;
+use crate::services::Services;
 use crate::socket::Hub;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
+    /// What socket commands use too: config, stores, limits, counters.
+    pub services: Arc<Services>,
     pub api_keys: Arc<ApiKeys>,
     pub broadcaster: EventBroadcaster,
     pub hub: Arc<dyn Hub>,
-    pub presence_store: Arc<dyn PresenceStore>,
-    pub history: HistoryStore,
     pub github: Arc<Github>,
-    /// Most events in one batch publish.
-    pub max_batch_events: usize,
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
-    pub counters: Arc<Counters>,
     /// Events per second by type, sampled from `counters`.
     pub rates: Arc<Rates>,
-    pub pages: PagesConfig,
-    pub limits: Arc<Limits>,
-    /// `[metrics] public`: `/metrics` without an API key.
-    pub metrics_public: bool,
-    pub node_id: Arc<str>,
     pub started: Instant,
     /// True while the server accepts work; `/ready` answers 503 otherwise.
     pub ready: Arc<AtomicBool>,
@@ -163,7 +156,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             state.clone(),
             record_errors,
         ));
-    api.merge(pages::routes(&state.pages))
+    api.merge(pages::routes(&state.services.config.pages))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(max_body))
@@ -181,17 +174,20 @@ async fn record_errors(State(state): State<AppState>, req: Request, next: Next) 
     let at = format!("{} {route}", req.method());
     let response = next.run(req).await;
     if let Some(answered) = response.extensions().get::<error::Answered>() {
-        state
-            .counters
-            .errors
-            .record("http", answered.code, at, &answered.message);
+        let errors = &state.services.counters.errors;
+        if answered.refused_auth {
+            errors.refused("http", answered.code, at, &answered.message);
+        } else {
+            errors.record("http", answered.code, at, &answered.message);
+        }
     }
     response
 }
 
 /// CORS for the HTTP API and Socket.IO long-polling: only the listed origins get CORS
-/// headers (preflights and actual requests alike); every other origin gets none, so a
-/// browser keeps the answer from the page. Websockets are not subject to CORS.
+/// headers (preflights and actual requests alike); every other origin gets none (with
+/// [`cors::only_allowed_origins`] around this layer), so a browser keeps the answer from
+/// the page. Websockets are not subject to CORS.
 /// `None` when no origin is listed (same-origin only: no CORS header at all).
 pub fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
@@ -260,6 +256,8 @@ pub struct TenantQuery {
 /// `X-API-Key`, and holding scope `S`: `401 unauthorized` without a valid key,
 /// `403 forbidden` without the scope. A request needing `publish` also takes one from the
 /// key's publish budget first: `429 rate_limited` when it is spent, before the body is read.
+/// A client address that has spent its budget of refused keys is `429 rate_limited` before
+/// its key is even checked.
 pub struct ApiCaller<S>(pub Caller, PhantomData<S>);
 
 impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S> {
@@ -273,24 +271,74 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for ApiCaller<S>
                 scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
             })
             .or_else(|| header(axum::http::header::HeaderName::from_static("x-api-key")));
-        let caller = presented
-            .and_then(|key| state.api_keys.verify(key))
-            .ok_or(ApiError::Unauthorized)?;
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| state.services.limits.client_ip(peer.ip(), &parts.headers));
+        if let Some(ip) = ip
+            && let Err(e) = state.services.limits.auth_allowed(ip)
+        {
+            state.services.counters.limited("auth_failures_ip");
+            return Err(ApiError::AuthThrottled {
+                retry_after_ms: e.retry_after_ms(),
+            });
+        }
+        let Some(caller) = presented.and_then(|key| state.api_keys.verify(key)) else {
+            // Only a presented key is a guess; a request without one spends nothing.
+            if let (Some(ip), Some(_)) = (ip, presented) {
+                state.services.limits.auth_refused(ip);
+            }
+            return Err(ApiError::Unauthorized);
+        };
         if !caller.has_scope(S::SCOPE) {
             return Err(ApiError::Forbidden(format!(
                 "this API key lacks the \"{}\" scope",
                 S::SCOPE.as_str()
             )));
         }
-        if S::SCOPE == Scope::Publish
-            && let Err(e) = state.limits.publish(&caller.name)
-        {
-            state.counters.limited("publish");
-            return Err(ApiError::RateLimited {
-                retry_after_ms: e.retry_after_ms(),
-            });
+        if S::SCOPE == Scope::Publish {
+            if let Err(e) = state.services.limits.publish(&caller.name) {
+                state.services.counters.limited("publish");
+                return Err(ApiError::RateLimited {
+                    retry_after_ms: e.retry_after_ms(),
+                    limit: "publish_per_key_per_sec",
+                });
+            }
+            // For `PublishBody`, which charges the body's bytes to the same key.
+            parts.extensions.insert(PublishKey(caller.name.clone()));
         }
         Ok(ApiCaller(caller.clone(), PhantomData))
+    }
+}
+
+/// The rate-limit key of a caller that passed [`ApiCaller<Publish>`], left in the request's
+/// extensions for [`PublishBody`].
+#[derive(Clone)]
+struct PublishKey(String);
+
+/// A publish request's JSON body (as [`JsonBody`]), whose size is first taken from the API
+/// key's byte budget (`limits.publish_bytes_per_key_per_sec`): `429 rate_limited` when it
+/// is spent, before anything is decoded or published. Needs [`ApiCaller<Publish>`] before it.
+pub struct PublishBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for PublishBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let Some(PublishKey(key)) = req.extensions().get::<PublishKey>().cloned() else {
+            return Err(ApiError::Internal(
+                "a publish body without a publish caller".into(),
+            ));
+        };
+        let bytes = body_bytes(req, state).await?;
+        if let Err(e) = state.services.limits.publish_bytes(&key, bytes.len()) {
+            state.services.counters.limited("publish_bytes");
+            return Err(ApiError::RateLimited {
+                retry_after_ms: e.retry_after_ms(),
+                limit: "publish_bytes_per_key_per_sec",
+            });
+        }
+        decode_json(&bytes).map(PublishBody)
     }
 }
 
@@ -302,23 +350,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            match rejection.status() {
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-                _ => ApiError::MalformedJson(rejection.body_text()),
-            }
-        })?;
-        decode_json(&bytes).map(JsonBody)
+        decode_json(&body_bytes(req, state).await?).map(JsonBody)
     }
+}
+
+/// The whole request body, within `limits.max_http_body_bytes` (`413 payload_too_large`).
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection| match rejection.status() {
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            _ => ApiError::MalformedJson(rejection.body_text()),
+        })
 }
 
 /// Decodes a request body: `400 malformed_json` for bad syntax, `422 invalid_payload` with
 /// the field for a bad shape.
-pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // Syntax first, over the whole body, so a broken document is never reported as a
-    // shape error about whichever field came before the break.
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| ApiError::InvalidPayload(crate::events::FieldError::from_serde(e)))
+fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    Ok(crate::events::request::decode_json(bytes)?)
 }

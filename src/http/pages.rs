@@ -67,7 +67,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The routes of the pages `config` turns on.
-pub fn routes(config: &PagesConfig) -> Router<AppState> {
+pub(super) fn routes(config: &PagesConfig) -> Router<AppState> {
     let mut router = Router::new();
     let mut assets: Vec<&'static Asset> = Vec::new();
     if config.debug {

@@ -10,14 +10,14 @@ use crate::presence::{Member, members};
 use crate::rooms::{RoomName, Tenant};
 
 #[derive(Serialize)]
-pub struct RoomPresence {
+pub(super) struct RoomPresence {
     room: RoomName,
     tenant: Tenant,
     users: Vec<Member>,
     connections: u64,
 }
 
-pub async fn presence(
+pub(super) async fn presence(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Read>,
     Path(room): Path<String>,
@@ -27,7 +27,7 @@ pub async fn presence(
     let room = RoomName::parse(&room).ok_or_else(|| {
         ApiError::InvalidRoom(FieldError::new("room", format!("invalid room {room:?}")))
     })?;
-    let users = members(&*state.presence_store, &tenant, &room)
+    let users = members(&*state.services.presence_store, &tenant, &room)
         .await
         .map_err(|e| ApiError::ClusterUnavailable(e.to_string()))?;
     let connections = users.iter().map(|m| m.connections).sum();

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::events::EventType;
 
-pub async fn schema() -> Json<Value> {
+pub(super) async fn schema() -> Json<Value> {
     let mut events = Map::new();
     for t in EventType::ALL {
         events.insert(t.as_str().to_owned(), t.data_schema().to_value());
@@ -50,6 +50,12 @@ fn envelope() -> Value {
             "seq": {"type": "integer", "minimum": 1, "description": "absent on volatile events"},
             "epoch": {"type": "string"},
             "also": {"type": "array", "items": position},
+            "from": {
+                "type": "object",
+                "required": ["user_id", "sid"],
+                "properties": {"user_id": {"type": "string"}, "sid": {"type": "string"}},
+                "description": "client events only (the publish command): who sent it, set by the server",
+            },
             "data": {},
         },
         "additionalProperties": false,

@@ -1,14 +1,16 @@
-//! `GET /api/v1/websocket/stats` (scope `read`).
+//! `GET /api/v1/websocket/stats` (scope `read`). A key bound to a tenant gets that
+//! tenant's figures only: node-wide figures that cannot be split by tenant are `null`.
 
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 
 use super::{ApiCaller, ApiError, AppState, Read};
-use crate::cluster::NodeInfo;
+use crate::cluster::{Cluster, NodeInfo};
 use crate::events::Timestamp;
 use crate::metrics::Counters;
-use crate::presence::USERS_KEY;
+use crate::presence::{USERS_KEY, members};
+use crate::rooms::{RoomName, Tenant};
 use crate::socket::RoomMembers;
 
 /// How many rooms `top_rooms` lists.
@@ -22,9 +24,11 @@ pub(super) struct Stats {
     users: u64,
     rooms: u64,
     tenants: u64,
-    events_published: u64,
-    auth_failures: u64,
-    delivery_failures: u64,
+    /// The tenant's publishes for a tenant-bound key (`null` past the tenant label cap).
+    events_published: Option<u64>,
+    /// Node-wide only: `null` for a tenant-bound key.
+    auth_failures: Option<u64>,
+    delivery_failures: Option<u64>,
     top_rooms: Vec<RoomMembers>,
     cluster: ClusterStats,
 }
@@ -34,29 +38,128 @@ pub(super) struct ClusterStats {
     mode: &'static str,
     /// `up` / `down` in cluster mode, `null` on a single node.
     redis: Option<&'static str>,
-    nodes: Vec<NodeInfo>,
+    nodes: Vec<NodeFigures>,
     /// Cluster-wide sockets and distinct (tenant, user) pairs.
     connections: u64,
     users: u64,
     /// Pub/sub messages the adapter dropped because its buffer was full.
-    dropped_messages: u64,
+    dropped_messages: Option<u64>,
     /// Numbered events this node missed on pub/sub and read back from Redis before
     /// delivering the next one.
-    repaired_events: u64,
+    repaired_events: Option<u64>,
 }
 
-pub async fn stats(
+/// A node as stats show it: another node's figures are node-wide (its heartbeat), so a
+/// tenant-bound key gets them as `null`.
+#[derive(Serialize, Clone)]
+pub(super) struct NodeFigures {
+    node_id: String,
+    connections: Option<u64>,
+    users: Option<u64>,
+    last_seen: String,
+}
+
+impl From<NodeInfo> for NodeFigures {
+    fn from(n: NodeInfo) -> Self {
+        Self {
+            node_id: n.node_id,
+            connections: Some(n.connections),
+            users: Some(n.users),
+            last_seen: n.last_seen,
+        }
+    }
+}
+
+pub(super) async fn stats(
     State(state): State<AppState>,
-    _caller: ApiCaller<Read>,
+    ApiCaller(caller, _): ApiCaller<Read>,
 ) -> Result<Json<Stats>, ApiError> {
-    Ok(Json(gather(&state, TOP_ROOMS).await))
+    let stats = match &caller.tenant {
+        None => gather(&state, TOP_ROOMS).await,
+        Some(tenant) => gather_tenant(&state, tenant, TOP_ROOMS).await?,
+    };
+    Ok(Json(stats))
 }
 
-/// This node's figures with its `top` fullest rooms, and the cluster's.
+/// `tenant`'s figures: this node's sockets and rooms of the tenant, its users and
+/// connections cluster-wide (from presence), its publishes; `null` for what is node-wide.
+async fn gather_tenant(state: &AppState, tenant: &Tenant, top: usize) -> Result<Stats, ApiError> {
+    let snapshot = state.hub.snapshot(top, Some(tenant));
+    let this_node = NodeFigures {
+        node_id: state.services.node_id.to_string(),
+        connections: Some(snapshot.connections),
+        users: Some(snapshot.users),
+        last_seen: Timestamp::now().to_string(),
+    };
+    let cluster = match &state.cluster {
+        None => ClusterStats {
+            mode: "single",
+            redis: None,
+            connections: snapshot.connections,
+            users: snapshot.users,
+            nodes: vec![this_node],
+            dropped_messages: None,
+            repaired_events: None,
+        },
+        Some(cluster) => {
+            let up = cluster.status.is_up();
+            let mut nodes: Vec<NodeFigures> = other_nodes(cluster, up, &this_node.node_id)
+                .await
+                .into_iter()
+                .map(|n| NodeFigures {
+                    connections: None,
+                    users: None,
+                    ..n.into()
+                })
+                .collect();
+            nodes.push(this_node);
+            nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+            // Every connected socket counts in `global` presence, read from the store that
+            // all nodes share.
+            let (connections, users) = match up {
+                true => {
+                    let everyone =
+                        members(&*state.services.presence_store, tenant, &RoomName::Global)
+                            .await
+                            .map_err(|e| ApiError::ClusterUnavailable(e.to_string()))?;
+                    (
+                        everyone.iter().map(|m| m.connections).sum(),
+                        everyone.len() as u64,
+                    )
+                }
+                false => (snapshot.connections, snapshot.users),
+            };
+            ClusterStats {
+                mode: "redis",
+                redis: Some(if up { "up" } else { "down" }),
+                connections,
+                users,
+                nodes,
+                dropped_messages: None,
+                repaired_events: None,
+            }
+        }
+    };
+    Ok(Stats {
+        node_id: state.services.node_id.to_string(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        connections: snapshot.connections,
+        users: snapshot.users,
+        rooms: snapshot.rooms,
+        tenants: snapshot.tenants,
+        events_published: state.services.counters.published_in(tenant.as_str()),
+        auth_failures: None,
+        delivery_failures: None,
+        top_rooms: snapshot.top_rooms,
+        cluster,
+    })
+}
+
+/// This node's figures with its `top` fullest rooms, and the cluster's: every tenant.
 pub(super) async fn gather(state: &AppState, top: usize) -> Stats {
-    let snapshot = state.hub.snapshot(top);
+    let snapshot = state.hub.snapshot(top, None);
     let this_node = NodeInfo {
-        node_id: state.node_id.to_string(),
+        node_id: state.services.node_id.to_string(),
         connections: snapshot.connections,
         users: snapshot.users,
         last_seen: Timestamp::now().to_string(),
@@ -67,23 +170,18 @@ pub(super) async fn gather(state: &AppState, top: usize) -> Stats {
             redis: None,
             connections: this_node.connections,
             users: this_node.users,
-            nodes: vec![this_node],
-            dropped_messages: 0,
-            repaired_events: 0,
+            nodes: vec![this_node.into()],
+            dropped_messages: Some(0),
+            repaired_events: Some(0),
         },
         Some(cluster) => {
             let up = cluster.status.is_up();
-            // While Redis is away only this node is known.
-            let mut nodes = match up {
-                true => cluster.nodes().await.unwrap_or_default(),
-                false => Vec::new(),
-            };
             // This node's own figures are live; the others' are as of their last heartbeat.
-            nodes.retain(|n| n.node_id != this_node.node_id);
+            let mut nodes = other_nodes(cluster, up, &this_node.node_id).await;
             nodes.push(this_node.clone());
             nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
             let users = match up {
-                true => state.presence_store.count(USERS_KEY).await.ok(),
+                true => state.services.presence_store.count(USERS_KEY).await.ok(),
                 false => None,
             };
             ClusterStats {
@@ -91,24 +189,34 @@ pub(super) async fn gather(state: &AppState, top: usize) -> Stats {
                 redis: Some(if up { "up" } else { "down" }),
                 connections: nodes.iter().map(|n| n.connections).sum(),
                 users: users.unwrap_or(this_node.users),
-                nodes,
-                dropped_messages: cluster.dropped_messages(),
-                repaired_events: Counters::get(&state.counters.repaired_events),
+                nodes: nodes.into_iter().map(NodeFigures::from).collect(),
+                dropped_messages: Some(cluster.dropped_messages()),
+                repaired_events: Some(Counters::get(&state.services.counters.repaired_events)),
             }
         }
     };
-    let c = &state.counters;
+    let c = &state.services.counters;
     Stats {
-        node_id: state.node_id.to_string(),
+        node_id: state.services.node_id.to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
         connections: snapshot.connections,
         users: snapshot.users,
         rooms: snapshot.rooms,
         tenants: snapshot.tenants,
-        events_published: Counters::get(&c.events_published),
-        auth_failures: Counters::get(&c.auth_failures),
-        delivery_failures: Counters::get(&c.delivery_failures),
+        events_published: Some(Counters::get(&c.events_published)),
+        auth_failures: Some(Counters::get(&c.auth_failures)),
+        delivery_failures: Some(Counters::get(&c.delivery_failures)),
         top_rooms: snapshot.top_rooms,
         cluster,
     }
+}
+
+/// The cluster's other nodes as of their last heartbeat; none while Redis is away.
+async fn other_nodes(cluster: &Cluster, up: bool, this_node: &str) -> Vec<NodeInfo> {
+    let mut nodes = match up {
+        true => cluster.nodes().await.unwrap_or_default(),
+        false => Vec::new(),
+    };
+    nodes.retain(|n| n.node_id != this_node);
+    nodes
 }

@@ -7,16 +7,16 @@ use serde::Serialize;
 
 use super::{ApiCaller, ApiError, AppState, Publish, TenantQuery, tenant_for};
 use crate::events::FieldError;
-use crate::rooms::{Id, RoomName, Tenant};
+use crate::rooms::{Id, Tenant};
 
 #[derive(Serialize)]
-pub struct Disconnected {
+pub(super) struct Disconnected {
     user_id: Id,
     tenant: Tenant,
     disconnected: u64,
 }
 
-pub async fn disconnect(
+pub(super) async fn disconnect(
     State(state): State<AppState>,
     ApiCaller(caller, _): ApiCaller<Publish>,
     Path(user_id): Path<String>,
@@ -34,11 +34,11 @@ pub async fn disconnect(
     {
         return Err(ApiError::ClusterUnavailable(cluster.status.reason()));
     }
-    // Every socket of a user is in its `user:` room, on whichever node it is.
-    let room = RoomName::User(user_id.clone()).scoped(&tenant);
+    // By identity, on whichever node the sockets are: not through the `user:` room, which
+    // an admin may have joined too.
     let disconnected = state
         .hub
-        .disconnect_room(room)
+        .disconnect_user(&tenant, &user_id)
         .await
         .map_err(ApiError::ClusterUnavailable)?;
     tracing::info!(%user_id, %tenant, disconnected, caller = caller.name, "user disconnected");

@@ -1,5 +1,6 @@
 //! `POST /webhooks/github`: a signed GitHub delivery becomes a `pr.*` / `issue.*` event,
-//! published once per `X-GitHub-Delivery` through the broadcaster.
+//! published once per signed body (whatever its `X-GitHub-Delivery`) through the
+//! broadcaster.
 
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
@@ -7,12 +8,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
+use sha2::Digest;
 
-use super::events::{accepted, idempotency_key};
+use super::events::accepted;
 use super::{ApiError, AppState};
 use crate::github::{Delivery, signature_valid};
+use crate::idempotency::Publisher;
 
-pub async fn github(
+pub(super) async fn github(
     State(state): State<AppState>,
     headers: HeaderMap,
     request: Request,
@@ -48,9 +51,13 @@ pub async fn github(
         }
         Delivery::Publish(event) => event,
     };
-    let mut broadcaster = state.broadcaster.with_tenant(github.tenant.clone());
-    if let Some(key) = idempotency_key(&headers, &["x-github-delivery"])? {
-        broadcaster = broadcaster.with_idempotency_key(format!("github:{key}"));
-    }
+    // Once per signed body, not per `X-GitHub-Delivery`: the delivery id is not signed, so
+    // a captured delivery replayed under a new id must still be a duplicate. GitHub's own
+    // redeliveries resend the same body, so they are caught the same way.
+    let body_key = hex::encode(sha2::Sha256::digest(&body));
+    let broadcaster = state
+        .broadcaster
+        .with_tenant(github.tenant.clone())
+        .with_idempotency_key(Publisher::Github.scoped(&body_key));
     Ok(accepted(broadcaster.publish(event).await?))
 }

@@ -131,6 +131,7 @@ mod tests {
             projects: Grant::None,
             agents: Grant::None,
             role: None,
+            publish: None,
             expires_at: 0,
         })
     }

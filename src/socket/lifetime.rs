@@ -19,6 +19,10 @@ use super::{NAMESPACES, identity_of};
 use crate::auth::jwt::now_secs;
 use crate::events::Timestamp;
 
+/// 9999-12-31T23:59:59Z, the last second a [`Timestamp`] can show: a token that expires
+/// later never expires on a live socket.
+pub const NO_EXPIRY_AFTER: u64 = 253_402_300_799;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Warn,
@@ -54,8 +58,13 @@ impl Lifetimes {
     }
 
     fn entries(&self, ns: &str, sid: Sid, exp: u64) -> Option<[Due; 2]> {
+        // An `exp` past what a timestamp can say (near 2^64 it would overflow into the
+        // past) is no expiry within range: no deadline at all.
+        if exp > NO_EXPIRY_AFTER {
+            return None;
+        }
         let ns = NAMESPACES.iter().position(|n| *n == ns)?;
-        let end = exp + self.leeway_secs;
+        let end = exp.saturating_add(self.leeway_secs);
         Some([
             Due {
                 at: end.saturating_sub(self.warning_secs),
@@ -112,7 +121,7 @@ impl Lifetimes {
     }
 }
 
-/// Runs the deadlines of every socket of `io`, until the process ends.
+/// Runs the deadlines of every socket of `io`, until its worker is stopped.
 pub async fn run<A: Adapter>(io: SocketIo<A>, lifetimes: Arc<Lifetimes>) {
     loop {
         let now = now_secs();
@@ -157,7 +166,7 @@ fn act<A: Adapter>(io: &SocketIo<A>, due: Due) {
             tracing::debug!(sid = %socket.id, user_id = %identity.user_id, "token expired: disconnecting");
             let _ = socket.emit(
                 "auth.expired",
-                &json!({"code": "token_expired", "expired_at": expires_at}),
+                &json!({"code": crate::errors::Code::TokenExpired.as_str(), "expired_at": expires_at}),
             );
             let _ = socket.disconnect();
         }

@@ -4,15 +4,19 @@
 
 mod auth;
 mod budget;
+pub mod command;
+mod dispatch;
 
 pub use auth::screen_handshake;
 mod history;
 pub mod lifetime;
 mod ping;
 mod presence;
+mod publish;
 mod recover;
 mod refresh;
 mod reply;
+mod rpc;
 mod subscribe;
 mod unsubscribe;
 
@@ -30,15 +34,15 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide_core::adapter::errors::BroadcastError;
 
-use crate::auth::{Identity, JwtVerifier};
-use crate::broadcaster::Deliver;
+use crate::auth::Identity;
 use crate::config::Parser;
+pub use crate::delivery::{Census, Deliver, Hub, RoomMembers, Snapshot};
 use crate::events::Timestamp;
-use crate::history::HistoryStore;
-use crate::limits::{Limits, Slot};
-use crate::metrics::Counters;
-use crate::presence::{Presence, PresenceStore, Share};
-use crate::rooms::{Id, RoomName};
+use crate::hooks_out::{HookEvent, HookKind};
+use crate::limits::Slot;
+use crate::presence::Share;
+use crate::rooms::{Id, RoomName, Tenant, identity_room, is_identity_room};
+use crate::services::Services;
 
 pub use reply::CommandError;
 
@@ -48,22 +52,17 @@ use budget::Budgeted;
 /// original API document.
 pub const NAMESPACES: [&str; 2] = ["/", "/ws"];
 
-/// What socket handlers share, installed as socketioxide state.
+/// What socket handlers share, installed as socketioxide state: the [`Services`] (all a
+/// command sees) and what only the Socket.IO side needs.
 #[derive(Clone)]
 pub struct SocketCtx(Arc<SocketCtxInner>);
 
 pub struct SocketCtxInner {
-    pub verifier: JwtVerifier,
-    pub max_rooms: usize,
-    pub node_id: Arc<str>,
-    pub counters: Arc<Counters>,
-    pub presence: Presence,
-    pub presence_store: Arc<dyn PresenceStore>,
+    pub services: Arc<Services>,
+    /// Token deadlines of the connected sockets.
     pub lifetimes: Arc<lifetime::Lifetimes>,
-    pub history: HistoryStore,
-    pub limits: Arc<Limits>,
-    /// The server's Socket.IO parser, for the payloads kept as raw JSON.
-    pub parser: Parser,
+    /// The Engine.IO transports offered (the screening decides as engineioxide does).
+    pub transports: Vec<socketioxide::TransportType>,
 }
 
 impl SocketCtx {
@@ -88,39 +87,9 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> Vec<A::InitRes
         .collect()
 }
 
-/// Gives a Socket.IO request's URI and headers their own small allocations.
-///
-/// hyper parses a request's head in place: its header values and path are slices of the
-/// connection's read buffer (8 KiB or more). engineioxide keeps the request head for the
-/// socket's whole life, and with it that buffer: about 16 KB per idle websocket. Copying
-/// the few bytes of the head out lets the buffer go once the connection is upgraded.
-pub async fn detach_head(mut req: axum::extract::Request) -> axum::extract::Request {
-    if !req.uri().path().starts_with("/socket.io") {
-        return req;
-    }
-    if let Ok(uri) = http::Uri::try_from(req.uri().to_string()) {
-        // axum keeps the URI as it came, too.
-        if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
-            original.0 = uri.clone();
-        }
-        *req.uri_mut() = uri;
-    }
-    let mut headers = http::HeaderMap::with_capacity(req.headers().len());
-    for (name, value) in req.headers() {
-        if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
-            headers.append(name.clone(), value);
-        }
-    }
-    *req.headers_mut() = headers;
-    req
-}
-
-/// The rooms a socket is in, by their public names (the tenant prefix removed).
-pub fn public_rooms<A: Adapter>(s: &SocketRef<A>) -> Vec<RoomName> {
-    s.rooms()
-        .iter()
-        .filter_map(|r| RoomName::parse(RoomName::unscope(r)?.1))
-        .collect()
+/// How many public rooms a socket is in (its identity room is not one).
+pub fn public_room_count<A: Adapter>(s: &SocketRef<A>) -> usize {
+    s.rooms().iter().filter(|r| !is_identity_room(r)).count()
 }
 
 /// The socket's span: `socket{sid, user_id, tenant, ns}`, one per connection, created by the
@@ -165,12 +134,14 @@ struct Established<'a> {
 /// (before socketioxide answers CONNECT). Every event, known or not, spends from the socket's
 /// budget first.
 pub(crate) fn register_commands<A: Adapter>(s: &SocketRef<A>) {
-    s.on("subscribe", Budgeted(subscribe::handle::<A>));
-    s.on("unsubscribe", Budgeted(unsubscribe::handle::<A>));
-    s.on("ping", Budgeted(ping::handle::<A>));
-    s.on("presence", Budgeted(presence::handle::<A>));
-    s.on("auth.refresh", Budgeted(refresh::handle::<A>));
-    s.on("history", Budgeted(history::handle::<A>));
+    dispatch::on::<A, subscribe::Subscribe>(s);
+    dispatch::on::<A, unsubscribe::Unsubscribe>(s);
+    dispatch::on::<A, ping::Ping>(s);
+    dispatch::on::<A, presence::Presence>(s);
+    dispatch::on::<A, refresh::Refresh>(s);
+    dispatch::on::<A, history::History>(s);
+    dispatch::on::<A, rpc::Rpc>(s);
+    dispatch::on::<A, publish::Publish>(s);
     s.on_fallback(Budgeted(reply::unknown_command::<A>));
 }
 
@@ -184,16 +155,17 @@ async fn on_connect<A: Adapter>(
         let _ = s.disconnect();
         return;
     };
+    // First, so a disconnect by identity finds the socket from here on.
+    s.join(identity_room(&identity.tenant, &identity.user_id));
     let rooms = [RoomName::Global, RoomName::User(identity.user_id.clone())];
     // Counted before the disconnect handler exists, so its leave is queued after this.
-    ctx.presence.connected(&identity);
+    ctx.services.presence.connected(&identity);
+    connection_hook(&ctx, &s, &identity, None);
     s.on_disconnect(on_disconnect::<A>);
     if !s.connected() {
         // Closed before the handler was set, so it may never run: leave here (the share
         // makes a second leave a no-op).
-        if let Some(share) = share_of(&s) {
-            ctx.presence.disconnected(&share, &identity);
-        }
+        left(&ctx, &s, &identity, "closed_during_connect");
         return;
     }
     ctx.lifetimes.watch(s.ns(), s.id, identity.expires_at);
@@ -209,7 +181,7 @@ async fn on_connect<A: Adapter>(
             tenant: identity.tenant.as_str(),
             rooms: joined,
             server_time: Timestamp::now(),
-            node_id: &ctx.node_id,
+            node_id: &ctx.services.node_id,
             recovered: outcome.recovered,
             recovery: &outcome.report,
             positions: &outcome.positions,
@@ -233,11 +205,43 @@ async fn on_disconnect<A: Adapter>(
     let Some(identity) = identity_of(&s) else {
         return;
     };
-    // Not `s.rooms()`: the adapter may have dropped them already (see `presence::Share`).
-    if let Some(share) = share_of(&s) {
-        ctx.presence.disconnected(&share, &identity);
-    }
+    left(&ctx, &s, &identity, &format!("{reason:?}"));
     ctx.lifetimes.unwatch(s.ns(), s.id, identity.expires_at);
+}
+
+/// The socket is gone: its presence ends and `connection.closed` is sent, once (the share
+/// answers true to the first leave only).
+fn left<A: Adapter>(ctx: &SocketCtx, s: &SocketRef<A>, identity: &Identity, reason: &str) {
+    // Not `s.rooms()`: the adapter may have dropped them already (see `presence::Share`).
+    if let Some(share) = share_of(s)
+        && ctx.services.presence.disconnected(&share, identity)
+    {
+        connection_hook(ctx, s, identity, Some(reason));
+    }
+}
+
+/// `connection.opened` (`closed` `None`) or `connection.closed` for the outbound webhooks.
+fn connection_hook<A: Adapter>(
+    ctx: &SocketCtx,
+    s: &SocketRef<A>,
+    identity: &Identity,
+    closed: Option<&str>,
+) {
+    let hooks = &ctx.services.hooks;
+    let kind = match closed {
+        Some(_) => HookKind::ConnectionClosed,
+        None => HookKind::ConnectionOpened,
+    };
+    if hooks.wants(kind) {
+        hooks.notify(HookEvent::connection(
+            &identity.tenant,
+            &identity.user_id,
+            &s.id.to_string(),
+            s.ns(),
+            &ctx.services.node_id,
+            closed,
+        ));
+    }
 }
 
 /// An envelope kept as raw JSON, as the server's parser must be handed it. The JSON parser
@@ -289,14 +293,22 @@ impl<A: Adapter> Deliver for Sockets<A> {
         event: &'a str,
         payload: &'a RawValue,
         local_only: bool,
+        except: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let mut failed = 0;
             let payload = Payload::new(self.parser, payload);
+            // The sender is a socket of this node (it published here): a broadcast from it
+            // skips it, on every node the broadcast reaches.
+            let except = except.and_then(|sid| sid.parse::<socketioxide_core::Sid>().ok());
             for ns in NAMESPACES {
                 let Some(op) = self.io.of(ns) else { continue };
+                let op = match except.and_then(|sid| op.get_socket(sid)) {
+                    Some(sender) => sender.to(rooms.clone()),
+                    None => op.to(rooms.clone()),
+                };
                 let op = if local_only { op.local() } else { op };
-                match op.to(rooms.clone()).emit(event, &payload).await {
+                match op.emit(event, &payload).await {
                     Ok(()) => {}
                     Err(BroadcastError::Socket(errors)) => failed += errors.len() as u64,
                     // The other nodes were not told; nothing was delivered here either.
@@ -309,24 +321,14 @@ impl<A: Adapter> Deliver for Sockets<A> {
     }
 }
 
-/// What the HTTP side needs from the Socket.IO server besides delivery, erased over the
-/// adapter: cluster-wide where the adapter is.
-pub trait Hub: Deliver + Census {
-    /// Disconnects every socket in `room` on every node; returns how many there were.
-    fn disconnect_room(&self, room: Cow<'static, str>) -> BoxFuture<'_, Result<u64, String>>;
-    /// Sends `event` to every socket of this node (not the cluster).
-    fn emit_local<'a>(
-        &'a self,
-        event: &'static str,
-        data: &'a serde_json::Value,
-    ) -> BoxFuture<'a, ()>;
-    /// Disconnects every local socket (shutdown).
-    fn close(&self) -> BoxFuture<'_, ()>;
-}
-
 impl<A: Adapter> Hub for Sockets<A> {
-    fn disconnect_room(&self, room: Cow<'static, str>) -> BoxFuture<'_, Result<u64, String>> {
+    fn disconnect_user<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        user: &'a Id,
+    ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
+            let room = identity_room(tenant, user);
             let mut count = 0;
             for ns in NAMESPACES {
                 let Some(op) = self.io.of(ns) else { continue };
@@ -367,34 +369,6 @@ impl<A: Adapter> Hub for Sockets<A> {
     }
 }
 
-/// Connected sockets as the stats endpoint reports them.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Snapshot {
-    pub connections: u64,
-    pub users: u64,
-    pub rooms: u64,
-    pub tenants: u64,
-    pub top_rooms: Vec<RoomMembers>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RoomMembers {
-    pub tenant: String,
-    pub room: String,
-    pub members: u64,
-}
-
-/// Counts the sockets of this node. Computed on demand so connect and disconnect keep no
-/// bookkeeping of their own.
-pub trait Census: Send + Sync + 'static {
-    /// Everything, with the `top` fullest rooms.
-    fn snapshot(&self, top: usize) -> Snapshot;
-    /// Connections and users only (the heartbeat's figures): no walk over rooms.
-    fn counts(&self) -> (u64, u64);
-    /// Sockets per namespace on this node.
-    fn per_namespace(&self) -> Vec<(&'static str, u64)>;
-}
-
 /// What one walk over this node's sockets found.
 #[derive(Default)]
 struct Walk {
@@ -405,19 +379,28 @@ struct Walk {
     rooms: HashMap<Cow<'static, str>, u64>,
 }
 
-/// Walks this node's sockets once; rooms are counted only when `with_rooms`.
-fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool) -> Walk {
+/// Walks this node's sockets once (only `tenant`'s when set); rooms are counted only when
+/// `with_rooms`, identity rooms never.
+fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool, tenant: Option<&Tenant>) -> Walk {
     let mut found = Walk::default();
     for ns in NAMESPACES {
         let Some(op) = io.of(ns) else { continue };
         for s in op.sockets() {
+            let identity = identity_of(&s);
+            if let Some(tenant) = tenant
+                && identity.as_ref().is_none_or(|id| id.tenant != *tenant)
+            {
+                continue;
+            }
             found.connections += 1;
-            if let Some(id) = identity_of(&s) {
+            if let Some(id) = identity {
                 found.users.insert((id.tenant.clone(), id.user_id.clone()));
             }
             if with_rooms {
                 for room in s.rooms() {
-                    *found.rooms.entry(room).or_default() += 1;
+                    if !is_identity_room(&room) {
+                        *found.rooms.entry(room).or_default() += 1;
+                    }
                 }
             }
         }
@@ -439,16 +422,16 @@ impl<A: Adapter> Census for Sockets<A> {
     }
 
     fn counts(&self) -> (u64, u64) {
-        let found = walk(&self.io, false);
+        let found = walk(&self.io, false, None);
         (found.connections, found.users.len() as u64)
     }
 
-    fn snapshot(&self, top: usize) -> Snapshot {
+    fn snapshot(&self, top: usize, tenant: Option<&Tenant>) -> Snapshot {
         let Walk {
             connections,
             users,
             rooms,
-        } = walk(&self.io, true);
+        } = walk(&self.io, true, tenant);
         let tenants: HashSet<&Id> = users.iter().map(|(tenant, _)| tenant).collect();
         let mut top_rooms: Vec<RoomMembers> = rooms
             .iter()

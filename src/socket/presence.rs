@@ -2,44 +2,28 @@
 //! sockets subscribed to the room.
 
 use serde::Deserialize;
-use serde_json::{Value, json};
-use socketioxide::adapter::Adapter;
-use socketioxide::extract::{SocketRef, State, TryData};
+use serde_json::json;
 
-use super::reply::{CommandError, Responder};
-use super::{SocketCtx, identity_of};
+use super::command::{Command, CommandCx, Reply};
+use super::reply::CommandError;
 use crate::presence::members;
-use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PresenceRequest {
+pub(super) struct Presence {
     room: String,
 }
 
-pub async fn handle<A: Adapter>(
-    s: SocketRef<A>,
-    State(ctx): State<SocketCtx>,
-    TryData(payload): TryData<Value>,
-    reply: Responder<A>,
-) {
-    let request = payload
-        .ok()
-        .and_then(|p| serde_json::from_value::<PresenceRequest>(p).ok())
-        .ok_or_else(|| CommandError::InvalidPayload("expected {\"room\": \"<name>\"}".into()));
-    let result = async {
-        let request = request?;
-        let room = RoomName::parse(&request.room).ok_or(CommandError::InvalidRoom(request.room))?;
-        let identity = identity_of(&s).ok_or_else(|| CommandError::Forbidden(room.to_string()))?;
-        if !s.rooms().contains(&room.scoped(&identity.tenant)) {
-            return Err(CommandError::NotSubscribed(room.to_string()));
-        }
-        let users = members(&*ctx.presence_store, &identity.tenant, &room)
+impl Command for Presence {
+    const NAME: &str = "presence";
+    const USAGE: &str = "expected {\"room\": \"<name>\"}";
+
+    async fn run(self, cx: &CommandCx<'_>) -> Result<Reply, CommandError> {
+        let room = cx.subscribed(self.room)?;
+        let users = members(&*cx.services.presence_store, &cx.identity.tenant, &room)
             .await
             .map_err(|e| CommandError::Unavailable(e.to_string()))?;
         let connections: u64 = users.iter().map(|m| m.connections).sum();
         Ok(json!({"ok": true, "room": room, "users": users, "connections": connections}))
     }
-    .await;
-    reply.result(result);
 }

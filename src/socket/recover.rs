@@ -1,11 +1,10 @@
 //! Recovery on reconnect: the handshake's `auth.since` `{room: {epoch, seq}}` names where the
 //! client stopped; the socket re-joins those rooms (access checked again) and receives
 //! every missed event in order, before any live event of those rooms, or learns of a gap.
-//! The same on a single node (logs in memory) and in a cluster (Redis streams), whichever
-//! node the client comes back to.
+//! The same whichever history store the node has and whichever node the client comes
+//! back to: [`crate::history::HistoryStore::catch_up`] does the ordering.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -14,8 +13,7 @@ use socketioxide::extract::SocketRef;
 
 use super::{SocketCtx, share_of};
 use crate::auth::Identity;
-use crate::history::redis::{Numbered, RoomRead, Stored};
-use crate::history::{Cursor, History, HistoryStore, Positions, RedisHistory, Replay};
+use crate::history::{CatchUp, Cursor, Positions, Wanted};
 use crate::rooms::RoomName;
 
 #[derive(Deserialize)]
@@ -25,7 +23,7 @@ struct Since {
 }
 
 /// What `connection.established` reports of a recovery.
-pub struct Outcome {
+pub(super) struct Outcome {
     /// Rooms re-joined, for the `rooms` list.
     pub rooms: Vec<RoomName>,
     /// `{room: {replayed, epoch, seq} | {gap: true, epoch?, seq?} | {error}}`.
@@ -37,18 +35,11 @@ pub struct Outcome {
     pub positions: Positions,
 }
 
-/// A room of `auth.since` the socket may re-join, with its scoped name.
-struct Accepted {
-    room: RoomName,
-    scoped: String,
-    cursor: Option<Cursor>,
-}
-
 /// Joins `defaults` and the rooms of `auth.since`, calls `send_established` with the
 /// report, then sends the backlog; no live event of a recovered room reaches the socket
 /// before its backlog. A room of `since` that is also a default is joined only once its
 /// backlog is ready, so it gets no live event early either.
-pub async fn recover<A: Adapter>(
+pub(super) async fn recover<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &SocketCtx,
     identity: &Identity,
@@ -79,29 +70,23 @@ pub async fn recover<A: Adapter>(
             .collect::<Vec<_>>(),
     );
     let accepted = check(s, ctx, identity, since, &mut outcome);
-    let job = Job {
-        s,
-        ctx,
-        identity,
-        defaults,
-        accepted,
-        outcome,
-    };
-    match &ctx.history {
-        HistoryStore::Memory(history) => from_memory(job, history, send_established).await,
-        HistoryStore::Redis(history) => from_redis(job, history, send_established).await,
-    }
-}
-
-/// What both ways of recovering work on.
-struct Job<'a, A: Adapter> {
-    s: &'a SocketRef<A>,
-    ctx: &'a SocketCtx,
-    identity: &'a Identity,
-    /// Rooms joined by default (and not named in `since`), already joined.
-    defaults: Vec<RoomName>,
-    accepted: Vec<Accepted>,
-    outcome: Outcome,
+    let mut send_established = Some(send_established);
+    ctx.services
+        .history
+        .catch_up(
+            &identity.tenant,
+            &accepted,
+            &defaults,
+            || join(s, ctx, identity, &accepted),
+            |found| {
+                record(s, &accepted, found, &mut outcome);
+                if let Some(send) = send_established.take() {
+                    send(&outcome);
+                }
+            },
+            |event, payload| emit(s, ctx, event, payload),
+        )
+        .await;
 }
 
 /// Checks every room of `since` against the token and the room limit; refused rooms go
@@ -112,28 +97,34 @@ fn check<A: Adapter>(
     identity: &Identity,
     since: Map<String, Value>,
     outcome: &mut Outcome,
-) -> Vec<Accepted> {
+) -> Vec<Wanted> {
     let mut accepted = Vec::new();
-    let mut count = s.rooms().len();
+    let mut count = super::public_room_count(s);
     for (name, cursor) in since {
-        let refuse = |code: &str| json!({ "error": code });
+        let refuse = |code: crate::errors::Code| json!({ "error": code.as_str() });
         let Some(room) = RoomName::parse(&name) else {
-            outcome.report.insert(name, refuse("invalid_room"));
+            outcome
+                .report
+                .insert(name, refuse(crate::errors::Code::InvalidRoom));
             outcome.recovered = false;
             continue;
         };
         if !room.allows(identity) {
-            outcome.report.insert(name, refuse("forbidden"));
+            outcome
+                .report
+                .insert(name, refuse(crate::errors::Code::Forbidden));
             outcome.recovered = false;
             continue;
         }
         count += 1;
-        if count > ctx.max_rooms {
-            outcome.report.insert(name, refuse("too_many_rooms"));
+        if count > ctx.services.config.limits.max_rooms_per_socket {
+            outcome
+                .report
+                .insert(name, refuse(crate::errors::Code::TooManyRooms));
             outcome.recovered = false;
             continue;
         }
-        accepted.push(Accepted {
+        accepted.push(Wanted {
             scoped: room.scoped(&identity.tenant).into_owned(),
             room,
             cursor: serde_json::from_value::<Cursor>(cursor).ok(),
@@ -143,11 +134,12 @@ fn check<A: Adapter>(
 }
 
 /// Joins the accepted rooms and records the join for presence.
-fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, rooms: &[Accepted]) {
+fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, rooms: &[Wanted]) {
     let scoped: Vec<String> = rooms.iter().map(|a| a.scoped.clone()).collect();
     s.join(scoped.clone());
     if let Some(share) = share_of(s)
         && !ctx
+            .services
             .presence
             .joined(&share, identity, rooms.iter().map(|a| &a.room))
     {
@@ -156,18 +148,45 @@ fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, room
     }
 }
 
-/// The positions of the rooms joined by default, read after the join; without them (Redis
-/// unreachable) the socket connects all the same.
-async fn default_positions<A: Adapter>(
+/// Puts what the catch-up found into the outcome: the rooms re-joined, each one's report
+/// entry and position, and the positions of the rooms joined by default. Without history
+/// (the store unreachable) the socket connects all the same, every room of `since` a gap.
+fn record<A: Adapter>(
     s: &SocketRef<A>,
-    ctx: &SocketCtx,
-    identity: &Identity,
-    defaults: &[RoomName],
+    accepted: &[Wanted],
+    found: CatchUp,
     outcome: &mut Outcome,
 ) {
-    match ctx.history.positions(&identity.tenant, defaults).await {
+    match found.defaults {
         Ok(positions) => outcome.positions = positions,
         Err(e) => tracing::warn!(sid = %s.id, "connect without positions: {e}"),
+    }
+    let caught = match found.rooms {
+        Ok(caught) => caught,
+        Err(e) => {
+            tracing::warn!(sid = %s.id, "recovery could not read history: {e}");
+            outcome.recovered = false;
+            for w in accepted {
+                outcome.rooms.push(w.room.clone());
+                outcome
+                    .report
+                    .insert(w.room.to_string(), json!({ "gap": true }));
+            }
+            return;
+        }
+    };
+    for (w, room) in accepted.iter().zip(caught) {
+        outcome.rooms.push(w.room.clone());
+        if room.replayed.is_none() {
+            outcome.recovered = false;
+        }
+        let entry = report(&room.epoch, room.seq, room.replayed);
+        outcome.report.insert(w.room.to_string(), entry);
+        let cursor = Cursor {
+            epoch: room.epoch,
+            seq: room.seq,
+        };
+        outcome.positions.insert(w.room.to_string(), cursor);
     }
 }
 
@@ -185,214 +204,14 @@ fn emit<A: Adapter>(
     event: &str,
     payload: &serde_json::value::RawValue,
 ) -> bool {
-    match s.emit(event, &super::Payload::new(ctx.parser, payload)) {
+    match s.emit(
+        event,
+        &super::Payload::new(ctx.services.config.server.parser, payload),
+    ) {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!(sid = %s.id, "replay stopped: {e}");
             false
         }
     }
-}
-
-/// Single node: the rooms' logs are held from reading the backlog to sending it, which
-/// keeps publishes to those rooms waiting meanwhile.
-async fn from_memory<A: Adapter>(
-    job: Job<'_, A>,
-    history: &History,
-    send_established: impl FnOnce(&Outcome),
-) {
-    let Job {
-        s,
-        ctx,
-        identity,
-        defaults,
-        accepted,
-        mut outcome,
-    } = job;
-    // Joined already: read now, every later event reaches the socket.
-    default_positions(s, ctx, identity, &defaults, &mut outcome).await;
-    let keys: Vec<_> = accepted
-        .iter()
-        .map(|a| (a.scoped.clone(), a.room.clone()))
-        .collect();
-    let mut logs = history.lock(&keys).await;
-    join(s, ctx, identity, &accepted);
-    let mut backlog = Vec::new();
-    for (a, log) in accepted.iter().zip(logs.iter_mut()) {
-        outcome.rooms.push(a.room.clone());
-        let replay = match &a.cursor {
-            Some(cursor) => log.since(cursor),
-            None => Replay::Gap,
-        };
-        let replayed = match replay {
-            Replay::Events(events) => {
-                let n = events.len();
-                backlog.extend(events);
-                Some(n)
-            }
-            Replay::Gap => {
-                outcome.recovered = false;
-                None
-            }
-        };
-        let entry = report(&log.epoch, log.last_seq, replayed);
-        outcome.report.insert(a.room.to_string(), entry);
-        let cursor = Cursor {
-            epoch: log.epoch.to_string(),
-            seq: log.last_seq,
-        };
-        outcome.positions.insert(a.room.to_string(), cursor);
-    }
-    send_established(&outcome);
-    // In publish order; an event in two replayed rooms (one payload) is sent once.
-    backlog.sort_by_key(|e| e.at);
-    let mut seen = HashSet::new();
-    backlog.retain(|e| seen.insert(Arc::as_ptr(&e.payload).cast::<u8>() as usize));
-    for entry in backlog {
-        if !emit(s, ctx, &entry.event, &entry.payload) {
-            break;
-        }
-    }
-    drop(logs);
-}
-
-/// Cluster: registers for the rooms' live events, reads every backlog in one atomic step,
-/// waits until this node has delivered what Redis numbered before the read, then, holding
-/// the node's delivery lock, sends the backlog, then the live events that
-/// arrived meanwhile and are newer than it, and joins the rooms.
-async fn from_redis<A: Adapter>(
-    job: Job<'_, A>,
-    history: &RedisHistory,
-    send_established: impl FnOnce(&Outcome),
-) {
-    let Job {
-        s,
-        ctx,
-        identity,
-        defaults,
-        accepted,
-        mut outcome,
-    } = job;
-    if accepted.is_empty() {
-        // A plain connect: one round trip, for the positions of the rooms just joined.
-        default_positions(s, ctx, identity, &defaults, &mut outcome).await;
-        send_established(&outcome);
-        return;
-    }
-    let scoped: Vec<String> = accepted.iter().map(|a| a.scoped.clone()).collect();
-    let catchup = history.catchups.register(&scoped).await;
-    let mut wanted: Vec<_> = accepted
-        .iter()
-        .map(|a| {
-            let since = a.cursor.as_ref().map_or(0, |c| c.seq);
-            (
-                a.scoped.clone(),
-                a.room.clone(),
-                since,
-                history.size_of(&a.room),
-            )
-        })
-        .collect();
-    // The default rooms' positions come with the same read (limit 0: the position only).
-    wanted.extend(
-        defaults
-            .iter()
-            .map(|r| (r.scoped(&identity.tenant).into_owned(), r.clone(), 0, 0)),
-    );
-    let reads = history.read_synced(&wanted).await.map(|mut reads| {
-        let at = reads.len().min(accepted.len());
-        for (room, read) in defaults.iter().zip(reads.split_off(at)) {
-            let cursor = Cursor {
-                epoch: read.epoch,
-                seq: read.last_seq,
-            };
-            outcome.positions.insert(room.to_string(), cursor);
-        }
-        reads
-    });
-    let (_delivery, live) = history.catchups.finish(&catchup, &scoped).await;
-    join(s, ctx, identity, &accepted);
-
-    // The newest `seq` the read saw per room: live events up to it are in the backlog.
-    let mut read_up_to: HashMap<&str, u64> = HashMap::new();
-    let mut backlogs: Vec<Vec<Stored>> = Vec::new();
-    match reads {
-        Ok(reads) => {
-            for (a, read) in accepted.iter().zip(reads) {
-                outcome.rooms.push(a.room.clone());
-                let RoomRead {
-                    epoch,
-                    last_seq,
-                    events,
-                    ..
-                } = &read;
-                let complete = a.cursor.as_ref().is_some_and(|c| read.complete_from(c));
-                let replayed = complete.then_some(events.len());
-                if !complete {
-                    outcome.recovered = false;
-                }
-                outcome
-                    .report
-                    .insert(a.room.to_string(), report(epoch, *last_seq, replayed));
-                let cursor = Cursor {
-                    epoch: epoch.clone(),
-                    seq: *last_seq,
-                };
-                outcome.positions.insert(a.room.to_string(), cursor);
-                read_up_to.insert(&a.scoped, *last_seq);
-                backlogs.push(if complete { read.events } else { Vec::new() });
-            }
-        }
-        Err(e) => {
-            tracing::warn!(sid = %s.id, "recovery could not read history: {e}");
-            outcome.recovered = false;
-            for a in &accepted {
-                outcome.rooms.push(a.room.clone());
-                outcome
-                    .report
-                    .insert(a.room.to_string(), json!({ "gap": true }));
-            }
-        }
-    }
-    send_established(&outcome);
-
-    let mut sent = HashSet::new();
-    for stored in merge(backlogs) {
-        if sent.insert(stored.id.clone()) && !emit(s, ctx, &stored.event, &stored.payload) {
-            return;
-        }
-    }
-    for numbered in live {
-        if newer(&numbered, &read_up_to) && sent.insert(numbered.id.clone()) {
-            emit(s, ctx, &numbered.event, &numbered.payload);
-        }
-    }
-}
-
-/// Whether a live event is past what the backlog read saw in one of the socket's rooms
-/// (every live event is, when the read failed).
-fn newer(numbered: &Numbered, read_up_to: &HashMap<&str, u64>) -> bool {
-    read_up_to.is_empty()
-        || numbered
-            .rooms
-            .iter()
-            .any(|p| read_up_to.get(p.room.as_str()).is_some_and(|m| p.seq > *m))
-}
-
-/// Merges per-room backlogs into one, oldest first by the time each was kept, keeping
-/// every room's own order.
-fn merge(backlogs: Vec<Vec<Stored>>) -> Vec<Stored> {
-    let mut queues: Vec<std::collections::VecDeque<Stored>> =
-        backlogs.into_iter().map(Into::into).collect();
-    let mut merged = Vec::new();
-    loop {
-        let next = queues
-            .iter()
-            .enumerate()
-            .filter_map(|(i, q)| q.front().map(|e| (e.at_ms, i)))
-            .min();
-        let Some((_, i)) = next else { break };
-        merged.extend(queues[i].pop_front());
-    }
-    merged
 }

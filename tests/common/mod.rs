@@ -1,6 +1,8 @@
 //! A real server started in-process on an ephemeral port, and a minimal Engine.IO v4 /
 //! Socket.IO v5 client over a real WebSocket, for the behaviour tests.
 #![allow(dead_code)]
+// Shared by every test binary through `mod common;`: nothing is reachable from another crate.
+#![allow(unreachable_pub)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -180,6 +182,22 @@ impl TestServer {
         assert_eq!(status, 202, "{body}");
     }
 
+    /// Publishes `count` `system.notification`s to `global`, titled `0`, `1`, …, each with a
+    /// message of `bytes` bytes: more than a client's socket buffers hold when it does not
+    /// read (the server's rate limits must be off).
+    pub async fn publish_bulky(&self, count: usize, bytes: usize) {
+        let message = "m".repeat(bytes);
+        for i in 0..count {
+            let (status, body) = self
+                .post(
+                    "/api/v1/events",
+                    json!({"type": "system.notification", "data": {"title": format!("{i}"), "message": message}}),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+
     pub async fn post_raw(&self, path: &str, key: Option<&str>, body: String) -> (u16, Value) {
         let (status, _, body) = self.post_with(path, key, body, &[]).await;
         (status, body)
@@ -248,6 +266,15 @@ impl Drop for TestServer {
     }
 }
 
+/// A port nothing listens on now (for a child process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A real `redis-server` on a free port, keeping nothing on disk; stopped on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -256,12 +283,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port).await
+        Self::start_on(free_port()).await
     }
 
     pub async fn start_on(port: u16) -> Self {
@@ -435,6 +457,8 @@ pub struct Client {
     /// Events received while waiting for something else: (name, payload).
     pending: VecDeque<(String, Value)>,
     pub established: Value,
+    /// How long a read waits for the next message ([`DEADLINE`] unless changed).
+    pub patience: Duration,
 }
 
 /// How to present the token in the handshake.
@@ -452,7 +476,8 @@ impl Client {
         Self::connect_ns(addr, "/", auth).await
     }
 
-    /// Opens the transport and connects to `ns`; `Err` carries the `connect_error` message.
+    /// Opens the transport and connects to `ns`; `Err` carries the `connect_error` message,
+    /// or the `code` of a handshake refused over HTTP.
     pub async fn connect_ns(addr: SocketAddr, ns: &str, auth: Auth<'_>) -> Result<Self, String> {
         Self::connect_with(addr, ns, auth, &[]).await
     }
@@ -477,15 +502,27 @@ impl Client {
             let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
             req.headers_mut().append(name, value.parse().unwrap());
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
+            Ok(ok) => ok,
+            // Refused over HTTP before any session exists (`429 rate_limited`, ...): the
+            // `code` of its body, else the status.
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let code = resp
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|v| v["code"].as_str().map(str::to_owned));
+                return Err(code.unwrap_or_else(|| format!("HTTP {}", resp.status())));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let mut client = Client {
             ws,
             ns: ns.to_owned(),
             next_ack: 0,
             pending: VecDeque::new(),
             established: Value::Null,
+            patience: DEADLINE,
         };
         let open = client.recv_text().await.ok_or("no open packet")?;
         assert!(open.starts_with('0'), "engine.io open packet: {open}");
@@ -543,6 +580,16 @@ impl Client {
         self.send(text.to_owned()).await;
     }
 
+    /// Sends one text message without reading anything: `Ok(true)` once the server took
+    /// it, `Ok(false)` when the connection is gone, `Err` when it hung for `limit` (the
+    /// server neither reads nor closes).
+    pub async fn try_send_raw(&mut self, text: &str, limit: Duration) -> Result<bool, ()> {
+        match tokio::time::timeout(limit, self.ws.send(Message::text(text.to_owned()))).await {
+            Ok(sent) => Ok(sent.is_ok()),
+            Err(_) => Err(()),
+        }
+    }
+
     /// Sends one binary websocket message (a Socket.IO binary attachment).
     pub async fn send_binary(&mut self, data: Vec<u8>) {
         self.ws.send(Message::binary(data)).await.expect("send");
@@ -551,7 +598,7 @@ impl Client {
     /// Next engine.io text message, answering pings; `None` when closed or past the deadline.
     async fn recv_text(&mut self) -> Option<String> {
         loop {
-            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+            let msg = tokio::time::timeout(self.patience, self.ws.next())
                 .await
                 .ok()??
                 .ok()?;
@@ -589,6 +636,15 @@ impl Client {
                 '1' => return None,
                 _ => continue,
             }
+        }
+    }
+
+    /// Reads one message (answering a ping, keeping an event for later calls): a socket
+    /// that waits for something else meanwhile stays alive (a client that reads nothing for
+    /// the ping interval plus timeout is rightly dropped). Cancel-safe between messages.
+    pub async fn pump(&mut self) {
+        if let Some((Some(name), _, payload)) = self.recv_packet().await {
+            self.pending.push_back((name, payload));
         }
     }
 

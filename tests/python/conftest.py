@@ -1,5 +1,9 @@
 """End-to-end fixtures: a real `roomcast serve` process and real python-socketio clients.
 
+Starting servers and redis-servers, tokens and waits are the shared harness's
+(tests/harness/python/roomcast_harness.py); what is this suite's own is here: its keys,
+HTTP helpers, recording clients and fixtures.
+
 Every wait here has a deadline. Non-delivery is asserted with a *barrier*: after
 publishing the event that must not arrive, publish a marker to a room the socket
 is in; Roomcast delivers a socket's events in publish order, so once the marker
@@ -9,50 +13,35 @@ has arrived the forbidden event would already have arrived too.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import socket
-import subprocess
-import tempfile
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import jwt
 import pytest
 import requests
 import socketio
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "roomcast"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness" / "python"))
+import roomcast_harness as harness  # noqa: E402
+from roomcast_harness import (  # noqa: E402,F401 - re-exported to the test modules
+    EVENT_TIMEOUT_S,
+    free_port,
+    start_redis,
+    unique,
+    wait_for,
+)
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789"
 NODE_ID = "test-node"
 API_KEY = "test-key"  # scopes publish + read, any tenant
 ACME_KEY = "acme-key"  # bound to tenant acme, scope publish
 READ_ONLY_KEY = "read-only-key"  # scope read only
-READY_DEADLINE_S = 20.0
-EVENT_TIMEOUT_S = 5.0
 
 RFC3339_MILLIS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-# --------------------------------------------------------------------------- waiting
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = EVENT_TIMEOUT_S,
-             interval: float = 0.02, message: str = "condition") -> Any:
-    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- formats
@@ -110,77 +99,43 @@ def without_positions(ack: Any) -> Any:
     return rest
 
 
-def unique(prefix: str = "t") -> str:
-    """An id valid as a room id / sub: [A-Za-z0-9_.-]."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 # --------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def render_config(port: int, max_rooms: int = 100, max_body: int = 262144,
-                  node_id: str = NODE_ID, cluster: dict | None = None) -> str:
-    """The node's config.toml. `cluster` ({"redis_url", "key_prefix"}) adds a [cluster] table."""
-    cluster_toml = ""
-    if cluster is not None:
-        cluster_toml = f"""
-[cluster]
-redis_url = "{cluster['redis_url']}"
-key_prefix = "{cluster['key_prefix']}"
-node_ttl_secs = 3
-presence_grace_secs = 1
-"""
-    return f"""
-[server]
-bind = "127.0.0.1:{port}"
-node_id = "{node_id}"
-
-[auth]
-jwt_secret = "{JWT_SECRET}"
-leeway_secs = 0
-
-[limits]
-max_rooms_per_socket = {max_rooms}
-max_http_body_bytes = {max_body}
-
-[[api_keys]]
-name = "backend"
-key = "{API_KEY}"
-scopes = ["publish", "read"]
-
-[[api_keys]]
-name = "acme-only"
-key = "{ACME_KEY}"
-tenant = "acme"
-scopes = ["publish"]
-
-[[api_keys]]
-name = "reader"
-key = "{READ_ONLY_KEY}"
-scopes = ["read"]
-
-[log]
-level = "warn"
-{cluster_toml}"""
+                  node_id: str = NODE_ID, cluster: dict | None = None,
+                  client_events: dict | None = None) -> str:
+    """The node's config.toml. `cluster` ({"redis_url", "key_prefix"}) adds a [cluster] table,
+    `client_events` a [client_events] one."""
+    return harness.config_toml(
+        port,
+        node_id=node_id,
+        jwt_secret=JWT_SECRET,
+        leeway_secs=0,
+        # One server per module connects the same few users far more often than a person would.
+        limits={"max_rooms_per_socket": max_rooms, "max_http_body_bytes": max_body,
+                "handshakes_per_user_per_sec": 0},
+        api_keys=[
+            {"name": "backend", "key": API_KEY, "scopes": ["publish", "read"]},
+            {"name": "acme-only", "key": ACME_KEY, "tenant": "acme", "scopes": ["publish"]},
+            {"name": "reader", "key": READ_ONLY_KEY, "scopes": ["read"]},
+        ],
+        cluster=None if cluster is None else {
+            "redis_url": cluster["redis_url"], "key_prefix": cluster["key_prefix"],
+            "node_ttl_secs": 3, "presence_grace_secs": 1,
+        },
+        client_events=client_events,
+    )
 
 
-class Server:
+class Server(harness.ServerProcess):
     """A running `roomcast serve` child process plus helpers that speak to it."""
 
-    def __init__(self, proc: subprocess.Popen, url: str, workdir: Path, log_path: Path):
-        self.proc = proc
-        self.url = url
+    def __init__(self, proc, url: str, workdir: Path, log_path: Path):
+        super().__init__(proc, url, workdir, log_path)
         self.api_key = API_KEY
         self.jwt_secret = JWT_SECRET
         self.node_id = NODE_ID
-        self.workdir = workdir
-        self.log_path = log_path
         self.http = requests.Session()
 
     # -- tokens
@@ -190,12 +145,7 @@ class Server:
 
         Pass exp=None to leave `exp` out entirely.
         """
-        payload = dict(claims)
-        if "exp" not in payload:
-            payload["exp"] = int(time.time()) + exp_in
-        elif payload["exp"] is None:
-            del payload["exp"]
-        return jwt.encode(payload, secret or self.jwt_secret, algorithm=algorithm)
+        return harness.mint_token(secret or self.jwt_secret, algorithm=algorithm, exp_in=exp_in, **claims)
 
     # -- HTTP
     def headers(self, key: str | None = API_KEY) -> dict[str, str]:
@@ -236,66 +186,20 @@ class Server:
             body["tenant"] = tenant
         return self.post("/api/v1/broadcast", body, key=key)
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "<no log>"
-
     def stop(self) -> None:
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
-def roomcast_bin() -> Path:
-    return Path(os.environ.get("ROOMCAST_BIN") or DEFAULT_BIN)
+        super().stop()
 
 
 def start_server(node_id: str = NODE_ID, cluster: dict | None = None, port: int | None = None,
                  **limits: Any) -> Server:
     """Starts `roomcast serve` on `port` (default: a free one) and waits for /ready. `cluster`
     ({"redis_url", "key_prefix"}) makes it a node of that cluster."""
-    binary = roomcast_bin()
-    if not binary.exists():
-        pytest.fail(f"roomcast binary not found at {binary}; run `cargo build` or set ROOMCAST_BIN")
-    workdir = Path(tempfile.mkdtemp(prefix="roomcast-e2e-"))
-    port = port or free_port()
-    config = workdir / "config.toml"
-    config.write_text(render_config(port, node_id=node_id, cluster=cluster, **limits))
-    log_path = workdir / "server.log"
-    # The child must read only our file: drop any ROOMCAST_* overrides from the caller.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    env.pop("RUST_LOG", None)
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([str(binary), "serve", "--config", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=workdir)
-    log.close()
-    server = Server(proc, f"http://127.0.0.1:{port}", workdir, log_path)
+    server = harness.start_server(
+        lambda p: render_config(p, node_id=node_id, cluster=cluster, **limits),
+        port=port, server_class=Server, prefix="roomcast-e2e-")
     server.node_id = node_id
-    deadline = time.monotonic() + READY_DEADLINE_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"roomcast exited with {proc.returncode} before ready")
-            try:
-                if requests.get(server.url + "/ready", timeout=1).status_code == 200:
-                    return server
-            except requests.RequestException:
-                pass
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"/ready not 200 within {READY_DEADLINE_S}s")
-            time.sleep(0.05)
-    except RuntimeError as exc:
-        tail = server.log_tail()
-        server.stop()
-        pytest.fail(f"{exc}\n--- server log ---\n{tail}")
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -327,63 +231,10 @@ def server_factory():
 # --------------------------------------------------------------------------- cluster
 
 
-REDIS_BIN = os.environ.get("REDIS_SERVER_BIN") or "redis-server"
-
-
-class RedisServer:
-    """A throwaway redis-server on a free port (never 6379), no persistence."""
-
-    def __init__(self, proc: subprocess.Popen, port: int, workdir: Path):
-        self.proc = proc
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}"
-        self.workdir = workdir
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def start_redis() -> RedisServer:
-    port = free_port()
-    while port == 6379:
-        port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="roomcast-e2e-redis-"))
-    log = open(workdir / "redis.log", "wb")
-    try:
-        proc = subprocess.Popen(
-            [REDIS_BIN, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
-    except FileNotFoundError:
-        pytest.fail(f"{REDIS_BIN} not found: the cluster tests need redis-server (or set REDIS_SERVER_BIN)")
-    finally:
-        log.close()
-    redis = RedisServer(proc, port, workdir)
-    deadline = time.monotonic() + 10
-    while not _redis_ping(port):
-        if proc.poll() is not None or time.monotonic() >= deadline:
-            redis.stop()
-            pytest.fail(f"redis-server on port {port} did not answer PING; log:\n"
-                        f"{(workdir / 'redis.log').read_text(errors='replace')[-2000:]}")
-        time.sleep(0.05)
-    return redis
-
-
 class Cluster:
     """A redis-server and Roomcast nodes sharing its URL and a key prefix."""
 
-    def __init__(self, redis: RedisServer, key_prefix: str):
+    def __init__(self, redis: harness.RedisServer, key_prefix: str):
         self.redis = redis
         self.key_prefix = key_prefix
         self.nodes: list[Server] = []

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO_ROOT, free_port, roomcast_bin
+from roomcast_harness import REPO_ROOT, child_env, free_port, roomcast_bin, start_server
 
 DOCS = ["README.md", "WEBSOCKET_API.md"]
 DEV_KEY = "roomcast-dev-key"
@@ -32,6 +32,10 @@ SKIP: dict[str, str] = {
     'sio.connect(url, auth=lambda: {"token": current_token(), "since": cursors})': (
         "a fragment of section 2.8: needs the app's url, current_token and cursors; "
         "test_restart.py runs the same auth callable"
+    ),
+    "def roomcast_signed(": (
+        "a backend's signature check, not a client: clients/python/tests/test_rpc.py checks "
+        "the server's calls with it"
     ),
 }
 RUN_DEADLINE_S = 30.0
@@ -58,30 +62,19 @@ SNIPPETS = blocks("python")
 
 
 @pytest.fixture(scope="module")
-def shipped():
+def shipped(tmp_path_factory):
     """`roomcast serve` with the shipped config.toml on a free port, and a token for alice."""
-    config = str(REPO_ROOT / "config.toml")
+    config = REPO_ROOT / "config.toml"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    env.update(ROOMCAST_SERVER__BIND=f"127.0.0.1:{port}", RUST_LOG="warn")
-    token = subprocess.run([str(roomcast_bin()), "token", "--config", config, "--sub", "alice",
+    # Its own storage directory: the shipped `[storage] path = "data"` may be in use.
+    env = {"ROOMCAST_SERVER__BIND": f"127.0.0.1:{port}", "RUST_LOG": "warn",
+           "ROOMCAST_STORAGE__PATH": str(tmp_path_factory.mktemp("storage"))}
+    token = subprocess.run([str(roomcast_bin()), "token", "--config", str(config), "--sub", "alice",
                             "--projects", "42"], check=True, capture_output=True, text=True,
-                           env=env).stdout.strip()
-    proc = subprocess.Popen([str(roomcast_bin()), "serve", "--config", config], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if requests.get(url + "/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield url, token
-    proc.kill()
-    proc.wait()
+                           env=child_env(env)).stdout.strip()
+    srv = start_server(config, port=port, env=env, ready_path="/health")
+    yield srv.url, token
+    srv.stop()
 
 
 def test_the_docs_have_the_snippets_this_harness_knows():

@@ -12,7 +12,10 @@ import type {
   EventType,
   HistoryReply,
   PresenceReply,
+  PublishAck,
+  PublishOptions,
   RefreshReply,
+  RpcReply,
   RoomPosition,
   ServerShutdown,
   SubscribeAck,
@@ -103,7 +106,7 @@ function isEnvelope(value: unknown): value is Envelope | CustomEnvelope {
 }
 
 function toError(err: WireError | undefined, fallback: string): RoomcastError {
-  return new RoomcastError(err?.code ?? fallback, err?.message ?? fallback, err?.room);
+  return new RoomcastError(err?.code ?? fallback, err?.message ?? fallback, err?.room, err?.status, err?.field);
 }
 
 export class RoomcastClient {
@@ -354,6 +357,31 @@ export class RoomcastClient {
 
   history(room: string, sinceSeq = 0, limit = 100): Promise<HistoryReply> {
     return this.command<HistoryReply>("history", { room, since_seq: sinceSeq, limit });
+  }
+
+  /**
+   * Calls your backend through the socket (`[rpc]` on the server): resolves with the
+   * backend's JSON answer; rejects with a RoomcastError: `rpc_failed` (with `status`),
+   * `rpc_timeout`, `rpc_unavailable`, `invalid_payload`, `payload_too_large`, `rate_limited`,
+   * or `timeout` (no ack within `ackTimeout`: keep it above the server's `rpc.timeout_ms`).
+   * The call is sent once, never retried.
+   */
+  async rpc<T = unknown>(method: string, data?: unknown): Promise<T> {
+    const reply = await this.command<RpcReply<T>>("rpc", data === undefined ? { method } : { method, data });
+    return reply.result;
+  }
+
+  /**
+   * Publishes a client event into `room` (the socket must be subscribed, and the server's
+   * `[client_events]` and the token must allow it). Resolves with the ack (`{ok, id, seq?}`);
+   * rejects with a RoomcastError carrying the server's code (`forbidden`, `not_subscribed`,
+   * `event_not_allowed`, `payload_too_large`, `invalid_payload` with `field`, `rate_limited`).
+   */
+  publish(room: string, event: string, data: unknown, opts: PublishOptions = {}): Promise<PublishAck> {
+    const payload: Record<string, unknown> = { room, event, data: data === undefined ? null : data };
+    if (opts.volatile) payload.volatile = true;
+    if (opts.echo) payload.echo = true;
+    return this.command<PublishAck>("publish", payload);
   }
 
   /** Sends `auth.refresh` with a token from `getToken` (or the given one). */

@@ -186,7 +186,30 @@ export interface EnvelopeOf<T extends string, D> {
   epoch?: string;
   /** The event's place in its other rooms (an agent event with a project_id). */
   also?: RoomPosition[];
+  /** Who published a client event (`publish`); set by the server, absent from server events. */
+  from?: Sender;
   data: D;
+}
+
+/** The user and socket a client event came from. */
+export interface Sender {
+  user_id: string;
+  sid: string;
+}
+
+/** Options of `publish` (WEBSOCKET_API.md 4.3b). */
+export interface PublishOptions {
+  /** Live only: no `seq`, not kept, never replayed (typing, cursors). Default false. */
+  volatile?: boolean;
+  /** The sender receives its own event too. Default false. */
+  echo?: boolean;
+}
+
+/** A successful `publish` ack: the event's id, and its `seq` in the room unless volatile. */
+export interface PublishAck {
+  ok: true;
+  id: string;
+  seq?: number;
 }
 
 /** The envelope of a typed event; with no argument, the union over every type. */
@@ -194,7 +217,7 @@ export type Envelope<K extends EventType = EventType> = {
   [P in K]: EnvelopeOf<P, EventPayloads[P]>;
 }[K];
 
-/** A custom event (`POST /api/v1/broadcast`): any JSON data. */
+/** A custom event (`POST /api/v1/broadcast`) or a client event (`publish`): any JSON data. */
 export type CustomEnvelope = EnvelopeOf<string, unknown>;
 
 export type RoomRecovery =
@@ -242,6 +265,8 @@ export interface WireError {
   message: string;
   room?: string;
   field?: string;
+  /** `rpc_failed`: the backend's HTTP status (absent when its answer was too large). */
+  status?: number;
 }
 
 export type Ack<T> = ({ ok: true } & T) | { ok: false; error: WireError };
@@ -258,6 +283,11 @@ export interface HistoryReply {
   seq: number;
   gap: boolean;
   events: Array<Envelope | CustomEnvelope>;
+}
+
+/** A successful `rpc` ack: `result` is the backend's JSON answer as it is. */
+export interface RpcReply<T = unknown> {
+  result: T;
 }
 
 export interface RefreshReply {

@@ -1,6 +1,6 @@
 // Compile-only checks of the public types (npm test runs `tsc -p test/tsconfig.json`).
 import { createClient, type Envelope, type RoomcastError } from "../dist/index.js";
-import { useEvent, useRoom } from "../dist/react/index.js";
+import { usePublish, useEvent, useRoom, useTyping } from "../dist/react/index.js";
 
 const client = createClient({ url: "http://127.0.0.1:1", token: "t", autoConnect: false });
 
@@ -20,6 +20,16 @@ client.on("error", (err: RoomcastError) => void err.code);
 // @ts-expect-error not an event type
 client.on("project.renamed", () => undefined);
 
+// Client events: the ack's seq is optional (volatile), `from` is on every envelope type.
+void client.publish("project:1", "chat.message", { text: "hi" }, { volatile: true, echo: true }).then((ack) => {
+  const id: string = ack.id;
+  const seq: number | undefined = ack.seq;
+  void id, seq;
+});
+// @ts-expect-error the options are volatile and echo only
+void client.publish("project:1", "chat.message", {}, { loud: true });
+client.on("*", (env) => void env.from?.user_id);
+
 const any: Envelope = {} as Envelope;
 if (any.type === "system.notification") {
   const severity: "info" | "warning" | "error" | "critical" | undefined = any.data.severity;
@@ -33,5 +43,9 @@ export function Component() {
     "workflow.failed": (env: Envelope<"pr.created">) => void env,
   });
   useEvent("presence.joined", (env) => void env.data.user_id);
+  const send = usePublish("project:1");
+  void send("chat.message", { text: "hi" }).then((ack) => void ack.seq);
+  const { others, typing, stop }: { others: string[]; typing: () => void; stop: () => void } = useTyping("project:1");
+  void [others, typing, stop];
   return null;
 }

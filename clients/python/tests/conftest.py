@@ -1,5 +1,6 @@
-"""Fixtures: a real `roomcast serve` process (as tests/python/conftest.py starts it) and
-RoomcastClients connected to it.
+"""Fixtures: a real `roomcast serve` process, started by the shared harness
+(tests/harness/python/roomcast_harness.py) as tests/python starts it, and RoomcastClients
+connected to it.
 
 Every wait has a deadline. Non-delivery is asserted with a barrier: after the event that
 must not arrive, publish a marker to a room the client is in; a socket's events arrive in
@@ -9,100 +10,51 @@ publish order, so once the marker is there the other event would have been too.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import aiohttp
-import jwt
 import pytest
 
 from roomcast_client import RoomcastClient
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "roomcast"
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "harness" / "python"))
+import roomcast_harness as harness  # noqa: E402
+from roomcast_harness import EVENT_TIMEOUT_S, eventually, unique  # noqa: E402,F401 - re-exported
 
 JWT_SECRET = "py-client-secret-0123456789abcdef0123"
 API_KEY = "py-client-key"
-READY_DEADLINE_S = 20.0
-EVENT_TIMEOUT_S = 5.0
-
-
-# --------------------------------------------------------------------------- waiting
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = EVENT_TIMEOUT_S,
-                     what: str = "condition") -> Any:
-    """Polls `predicate` until it returns a truthy value; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def unique(prefix: str = "t") -> str:
-    """An id valid as a room id / sub: [A-Za-z0-9_.-]."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 # --------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def render_config(port: int, *, history_size: Optional[int] = None,
-                  expiry_warning_secs: Optional[int] = None, max_rooms: int = 100) -> str:
-    history = f"\n[history]\nsize = {history_size}\n" if history_size is not None else ""
-    warning = f"expiry_warning_secs = {expiry_warning_secs}\n" if expiry_warning_secs is not None else ""
-    return f"""
-[server]
-bind = "127.0.0.1:{port}"
-node_id = "py-client"
-
-[auth]
-jwt_secret = "{JWT_SECRET}"
-leeway_secs = 0
-{warning}
-[limits]
-max_rooms_per_socket = {max_rooms}
-
-[[api_keys]]
-name = "backend"
-key = "{API_KEY}"
-scopes = ["publish", "read"]
-
-[log]
-level = "warn"
-{history}"""
+                  expiry_warning_secs: Optional[int] = None, max_rooms: int = 100,
+                  client_events: Optional[Dict[str, Any]] = None,
+                  extra_toml: str = "") -> str:
+    """The test config; `extra_toml` (more sections) comes first, verbatim."""
+    return extra_toml + "\n" + harness.config_toml(
+        port,
+        node_id="py-client",
+        jwt_secret=JWT_SECRET,
+        leeway_secs=0,
+        expiry_warning_secs=expiry_warning_secs,
+        limits={"max_rooms_per_socket": max_rooms},
+        api_keys=[{"name": "backend", "key": API_KEY, "scopes": ["publish", "read"]}],
+        history_size=history_size,
+        client_events=client_events,
+    )
 
 
-class Server:
+class Server(harness.ServerProcess):
     """A running `roomcast serve` child process plus helpers that speak to it."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, log_path: Path):
-        self.proc = proc
-        self.url = url
-        self.log_path = log_path
 
     def mint_token(self, exp_in: float = 3600, **claims: Any) -> str:
         """HS256 JWT for the configured secret; `exp` is now + `exp_in` seconds."""
-        payload = {"exp": int(time.time() + exp_in), **claims}
-        return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+        return harness.mint_token(JWT_SECRET, exp_in=exp_in, **claims)
 
     async def _post(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
         async with aiohttp.ClientSession() as http:
@@ -127,56 +79,12 @@ class Server:
                 assert r.status == 200, f"GET {path} -> {r.status}"
                 return await r.json()
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "<no log>"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
 
 def start_server(port: Optional[int] = None, **config: Any) -> Server:
     """Starts `roomcast serve` on `port` (default: a free one) with a temp config and waits
     for /ready."""
-    binary = Path(os.environ.get("ROOMCAST_BIN") or DEFAULT_BIN)
-    if not binary.exists():
-        pytest.fail(f"roomcast binary not found at {binary}; run `cargo build` or set ROOMCAST_BIN")
-    workdir = Path(tempfile.mkdtemp(prefix="roomcast-pyclient-"))
-    port = port or free_port()
-    config_path = workdir / "config.toml"
-    config_path.write_text(render_config(port, **config))
-    log_path = workdir / "server.log"
-    # The child must read only our file: drop any ROOMCAST_* overrides from the caller.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    env.pop("RUST_LOG", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(binary), "serve", "--config", str(config_path)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=workdir)
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + READY_DEADLINE_S
-    while True:
-        if proc.poll() is not None:
-            tail = server.log_tail()
-            pytest.fail(f"roomcast exited with {proc.returncode} before ready\n{tail}")
-        try:
-            with urllib.request.urlopen(server.url + "/ready", timeout=1) as r:
-                if r.status == 200:
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() >= deadline:
-            server.stop()
-            pytest.fail(f"/ready not 200 within {READY_DEADLINE_S}s\n{server.log_tail()}")
-        time.sleep(0.05)
+    return harness.start_server(lambda p: render_config(p, **config), port=port,
+                                server_class=Server, prefix="roomcast-pyclient-")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +98,8 @@ def server():
 
 @pytest.fixture
 def server_factory():
-    """Starts servers with a special config ([history] size, expiry warning, room limit)."""
+    """Starts servers with a special config ([history] size, expiry warning, room limit,
+    [client_events], extra_toml)."""
     started: List[Server] = []
 
     def make(**config: Any) -> Server:

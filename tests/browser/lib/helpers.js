@@ -1,21 +1,18 @@
-// Helpers for the browser tests: a real `roomcast serve` child on a free port, tokens,
-// publishing over HTTP, Debian's headless Chromium through playwright-core, and a load of
-// socket.io-client sockets. Every wait has a deadline; nothing sleeps to let things settle.
+// Helpers for the browser tests: the keys and secret of their server, Debian's headless
+// Chromium through playwright-core, and a load of socket.io-client sockets. Starting the server,
+// tokens and HTTP are the shared harness's (tests/harness/js). Every wait has a deadline;
+// nothing sleeps to let things settle.
 
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import jwt from "jsonwebtoken";
 import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
 
+import * as harness from "../../harness/js/index.mjs";
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-export const REPO_ROOT = path.resolve(HERE, "..", "..", "..");
-export const ROOMCAST_BIN = process.env.ROOMCAST_BIN || path.join(REPO_ROOT, "target", "debug", "roomcast");
 export const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 export const ARTIFACTS = path.resolve(HERE, "..", "artifacts");
 
@@ -24,107 +21,33 @@ export const API_KEY = "browser-publish-key"; // scopes publish + read
 export const ADMIN_KEY = "browser-admin-key"; // scope admin only
 export const WAIT_MS = 10_000;
 
-const children = new Set();
-process.on("exit", () => {
-  for (const child of children) child.kill("SIGKILL");
-});
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+/** Starts `roomcast serve` with the publish and admin keys on a free port; resolves once /ready is 200. */
+/** Starts `roomcast serve` for the pages; `extraToml` is appended to its config. */
+export async function startServer({ extraToml } = {}) {
+  return harness.startServer({
+    config: (port) =>
+      harness.configToml({
+        port,
+        nodeId: "browser-node",
+        jwtSecret: JWT_SECRET,
+        apiKeys: [
+          { name: "backend", key: API_KEY, scopes: ["publish", "read"] },
+          { name: "ops", key: ADMIN_KEY, scopes: ["admin"] },
+        ],
+        extraToml,
+      }),
+    tmpPrefix: "roomcast-browser-",
   });
 }
 
-/** Polls `probe` until it returns something truthy, or throws after `timeout` ms. */
-export async function eventually(probe, { timeout = WAIT_MS, interval = 50, what = "condition" } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      last = await probe();
-      if (last) return last;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() >= deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}; last: ${last}`);
-    await new Promise((r) => setTimeout(r, interval));
-  }
-}
-
-/** Starts `roomcast serve` with test keys on a free port; resolves once /ready is 200. */
-export async function startServer() {
-  if (!fs.existsSync(ROOMCAST_BIN)) throw new Error(`roomcast binary not found at ${ROOMCAST_BIN}`);
-  const port = await freePort();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-browser-"));
-  const configPath = path.join(dir, "config.toml");
-  fs.writeFileSync(
-    configPath,
-    [
-      "[server]",
-      `bind = "127.0.0.1:${port}"`,
-      'node_id = "browser-node"',
-      "[auth]",
-      `jwt_secret = "${JWT_SECRET}"`,
-      "[[api_keys]]",
-      'name = "backend"',
-      `key = "${API_KEY}"`,
-      'scopes = ["publish", "read"]',
-      "[[api_keys]]",
-      'name = "ops"',
-      `key = "${ADMIN_KEY}"`,
-      'scopes = ["admin"]',
-      "[log]",
-      'level = "warn"',
-      "",
-    ].join("\n"),
-  );
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_")));
-  const logPath = path.join(dir, "server.log");
-  const log = fs.openSync(logPath, "w");
-  const child = spawn(ROOMCAST_BIN, ["serve", "--config", configPath], { cwd: dir, env, stdio: ["ignore", log, log] });
-  fs.closeSync(log);
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  const url = `http://127.0.0.1:${port}`;
-  await eventually(
-    async () => {
-      if (child.exitCode !== null) throw new Error(`roomcast exited: ${fs.readFileSync(logPath, "utf8")}`);
-      const res = await fetch(`${url}/ready`);
-      return res.status === 200;
-    },
-    { timeout: 20_000, what: "GET /ready == 200" },
-  );
-  return {
-    url,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once("exit", r));
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-}
-
 export function mintToken(claims) {
-  const now = Math.floor(Date.now() / 1000);
-  return jwt.sign({ iat: now, exp: now + 3600, ...claims }, JWT_SECRET, { algorithm: "HS256", noTimestamp: true });
+  return harness.mintToken(claims, { secret: JWT_SECRET });
 }
 
 /** POST /api/v1/events with the publish key; resolves with {status, body}. */
 export async function publish(url, body) {
-  const res = await fetch(`${url}/api/v1/events`, {
-    method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${API_KEY}` },
-    body: JSON.stringify(body),
-  });
-  return { status: res.status, body: await res.json().catch(() => undefined) };
+  const res = await harness.publish(url, API_KEY, body);
+  return { status: res.status, body: res.body };
 }
 
 /** Debian's Chromium, headless; playwright never downloads a browser of its own here. */

@@ -81,7 +81,7 @@ test("the admin page asks for a key and shows live figures under load", async ()
   await shows(page, "h1", "Roomcast admin");
   await shows(page, "#status", "Enter an admin key");
 
-  // A wrong key is refused with its code, and the refusal shows up in the recent errors.
+  // A wrong key is refused with its code, and the refusal is counted apart from the errors.
   await page.getByLabel("API key with scope admin").fill("not-the-key");
   await page.getByRole("button", { name: "Show" }).click();
   await shows(page, "#status", "401 unauthorized");
@@ -95,8 +95,8 @@ test("the admin page asks for a key and shows live figures under load", async ()
   const roomRow = page.locator("#room-table tbody tr").filter({ hasText: "project:7" });
   assert.equal((await roomRow.locator("td").allTextContents())[2], String(SOCKETS));
   await shows(page, "#nodes", "browser-node");
-  await shows(page, "#errors", "unauthorized");
-  await shows(page, "#errors", "GET /api/v1/admin/overview");
+  await shows(page, "#refused-auth", "unauthorized");
+  await shows(page, "#refused-auth", "GET /api/v1/admin/overview");
 
   const stream = publishStream();
   try {

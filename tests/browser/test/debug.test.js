@@ -8,7 +8,7 @@ let server;
 let browser;
 
 before(async () => {
-  server = await startServer();
+  server = await startServer({ extraToml: '[client_events]\nrooms = ["project"]\nevents = ["chat.*"]' });
   browser = await launchChromium();
 });
 
@@ -83,6 +83,37 @@ test("the debug page connects, subscribes, shows ack errors and events as they a
 
   await page.getByRole("button", { name: "Disconnect" }).click();
   await shows(page, "#status", "Disconnected (io client disconnect)");
+});
+
+test("the debug page publishes a client event over its socket and shows refusals' codes", async () => {
+  const page = await openPage(browser, server.url);
+  await page.goto(`${server.url}/debug`);
+  await page.getByLabel("Token").fill(mintToken({ sub: "bob", projects: ["42"] }));
+  await page.getByRole("button", { name: "Connect", exact: true }).click();
+  await shows(page, "#status", "Connected as bob");
+  await page.getByLabel("Room", { exact: true }).fill("project:42");
+  await page.getByRole("button", { name: "Subscribe", exact: true }).click();
+  await shows(page, "#ack", "subscribe project:42: ok");
+
+  // With echo (checked by default) the page's own socket receives it: a row with `seq`.
+  await page.getByLabel("Client event payload (JSON)").fill('{"text": "from-the-socket"}');
+  await page.getByRole("button", { name: "Publish over the socket" }).click();
+  await shows(page, "#client-publish-result", "published chat.message to project:42");
+  const row = page.locator("#events tbody tr").filter({ hasText: "from-the-socket" });
+  await row.waitFor({ timeout: WAIT_MS });
+  const cells = await row.locator("td").allTextContents();
+  assert.equal(cells[1], "chat.message");
+  assert.equal(cells[2], "project:42");
+  assert.match(cells[3], /^\d+$/);
+
+  await page.getByLabel("Event name").fill("deploy.done");
+  await page.getByRole("button", { name: "Publish over the socket" }).click();
+  await shows(page, "#client-publish-result", "event_not_allowed");
+  await page.getByLabel("Event name").fill("chat.message");
+  await page.getByLabel("Room to publish into").fill("project:7");
+  await page.getByRole("button", { name: "Publish over the socket" }).click();
+  await shows(page, "#client-publish-result", "forbidden");
+  assert.deepEqual(page.consoleErrors, [], "no script errors");
 });
 
 test("the debug page shows a refused handshake's code, and the /ws namespace works", async () => {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { isDeepStrictEqual } from "node:util";
 
 import { startServer, eventually, http, stats, API_KEY } from "./helpers.js";
-import { startRedis } from "./redis.js";
+import { startRedis } from "../../harness/js/index.mjs";
 
 export const NODE_TTL_SECS = 3;
 export const PRESENCE_GRACE_SECS = 1;

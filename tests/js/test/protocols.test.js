@@ -242,7 +242,11 @@ describe('socket.io-msgpack-parser against [server] parser = "msgpack"', () => {
       if (transport === "websocket") {
         assert.deepEqual(seen, [{ name: "disconnect", reason: "transport close" }]);
       } else {
-        assert.deepEqual(seen[0], { name: "connect_error", message: "xhr poll error", status: 400 });
+        // The session ends at the undecodable CONNECT: the POST carrying it and the pending
+        // poll are both answered 400, and either answer may reach the client first.
+        assert.equal(seen[0].name, "connect_error", JSON.stringify(seen));
+        assert.ok(["xhr poll error", "xhr post error"].includes(seen[0].message), JSON.stringify(seen));
+        assert.equal(seen[0].status, 400);
         assert.ok(!seen.some((e) => e.name === "connect" || e.name === "connection.established"), JSON.stringify(seen));
       }
     });

@@ -21,6 +21,7 @@ import os from "node:os";
 import path from "node:path";
 
 import { REPO_ROOT, ROOMCAST_BIN, eventually, freePort, trackChild } from "../lib/helpers.js";
+import { startServer } from "../../harness/js/index.mjs";
 
 const DOCS = ["README.md", "WEBSOCKET_API.md"];
 const DEV_KEY = "roomcast-dev-key";
@@ -29,6 +30,9 @@ const SKIP = {
   'socket.on("auth.expiring"': "a fragment: needs an existing socket and the app's getFreshToken",
   "const cursors = {}; // room -> {epoch, seq}": "a recipe: needs the app's url, currentToken, handle and refetch",
   'import parser from "socket.io-msgpack-parser";': 'needs a server with [server] parser = "msgpack"; test/protocols.test.js runs the same client',
+  "function roomcastSigned(": "a backend's signature check, not a client: clients/js/test/rpc.test.js checks the server's calls with it",
+  'socket.on("typing.start", (e) => showTyping(e.from.user_id));':
+    "a fragment: needs an existing socket, a server with [client_events] and the app's show/showTyping; test/client_events.test.js runs the same commands",
 };
 const RUN_DEADLINE_MS = 30_000;
 
@@ -79,17 +83,17 @@ before(async () => {
   url = `http://127.0.0.1:${port}`;
   const config = path.join(REPO_ROOT, "config.toml");
   token = execFileSync(ROOMCAST_BIN, ["token", "--config", config, "--sub", "alice", "--projects", "42"], { encoding: "utf8" }).trim();
-  server = trackChild(
-    spawn(ROOMCAST_BIN, ["serve", "--config", config], {
-      env: { ...process.env, ROOMCAST_SERVER__BIND: `127.0.0.1:${port}`, RUST_LOG: "warn" },
-      stdio: "ignore",
-    }),
-  );
-  await eventually(async () => (await fetch(`${url}/health`).catch(() => null))?.ok, { timeout: 20_000, what: "server up" });
+  server = await startServer({
+    configFile: config,
+    // Its own storage directory: the shipped `[storage] path = "data"` may be in use.
+    env: { ROOMCAST_SERVER__BIND: `127.0.0.1:${port}`, RUST_LOG: "warn", ROOMCAST_STORAGE__PATH: path.join(tmp, "storage") },
+    listenPort: port,
+    waitFor: "health",
+  });
 });
 
-after(() => {
-  server?.kill("SIGKILL");
+after(async () => {
+  await server?.stop();
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 

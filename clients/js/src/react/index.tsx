@@ -1,5 +1,6 @@
 import {
   createContext,
+  useCallback,
   useContext,
   useEffect,
   useRef,
@@ -10,7 +11,7 @@ import {
 
 import type { ClientEventMap, ConnectionState, RoomcastClient } from "../client.js";
 import type { RoomcastError } from "../errors.js";
-import type { Envelope, EventType } from "../types.js";
+import type { CustomEnvelope, Envelope, EventType, PublishAck, PublishOptions } from "../types.js";
 
 const RoomcastContext = createContext<RoomcastClient | null>(null);
 
@@ -100,4 +101,99 @@ export function useEvent<K extends keyof ClientEventMap>(type: K, handler: (arg:
   const handlerRef = useRef(handler);
   handlerRef.current = handler;
   useEffect(() => client.on(type, (arg) => handlerRef.current(arg)), [client, type]);
+}
+
+/**
+ * A stable function publishing client events into `room` (WEBSOCKET_API.md 4.3b); it
+ * resolves with the ack and rejects with a RoomcastError. The component still needs to be
+ * in the room (`useRoom`).
+ */
+export function usePublish(room: string): (event: string, data?: unknown, opts?: PublishOptions) => Promise<PublishAck> {
+  const client = useRoomcast();
+  return useCallback(
+    (event: string, data?: unknown, opts?: PublishOptions) => client.publish(room, event, data ?? null, opts),
+    [client, room],
+  );
+}
+
+export interface TypingOptions {
+  /** After this long without a keystroke the user stops typing (default 3000 ms). */
+  idleMs?: number;
+}
+
+export interface Typing {
+  /** The other users typing in the room now (user ids, sorted). */
+  others: string[];
+  /** Call on every keystroke: sends `typing.start` at most once per `idleMs / 2`. */
+  typing: () => void;
+  /** Call when the message is sent: sends `typing.stop` at once. */
+  stop: () => void;
+}
+
+/**
+ * Typing indicators over volatile client events (`typing.start` / `typing.stop`: never
+ * numbered, never replayed), which `[client_events]` must allow (`events = ["typing.*"]`).
+ * Subscribes to `room` while mounted. A user whose `typing.stop` never came (a closed tab)
+ * is dropped after `2 * idleMs`.
+ */
+export function useTyping(room: string, { idleMs = 3000 }: TypingOptions = {}): Typing {
+  const client = useRoomcast();
+  const [others, setOthers] = useState<string[]>([]);
+  const sent = useRef({ at: 0, timer: undefined as ReturnType<typeof setTimeout> | undefined });
+
+  useEffect(() => {
+    const { release } = client.retain(room);
+    const expiry = new Map<string, ReturnType<typeof setTimeout>>();
+    const show = () => setOthers([...expiry.keys()].sort());
+    const drop = (user: string) => {
+      clearTimeout(expiry.get(user));
+      if (expiry.delete(user)) show();
+    };
+    const off = client.on("*", (env: Envelope | CustomEnvelope) => {
+      const user = env.from?.user_id;
+      if (env.room !== room || !user || user === client.info?.user_id) return;
+      if (env.type === "typing.start") {
+        clearTimeout(expiry.get(user));
+        expiry.set(
+          user,
+          setTimeout(() => drop(user), 2 * idleMs),
+        );
+        show();
+      } else if (env.type === "typing.stop") {
+        drop(user);
+      }
+    });
+    return () => {
+      off();
+      release();
+      for (const timer of expiry.values()) clearTimeout(timer);
+      clearTimeout(sent.current.timer);
+    };
+  }, [client, room, idleMs]);
+
+  const send = useCallback(
+    (event: "typing.start" | "typing.stop") => {
+      // Typing is best effort: a refused or lost indicator is not worth an error.
+      client.publish(room, event, {}, { volatile: true }).catch(() => undefined);
+    },
+    [client, room],
+  );
+  const stop = useCallback(() => {
+    clearTimeout(sent.current.timer);
+    sent.current.timer = undefined;
+    if (sent.current.at === 0) return;
+    sent.current.at = 0;
+    send("typing.stop");
+  }, [send]);
+  const typing = useCallback(() => {
+    const now = Date.now();
+    if (now - sent.current.at >= idleMs / 2) {
+      sent.current.at = now;
+      send("typing.start");
+    }
+    clearTimeout(sent.current.timer);
+    sent.current.timer = setTimeout(stop, idleMs);
+  }, [send, stop, idleMs]);
+
+  return { others, typing, stop };
 }

@@ -48,6 +48,7 @@ from .models import (
     HistoryReply,
     Pong,
     PresenceReply,
+    PublishAck,
     RefreshReply,
     RoomLost,
     ServerShutdown,
@@ -416,6 +417,31 @@ class RoomcastClient:
         """Kept events of a subscribed room with `seq > since_seq`, oldest first."""
         ack = await self._command("history", {"room": room, "since_seq": since_seq, "limit": limit})
         return HistoryReply.model_validate(ack)
+
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Calls your backend through the socket (the server's `[rpc]`, WEBSOCKET_API.md
+        4.3c) and returns its JSON answer. Raises `RoomcastError`: `rpc_failed` (with
+        `status`, the backend's HTTP status), `rpc_timeout`, `rpc_unavailable`,
+        `invalid_payload`, `payload_too_large`, `rate_limited`, or `timeout` (no ack within
+        `ack_timeout`: keep it above the server's `rpc.timeout_ms`). Sent once, never
+        retried."""
+        ack = await self._command("rpc", {"method": method, "data": data})
+        return ack.get("result")
+
+    async def publish(self, room: str, event: str, data: Any = None, *,
+                      volatile: bool = False, echo: bool = False) -> PublishAck:
+        """Publishes a client event into `room` (subscribed; `[client_events]` and the token
+        must allow it, WEBSOCKET_API.md 4.3b). Returns the ack (`id`, and `seq` unless
+        `volatile`); raises RoomcastError with the server's code (`forbidden`,
+        `not_subscribed`, `event_not_allowed`, `payload_too_large`, `invalid_payload` with
+        `field`, `rate_limited`). The others in the room receive it with `from` set; this
+        client too only with `echo`."""
+        payload: Dict[str, Any] = {"room": room, "event": event, "data": data}
+        if volatile:
+            payload["volatile"] = True
+        if echo:
+            payload["echo"] = True
+        return PublishAck.model_validate(await self._command("publish", payload))
 
     async def refresh(self, token: Optional[str] = None) -> RefreshReply:
         """Sends `auth.refresh` with `token`, or one from `get_token`. Rooms the new token no

@@ -182,6 +182,13 @@ class RoomPosition(Model):
     epoch: str
 
 
+class Sender(Model):
+    """The user and socket a client event came from (the envelope's `from`)."""
+
+    user_id: str
+    sid: str
+
+
 class Envelope(Model, Generic[DataT]):
     """What every event arrives in. `data` is the typed payload (custom events: any JSON)."""
 
@@ -196,6 +203,9 @@ class Envelope(Model, Generic[DataT]):
     epoch: Optional[str] = None
     #: The event's place in its other rooms (an agent event with a project_id).
     also: Optional[List[RoomPosition]] = None
+    #: Who published a client event (`publish`); set by the server, `None` for server events.
+    #: On the wire it is `from`.
+    from_: Optional[Sender] = Field(default=None, alias="from")
     data: DataT
 
     def positions(self) -> List[RoomPosition]:
@@ -277,6 +287,14 @@ class RefreshReply(Model):
 class PresenceUser(Model):
     user_id: str
     connections: int
+
+
+class PublishAck(Model):
+    """A successful `publish`: the event's id, and its `seq` in the room unless volatile."""
+
+    ok: bool
+    id: str
+    seq: Optional[int] = None
 
 
 class PresenceReply(Model):

@@ -2,13 +2,19 @@
 //! and `presence.left` events, and the numbers behind stats and the presence endpoint.
 //!
 //! Socket handlers record changes synchronously into this node's [`Presence`] and queue
-//! them; one worker task applies the queue, in order, to a [`PresenceStore`] (in memory
-//! for a single node, Redis for a cluster), which answers atomically whether a change was
+//! them; one worker task applies the queue, in order, to a [`PresenceStore`] ([`memory`]
+//! for a single node, [`redis`] for a cluster), which answers atomically whether a change was
 //! a user's first join or last leave. A last leave only becomes `presence.left` after the
 //! grace period, and only if the user has not come back meanwhile.
 //!
 //! Which counted rooms a socket is in is kept here too, in its [`Share`], not read back
 //! from the adapter when it leaves: see [`Share`].
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Identity;
 use crate::broadcaster::EventBroadcaster;
+use crate::hooks_out::{HookEvent, HookKind, Webhooks};
 use crate::rooms::{Id, RoomName, Tenant};
 
 /// The store key that counts connections per `tenant/user` (not a room: rooms never start
@@ -44,6 +51,24 @@ pub enum Transition {
     Rejoined,
 }
 
+/// What a change did to the room's user count, cluster-wide (reported only for announced
+/// changes: counted rooms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occupancy {
+    Unchanged,
+    /// From no user to one: `room.occupied`.
+    Occupied,
+    /// From one user to none: `room.vacated`.
+    Vacated,
+}
+
+/// A change's answer: the user's transition and the room's, from one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub user: Transition,
+    pub room: Occupancy,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("presence store: {0}")]
 pub struct StoreError(pub String);
@@ -56,7 +81,7 @@ pub trait PresenceStore: Send + Sync + 'static {
         field: &'a str,
         delta: i64,
         announce: bool,
-    ) -> BoxFuture<'a, Result<Transition, StoreError>>;
+    ) -> BoxFuture<'a, Result<Changed, StoreError>>;
     /// True when the user is still gone and `token` is still the pending leave.
     fn confirm_left<'a>(
         &'a self,
@@ -93,7 +118,7 @@ struct Inner {
     tx: mpsc::UnboundedSender<Op>,
 }
 
-/// The receiving end, turned into the worker by [`Presence::start`].
+/// The receiving end, turned into the worker by [`flush`].
 pub struct PresenceQueue(mpsc::UnboundedReceiver<Op>);
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -115,12 +140,6 @@ impl Presence {
             },
             PresenceQueue(rx),
         )
-    }
-
-    /// Spawns the worker that applies queued changes to the store and announces
-    /// transitions.
-    pub fn start(queue: PresenceQueue, announcer: Announcer) {
-        tokio::spawn(run(queue.0, announcer));
     }
 
     fn record(
@@ -153,13 +172,14 @@ impl Presence {
     }
 
     /// The socket with `share` is gone: every counted room it was in is left and its user
-    /// counts one connection less. Only the first call for a share counts.
-    pub fn disconnected(&self, share: &Share, who: &Identity) {
+    /// counts one connection less. Only the first call for a share counts (and answers true).
+    pub fn disconnected(&self, share: &Share, who: &Identity) -> bool {
         let Some(rooms) = share.close() else {
-            return;
+            return false;
         };
         self.rooms_changed(who, &rooms, -1);
         self.record(USERS_KEY.into(), user_field(who), -1, None);
+        true
     }
 
     /// The socket with `share` joined `rooms`; those it was not counted in yet count now.
@@ -318,7 +338,9 @@ pub async fn members(
     Ok(members)
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Op>, announcer: Announcer) {
+/// The worker: applies queued changes to the store in order and announces transitions.
+pub async fn flush(queue: PresenceQueue, announcer: Announcer) {
+    let mut rx = queue.0;
     while let Some(op) = rx.recv().await {
         match op {
             Op::Change {
@@ -334,13 +356,28 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Op>, announcer: Announcer) {
                 let Some((tenant, room, user)) = announce else {
                     continue;
                 };
-                match result {
-                    Ok(Transition::Joined) => announcer.joined(&tenant, &room, &user).await,
-                    Ok(Transition::Leaving(token)) => {
-                        announcer.schedule_left(tenant, room, user, token).await;
+                let changed = match result {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        tracing::debug!("presence change not stored: {e}");
+                        continue;
                     }
-                    Ok(Transition::Unchanged | Transition::Rejoined) => {}
-                    Err(e) => tracing::debug!("presence change not stored: {e}"),
+                };
+                // The room first: `room.occupied` comes before the first `presence.joined`.
+                if changed.room == Occupancy::Occupied {
+                    announcer.room_changed(HookKind::RoomOccupied, &tenant, &room, &user);
+                }
+                match changed.user {
+                    Transition::Joined => announcer.joined(&tenant, &room, &user).await,
+                    Transition::Leaving(token) => {
+                        announcer
+                            .schedule_left(tenant.clone(), room.clone(), user.clone(), token)
+                            .await;
+                    }
+                    Transition::Unchanged | Transition::Rejoined => {}
+                }
+                if changed.room == Occupancy::Vacated {
+                    announcer.room_changed(HookKind::RoomVacated, &tenant, &room, &user);
                 }
             }
             Op::Resync(entries) => {
@@ -361,14 +398,20 @@ pub struct Announcer {
     pub grace: Duration,
     /// Rooms with more users announce nothing: every join would go to every member, which
     /// grows with the square of the room (a room of 5,000 filling up sends 12.5 M notices).
+    /// Outbound webhooks are not limited by it: one notice per change goes to a backend.
     pub max_users: u64,
+    /// Outbound webhooks: `presence.*` and `room.*` for backends.
+    pub hooks: Webhooks,
 }
 
 impl Announcer {
     /// After the grace period, announces `presence.left` if the user is still gone. Whether
     /// the room is small enough is judged now, with the user counted, like the join was.
+    /// The webhook `presence.left` is sent in any room, once confirmed.
     pub async fn schedule_left(&self, tenant: Tenant, room: RoomName, user: Id, token: String) {
-        if !self.small_enough(&tenant, &room, 1).await {
+        let announce = self.small_enough(&tenant, &room, 1).await;
+        let hook = self.hooks.wants(HookKind::PresenceLeft);
+        if !announce && !hook {
             return;
         }
         let this = self.clone();
@@ -376,14 +419,41 @@ impl Announcer {
             tokio::time::sleep(this.grace).await;
             let key = room.scoped(&tenant);
             match this.store.confirm_left(&key, user.as_str(), &token).await {
-                Ok(true) => this.publish(&tenant, &room, &user, "presence.left").await,
+                Ok(true) => {
+                    if hook {
+                        this.hooks.notify(HookEvent::presence(
+                            HookKind::PresenceLeft,
+                            &tenant,
+                            &room,
+                            &user,
+                        ));
+                    }
+                    if announce {
+                        this.publish(&tenant, &room, &user, "presence.left").await;
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => tracing::debug!("presence.left not confirmed: {e}"),
             }
         });
     }
 
+    /// `room.occupied` / `room.vacated` for the webhooks (no socket event).
+    pub fn room_changed(&self, kind: HookKind, tenant: &Tenant, room: &RoomName, user: &Id) {
+        if self.hooks.wants(kind) {
+            self.hooks.notify(HookEvent::room(kind, tenant, room, user));
+        }
+    }
+
     async fn joined(&self, tenant: &Tenant, room: &RoomName, user: &Id) {
+        if self.hooks.wants(HookKind::PresenceJoined) {
+            self.hooks.notify(HookEvent::presence(
+                HookKind::PresenceJoined,
+                tenant,
+                room,
+                user,
+            ));
+        }
         if self.small_enough(tenant, room, 0).await {
             self.publish(tenant, room, user, "presence.joined").await;
         }
@@ -416,118 +486,6 @@ impl Announcer {
     }
 }
 
-/// The single-node store: counts in memory.
-#[derive(Default)]
-pub struct MemoryStore {
-    state: Mutex<MemoryState>,
-}
-
-#[derive(Default)]
-struct MemoryState {
-    counts: HashMap<String, HashMap<String, i64>>,
-    leaving: HashMap<(String, String), String>,
-    next_token: u64,
-}
-
-impl PresenceStore for MemoryStore {
-    fn change<'a>(
-        &'a self,
-        key: &'a str,
-        field: &'a str,
-        delta: i64,
-        announce: bool,
-    ) -> BoxFuture<'a, Result<Transition, StoreError>> {
-        let result = (|| {
-            let mut s = self.state.lock().map_err(|e| StoreError(e.to_string()))?;
-            let room = s.counts.entry(key.to_owned()).or_default();
-            let n = room.entry(field.to_owned()).or_default();
-            *n += delta;
-            let n = *n;
-            if n <= 0 {
-                room.remove(field);
-                if room.is_empty() {
-                    s.counts.remove(key);
-                }
-                if announce {
-                    s.next_token += 1;
-                    let token = s.next_token.to_string();
-                    s.leaving
-                        .insert((key.to_owned(), field.to_owned()), token.clone());
-                    return Ok(Transition::Leaving(token));
-                }
-            } else if announce && n == delta {
-                let back = s.leaving.remove(&(key.to_owned(), field.to_owned()));
-                return Ok(if back.is_some() {
-                    Transition::Rejoined
-                } else {
-                    Transition::Joined
-                });
-            }
-            Ok(Transition::Unchanged)
-        })();
-        Box::pin(std::future::ready(result))
-    }
-
-    fn confirm_left<'a>(
-        &'a self,
-        key: &'a str,
-        field: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let result = self
-            .state
-            .lock()
-            .map_err(|e| StoreError(e.to_string()))
-            .map(|mut s| {
-                let k = (key.to_owned(), field.to_owned());
-                if s.leaving.get(&k).map(String::as_str) != Some(token) {
-                    return false;
-                }
-                s.leaving.remove(&k);
-                !s.counts.get(key).is_some_and(|r| r.contains_key(field))
-            });
-        Box::pin(std::future::ready(result))
-    }
-
-    fn members<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
-        let result = self
-            .state
-            .lock()
-            .map_err(|e| StoreError(e.to_string()))
-            .map(|s| {
-                s.counts
-                    .get(key)
-                    .map(|r| {
-                        r.iter()
-                            .map(|(u, n)| (u.clone(), (*n).max(0) as u64))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            });
-        Box::pin(std::future::ready(result))
-    }
-
-    fn count<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let result = self
-            .state
-            .lock()
-            .map_err(|e| StoreError(e.to_string()))
-            .map(|s| s.counts.get(key).map_or(0, |r| r.len() as u64));
-        Box::pin(std::future::ready(result))
-    }
-
-    fn resync(
-        &self,
-        _entries: Vec<(String, String, i64)>,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        // The memory store is never lost while the node runs.
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,37 +507,5 @@ mod tests {
         assert_eq!(share.add([&p1]), None);
         assert_eq!(share.remove([&p1]), Vec::<RoomName>::new());
         assert_eq!(share.close(), None);
-    }
-
-    #[tokio::test]
-    async fn first_join_last_leave_and_rejoin() {
-        let s = MemoryStore::default();
-        assert_eq!(
-            s.change("t/project:1", "u", 1, true).await.unwrap(),
-            Transition::Joined
-        );
-        assert_eq!(
-            s.change("t/project:1", "u", 1, true).await.unwrap(),
-            Transition::Unchanged
-        );
-        assert_eq!(
-            s.change("t/project:1", "u", -1, true).await.unwrap(),
-            Transition::Unchanged
-        );
-        let Transition::Leaving(token) = s.change("t/project:1", "u", -1, true).await.unwrap()
-        else {
-            panic!("expected leaving")
-        };
-        assert_eq!(
-            s.change("t/project:1", "u", 1, true).await.unwrap(),
-            Transition::Rejoined
-        );
-        assert!(!s.confirm_left("t/project:1", "u", &token).await.unwrap());
-        let Transition::Leaving(token) = s.change("t/project:1", "u", -1, true).await.unwrap()
-        else {
-            panic!("expected leaving")
-        };
-        assert!(s.confirm_left("t/project:1", "u", &token).await.unwrap());
-        assert!(s.members("t/project:1").await.unwrap().is_empty());
     }
 }

@@ -13,18 +13,19 @@
 
 use std::time::Duration;
 
-use super::conn::RedisConn;
 use futures_util::future::BoxFuture;
 use redis::Script;
 
-use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
-use crate::presence::{PresenceStore, StoreError, Transition};
+use super::{Changed, Occupancy, PresenceStore, StoreError, Transition};
+use crate::redis_conn::RedisConn;
 
 const SEP: char = '\x1f';
 
 /// KEYS: presence hash, node hash, leaving marker.
 /// ARGV: field, delta, node field, marker ttl ms, token, announce (1/0).
-/// Returns 0 unchanged, 1 joined, 2 leaving, 3 rejoined.
+/// Returns the user's code (0 unchanged, 1 joined, 2 leaving, 3 rejoined) plus 4 when the
+/// room's user count went from 0 to 1, or 8 when it went from 1 to 0 (announced changes
+/// only): the room's transition is decided in the same atomic step as the user's.
 const CHANGE: &str = r#"
 local delta = tonumber(ARGV[2])
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
@@ -34,13 +35,16 @@ if n <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if ARGV[6] == '1' then
     redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
+    if n - delta > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return 2 + 8 end
     return 2
   end
   return 0
 end
 if ARGV[6] == '1' and delta > 0 and n == delta then
-  if redis.call('DEL', KEYS[3]) == 1 then return 3 end
-  return 1
+  local room = 0
+  if redis.call('HLEN', KEYS[1]) == 1 then room = 4 end
+  if redis.call('DEL', KEYS[3]) == 1 then return 3 + room end
+  return 1 + room
 end
 return 0
 "#;
@@ -55,10 +59,12 @@ return 1
 
 /// Takes a node's whole share back out. KEYS: node hash.
 /// ARGV: presence key prefix, leaving key prefix, marker ttl ms, token, announce (1/0).
-/// Returns the `<key>\x1f<field>` entries whose count reached zero in announced rooms.
+/// Returns two lists of `<key>\x1f<field>` entries: those whose count reached zero in
+/// announced rooms, and (announcing) those whose leave emptied their room.
 const REAP: &str = r#"
 local entries = redis.call('HGETALL', KEYS[1])
 local zeroed = {}
+local vacated = {}
 for i = 1, #entries, 2 do
   local sep = string.find(entries[i], '\31', 1, true)
   if sep then
@@ -70,12 +76,15 @@ for i = 1, #entries, 2 do
       if ARGV[5] == '1' and string.sub(key, 1, 1) ~= '*' then
         redis.call('SET', ARGV[2] .. entries[i], ARGV[4], 'PX', ARGV[3])
         table.insert(zeroed, entries[i])
+        if n + tonumber(entries[i + 1]) > 0 and redis.call('EXISTS', ARGV[1] .. key) == 0 then
+          table.insert(vacated, entries[i])
+        end
       end
     end
   end
 end
 redis.call('DEL', KEYS[1])
-return zeroed
+return {zeroed, vacated}
 "#;
 
 pub struct RedisStore {
@@ -123,15 +132,11 @@ impl RedisStore {
         self.grace.as_millis() as u64 * 2 + 10_000
     }
 
-    /// Takes `node`'s share out of every count. With `announce`, returns the `(key, field,
-    /// token)` of users whose last connection that was, each now pending `presence.left`.
-    pub async fn reap(
-        &self,
-        node: &str,
-        announce: bool,
-    ) -> Result<Vec<(String, String, String)>, StoreError> {
+    /// Takes `node`'s share out of every count. With `announce`, returns the users whose
+    /// last connection that was (each now pending `presence.left`) and the rooms it emptied.
+    pub async fn reap(&self, node: &str, announce: bool) -> Result<Reaped, StoreError> {
         let token = format!("reap:{node}");
-        let zeroed: Vec<String> = self
+        let (zeroed, vacated): (Vec<String>, Vec<String>) = self
             .reap
             .key(self.node_key(node))
             .arg(format!("{}:presence:", self.prefix))
@@ -142,14 +147,25 @@ impl RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(err)?;
-        Ok(zeroed
-            .into_iter()
-            .filter_map(|e| {
-                let (k, f) = e.split_once(SEP)?;
-                Some((k.to_owned(), f.to_owned(), token.clone()))
-            })
-            .collect())
+        let split = |e: &String| e.split_once(SEP).map(|(k, f)| (k.to_owned(), f.to_owned()));
+        Ok(Reaped {
+            leaving: zeroed
+                .iter()
+                .filter_map(split)
+                .map(|(k, f)| (k, f, token.clone()))
+                .collect(),
+            vacated: vacated.iter().filter_map(split).collect(),
+        })
     }
+}
+
+/// What reaping a node's presence changed cluster-wide.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// `(key, field, token)`: users whose last connection it was, pending `presence.left`.
+    pub leaving: Vec<(String, String, String)>,
+    /// `(key, field)`: rooms it emptied (`room.vacated`), with the last user reaped.
+    pub vacated: Vec<(String, String)>,
 }
 
 impl PresenceStore for RedisStore {
@@ -159,7 +175,7 @@ impl PresenceStore for RedisStore {
         field: &'a str,
         delta: i64,
         announce: bool,
-    ) -> BoxFuture<'a, Result<Transition, StoreError>> {
+    ) -> BoxFuture<'a, Result<Changed, StoreError>> {
         Box::pin(async move {
             let token = format!("{}:{:016x}", self.node_id, rand::random::<u64>());
             let code: i64 = self
@@ -176,12 +192,18 @@ impl PresenceStore for RedisStore {
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(err)?;
-            Ok(match code {
+            let user = match code % 4 {
                 1 => Transition::Joined,
                 2 => Transition::Leaving(token),
                 3 => Transition::Rejoined,
                 _ => Transition::Unchanged,
-            })
+            };
+            let room = match code / 4 {
+                1 => Occupancy::Occupied,
+                2 => Occupancy::Vacated,
+                _ => Occupancy::Unchanged,
+            };
+            Ok(Changed { user, room })
         })
     }
 
@@ -240,90 +262,6 @@ impl PresenceStore for RedisStore {
                 self.change(&key, &field, n, false).await?;
             }
             Ok(())
-        })
-    }
-}
-
-/// Idempotency keys shared by every node: `p:idem:<key>` holds `pending` while the first
-/// request publishes, then its answer, for the window.
-pub struct RedisIdempotency {
-    conn: RedisConn,
-    prefix: String,
-    window_ms: u64,
-}
-
-impl RedisIdempotency {
-    pub fn new(conn: RedisConn, prefix: &str, window: Duration) -> Self {
-        Self {
-            conn,
-            prefix: prefix.to_owned(),
-            window_ms: window.as_millis().max(1) as u64,
-        }
-    }
-
-    fn key(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.prefix)
-    }
-}
-
-const PENDING: &str = "\u{0}pending";
-
-fn idem_err(e: redis::RedisError) -> IdempotencyError {
-    IdempotencyError(e.to_string())
-}
-
-impl IdempotencyStore for RedisIdempotency {
-    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, IdempotencyError>> {
-        Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(PENDING)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.window_ms)
-                .query_async(&mut conn)
-                .await
-                .map_err(idem_err)?;
-            if set.is_some() {
-                return Ok(Claim::New);
-            }
-            let current: Option<String> = redis::cmd("GET")
-                .arg(self.key(key))
-                .query_async(&mut conn)
-                .await
-                .map_err(idem_err)?;
-            Ok(match current {
-                Some(answer) if answer != PENDING => Claim::Done(answer),
-                _ => Claim::Pending,
-            })
-        })
-    }
-
-    fn finish<'a>(
-        &'a self,
-        key: &'a str,
-        answer: &'a str,
-    ) -> BoxFuture<'a, Result<(), IdempotencyError>> {
-        Box::pin(async move {
-            redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(answer)
-                .arg("PX")
-                .arg(self.window_ms)
-                .query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(idem_err)
-        })
-    }
-
-    fn abandon<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), IdempotencyError>> {
-        Box::pin(async move {
-            redis::cmd("DEL")
-                .arg(self.key(key))
-                .query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(idem_err)
         })
     }
 }

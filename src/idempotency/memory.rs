@@ -1,6 +1,4 @@
-//! Idempotent publishing: a publish carrying an idempotency key (`Idempotency-Key`, or
-//! GitHub's `X-GitHub-Delivery`) is done once per key within the window; a retry gets the
-//! first answer and delivers nothing again. Cluster-wide in cluster mode (Redis `SET NX`).
+//! The single-node store: keys in memory, forgotten after the window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -8,30 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-/// What the store knows of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// First use: the caller publishes, then calls `finish` (or `abandon` on failure).
-    New,
-    /// Already published: the stored answer (JSON of [`crate::Published`]).
-    Done(String),
-    /// Another request with this key is publishing right now.
-    Pending,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("idempotency store: {0}")]
-pub struct IdempotencyError(pub String);
-
-pub trait IdempotencyStore: Send + Sync + 'static {
-    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, IdempotencyError>>;
-    fn finish<'a>(
-        &'a self,
-        key: &'a str,
-        answer: &'a str,
-    ) -> BoxFuture<'a, Result<(), IdempotencyError>>;
-    fn abandon<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), IdempotencyError>>;
-}
+use super::{Claim, IdempotencyError, IdempotencyStore};
 
 /// The single-node store: keys in memory, forgotten after the window.
 pub struct MemoryIdempotency {
@@ -53,6 +28,15 @@ impl MemoryIdempotency {
             window,
             state: Mutex::default(),
         }
+    }
+
+    /// Puts back an answer given at `at` (read from disk at start): oldest first, so the
+    /// keys are forgotten in order.
+    pub(crate) fn restore(&self, key: String, at: Instant, answer: String) {
+        let _ = self.with(|s| {
+            s.order.push_back((at, key.clone()));
+            s.answers.insert(key, (at, Some(answer)));
+        });
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> Result<T, IdempotencyError> {

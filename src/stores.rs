@@ -1,0 +1,144 @@
+//! Where a node keeps what outlives a request: room history, idempotency answers and
+//! presence. The backend is chosen here, once, from the config:
+//! - memory: a single node without `[storage] path` (lost on restart);
+//! - disk: a single node with `[storage] path`: history (room epochs, `seq`s, the events
+//!   within retention) and idempotency answers in one redb file, `<path>/roomcast.redb`,
+//!   each kept event and answer committed (fsynced) before the publish is answered;
+//! - Redis: cluster mode (`cluster.redis_url`), shared by every node; `[storage]` is not
+//!   used then (a warning says so at start).
+//!
+//! Presence is in memory on a single node either way: it describes live sockets, which a
+//! restart ends.
+//!
+//! Why redb for the disk: one file, pure Rust, ACID write transactions whose commit is
+//! durable (fsynced) by default, so "a `202` means the event is on disk" is one commit per
+//! publish with nothing to tune, and no background compaction or journal thread. An LSM
+//! store such as fjall writes faster under heavy load but makes durability a separate
+//! journal-sync decision (per write or on a timer) and needs more moving parts for what is
+//! here three small tables. At one small event per publish the cost is the fsync, which
+//! any durable store pays (measured in BENCHMARKS.md, "Storage on disk").
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use socketioxide_redis::drivers::MessageStream;
+
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::delivery::Deliver;
+use crate::history::{DiskHistory, History, HistoryStore, RedisHistory};
+use crate::idempotency::{DiskIdempotency, IdempotencyStore, MemoryIdempotency, RedisIdempotency};
+use crate::metrics::Counters;
+use crate::presence::{MemoryStore, PresenceStore};
+use crate::workers::Workers;
+
+/// The file inside `[storage] path`.
+pub const FILE: &str = "roomcast.redb";
+
+/// The stores of a node.
+pub struct Stores {
+    pub history: HistoryStore,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub presence: Arc<dyn PresenceStore>,
+    /// The history's background work, started by [`Self::start`].
+    worker: Option<Worker>,
+}
+
+enum Worker {
+    /// Drops expired events and idle rooms of the local logs.
+    Sweeper(Arc<History>),
+    /// Delivers the events Redis numbered, in `seq` order, to this node's sockets.
+    Numbered(Arc<RedisHistory>, MessageStream<(String, Vec<u8>)>),
+}
+
+impl Stores {
+    /// Opens the stores `config` names (`cluster` is the node's cluster in cluster mode).
+    pub fn open(config: &Config, cluster: Option<&Cluster>) -> anyhow::Result<Self> {
+        let window = Duration::from_secs(config.publish.idempotency_window_secs);
+        if let Some(cluster) = cluster {
+            if let Some(path) = &config.storage.path {
+                tracing::warn!(
+                    path = %path.display(),
+                    "storage.path is not used in cluster mode: history and idempotency keys are kept in Redis"
+                );
+            }
+            let history = Arc::new(cluster.history(config.history.clone()));
+            let (conn, prefix) = cluster.redis();
+            let numbered = cluster.numbered_events(&history);
+            return Ok(Self {
+                history: HistoryStore::Redis(history.clone()),
+                idempotency: Arc::new(RedisIdempotency::new(conn, prefix, window)),
+                presence: cluster.store.clone(),
+                worker: Some(Worker::Numbered(history, numbered)),
+            });
+        }
+        let (history, idempotency): (History, Arc<dyn IdempotencyStore>) =
+            match &config.storage.path {
+                None => (
+                    History::new(config.history.clone()),
+                    Arc::new(MemoryIdempotency::new(window)),
+                ),
+                Some(path) => {
+                    let db = open_database(path)?;
+                    let history =
+                        History::open(config.history.clone(), DiskHistory::new(db.clone()))
+                            .with_context(|| {
+                                format!("storage.path {}: reading history", path.display())
+                            })?;
+                    let idempotency = DiskIdempotency::open(db, window).with_context(|| {
+                        format!("storage.path {}: reading idempotency keys", path.display())
+                    })?;
+                    tracing::info!(
+                        file = %path.join(FILE).display(),
+                        "history and idempotency keys are kept on disk"
+                    );
+                    (history, Arc::new(idempotency))
+                }
+            };
+        let history = Arc::new(history);
+        Ok(Self {
+            history: HistoryStore::Local(history.clone()),
+            idempotency,
+            presence: Arc::new(MemoryStore::default()),
+            worker: Some(Worker::Sweeper(history)),
+        })
+    }
+
+    /// Starts the history's background work (once; later calls do nothing).
+    pub fn start(&mut self, workers: &Workers, io: Arc<dyn Deliver>, counters: Arc<Counters>) {
+        match self.worker.take() {
+            Some(Worker::Sweeper(history)) => {
+                workers.start("history_sweeper", history.run_sweeper());
+            }
+            Some(Worker::Numbered(history, events)) => {
+                workers.start(
+                    "history_delivery",
+                    crate::history::redis::deliver_loop(history, events, io, counters),
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+/// Opens (or creates) `<path>/roomcast.redb`.
+fn open_database(path: &Path) -> anyhow::Result<Arc<redb::Database>> {
+    std::fs::create_dir_all(path).with_context(|| {
+        format!(
+            "storage.path {}: cannot create the directory",
+            path.display()
+        )
+    })?;
+    let file = path.join(FILE);
+    let db = redb::Database::create(&file).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+            "storage.path {}: {} is in use by another roomcast process (each server needs its own storage.path)",
+            path.display(),
+            file.display()
+        ),
+        e => anyhow::anyhow!("storage.path {}: cannot open {}: {e}", path.display(), file.display()),
+    })?;
+    Ok(Arc::new(db))
+}
