@@ -210,11 +210,25 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             let response = ApiError::ServerBusy.into_response();
             return Box::pin(async move { Ok(Tracked::wrap(response, in_flight)) });
         }
+        let has_body = !http_body::Body::is_end_stream(req.body());
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let app = self.app.clone();
         Box::pin(async move {
-            let response = tower::ServiceExt::oneshot(app, req).await?;
+            let mut response = tower::ServiceExt::oneshot(app, req).await?;
+            // A refusal (401, 429, …) is often answered before the body is read; hyper then
+            // closes the connection once the response is written, when the rest of the body
+            // has not arrived yet, without saying so. A keep-alive client that reuses it in
+            // that moment sees its next request fail ("closed without response"). Saying
+            // `Connection: close` makes the client open a new connection instead.
+            if has_body
+                && (response.status().is_client_error() || response.status().is_server_error())
+            {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             Ok(Tracked::wrap(response, in_flight))
         })
     }
