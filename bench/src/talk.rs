@@ -4,7 +4,7 @@
 //! other sockets must receive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,12 @@ pub struct Ledger {
     /// The next publish number: one sequence for every socket, so an inbox's bitset tells
     /// the events of its room apart whoever published them.
     next: AtomicU64,
-    /// Sent, ack not in yet.
+    /// Sent (or about to be), ack not in yet.
     in_flight: AtomicU64,
+    /// Set by [`Ledger::close`]: no publish starts after it.
+    closed: AtomicBool,
+    /// Publishes still without an ack when `close` gave up waiting.
+    unanswered: AtomicU64,
     /// Per room index, the publish numbers the server accepted.
     accepted: Mutex<Vec<Vec<u64>>>,
     /// Refused publishes per error code.
@@ -34,17 +38,23 @@ impl Ledger {
         Arc::new(Self {
             next: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            unanswered: AtomicU64::new(0),
             accepted: Mutex::new(vec![Vec::new(); rooms]),
             refusals: Mutex::default(),
         })
     }
 
-    /// Waits until every publish has its ack, at most `limit`.
-    pub async fn settle(&self, limit: Duration) {
+    /// Ends publishing and waits until every publish has its ack, at most `limit`. A
+    /// socket may not have seen the phase change yet: this, not the phase, decides.
+    pub async fn close(&self, limit: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
         let give_up = Instant::now() + limit;
-        while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < give_up {
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let unanswered = self.in_flight.load(Ordering::SeqCst);
+        self.unanswered.store(unanswered, Ordering::Relaxed);
     }
 
     pub fn published(&self) -> u64 {
@@ -55,10 +65,10 @@ impl Ledger {
         self.accepted.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
-    /// Refusals per code, with the publishes still unanswered as `no_ack`.
+    /// Refusals per code, with the publishes [`Ledger::close`] found unanswered as `no_ack`.
     pub fn refusals(&self) -> BTreeMap<String, u64> {
         let mut refusals = self.refusals.lock().map(|r| r.clone()).unwrap_or_default();
-        let unanswered = self.in_flight.load(Ordering::Relaxed);
+        let unanswered = self.unanswered.load(Ordering::Relaxed);
         if unanswered > 0 {
             refusals.insert("no_ack".into(), unanswered);
         }
@@ -118,14 +128,20 @@ impl Talker {
         tokio::time::sleep_until(at).await;
     }
 
-    /// Publishes the next `bench.chat` into the room.
+    /// Publishes the next `bench.chat` into the room, unless the ledger is closed.
     pub async fn say(&mut self, conn: &mut Conn) -> anyhow::Result<()> {
         let ledger = &self.talk.ledger;
+        // Counted in flight before the check, so that `close` either sees this publish and
+        // waits for its ack, or this sees `closed` and backs out: none slips past both.
+        ledger.in_flight.fetch_add(1, Ordering::SeqCst);
+        if ledger.closed.load(Ordering::SeqCst) {
+            ledger.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Ok(());
+        }
         let n = ledger.next.fetch_add(1, Ordering::Relaxed);
         let command = json!({"room": self.room.1, "event": CHAT, "data": {"t": clock(), "n": n}});
         let id = conn.emit_with_ack("publish", &command).await?;
         self.pending.insert(id, n);
-        ledger.in_flight.fetch_add(1, Ordering::Relaxed);
         // A socket that falls behind (a busy generator) publishes less, never in a burst.
         let now = Instant::now();
         self.next_at = self.next_at.map(|at| (at + self.talk.every).max(now));
@@ -139,7 +155,7 @@ impl Talker {
             return;
         };
         let ledger = &self.talk.ledger;
-        ledger.in_flight.fetch_sub(1, Ordering::Relaxed);
+        ledger.in_flight.fetch_sub(1, Ordering::SeqCst);
         let reply = serde_json::from_str::<Value>(answer).unwrap_or_default();
         if reply[0]["ok"] == true {
             ledger.accept(self.room.0, n);

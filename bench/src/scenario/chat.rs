@@ -50,9 +50,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let delivered = measured(&crowd, &args.common, Duration::from_secs(2), async {
         crowd.shared.phase.send_replace(Phase::Talking);
         tokio::time::sleep(duration).await;
-        crowd.shared.phase.send_replace(Phase::Calm);
         // Acks still on their way say which of the last publishes count.
-        ledger.settle(Duration::from_secs(10)).await;
+        ledger.close(Duration::from_secs(10)).await;
+        crowd.shared.phase.send_replace(Phase::Calm);
         Sent {
             published: ledger.published(),
             failed: ledger.refusals().values().sum(),
