@@ -12,10 +12,12 @@
 #   FLAT_SECS=5                                        fanout flat out, same sockets
 #   ROOMS_SOCKETS=1000 ROOMS=100 ROOMS_RATE=0 ROOMS_SECS=5
 #   STORM_SOCKETS=1000 STORM_RATE=50 STORM_SECS=10
+#   CHAT_SOCKETS=1000 CHAT_ROOMS=100 CHAT_RATE=1 CHAT_SECS=10  chat: CHAT_RATE events/s per socket,
+#                                                      published with the `publish` command
 #   CLUSTER_SOCKETS=1000 CLUSTER_RATE=50 CLUSTER_SECS=10  cluster, cluster-flat and cluster-storm:
 #                                                      two nodes on a private redis-server,
 #                                                      publishing at the first
-#   SCENARIOS="hold connect fanout flat rooms storm cluster cluster-flat cluster-storm"
+#   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
 # In the cluster scenarios the reference runs two socket.io processes on socket.io's own
@@ -36,8 +38,9 @@ source "$root/bench/lib.sh"
 : "${HOLD_SOCKETS:=5000}" "${FANOUT_SOCKETS:=1000}" "${FANOUT_RATE:=50}" "${FANOUT_SECS:=10}" "${FLAT_SECS:=5}"
 : "${ROOMS_SOCKETS:=1000}" "${ROOMS:=100}" "${ROOMS_RATE:=0}" "${ROOMS_SECS:=5}"
 : "${STORM_SOCKETS:=1000}" "${STORM_RATE:=50}" "${STORM_SECS:=10}"
+: "${CHAT_SOCKETS:=1000}" "${CHAT_ROOMS:=100}" "${CHAT_RATE:=1}" "${CHAT_SECS:=10}"
 : "${CLUSTER_SOCKETS:=1000}" "${CLUSTER_RATE:=50}" "${CLUSTER_SECS:=10}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm cluster cluster-flat cluster-storm}" "${BENCH_ARGS:=}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm}" "${BENCH_ARGS:=}"
 
 # The roomcast-bench arguments of a scenario (without --url and --pids).
 scenario_args() {
@@ -48,6 +51,7 @@ scenario_args() {
     flat) echo "fanout --sockets $FANOUT_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
     rooms) echo "rooms --sockets $ROOMS_SOCKETS --rooms $ROOMS --rate $ROOMS_RATE --duration $ROOMS_SECS" ;;
     storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
+    chat) echo "chat --sockets $CHAT_SOCKETS --rooms $CHAT_ROOMS --rate $CHAT_RATE --duration $CHAT_SECS" ;;
     cluster) echo "cluster --sockets $CLUSTER_SOCKETS --rate $CLUSTER_RATE --duration $CLUSTER_SECS" ;;
     cluster-flat) echo "cluster --sockets $CLUSTER_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
     cluster-storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;

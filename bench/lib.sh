@@ -18,7 +18,7 @@ wait_ready() { # wait_ready PORT LOG: the server's log is shown when it never ge
 }
 
 # start_roomcast NAME PORT [REDIS_PORT]: a Roomcast node with a generated config (plus
-# $EXTRA_CONFIG, TOML sections, when set); its pid
+# $EXTRA_CONFIG, TOML sections other than [limits] and [client_events], when set); its pid
 # is appended to `pids` and stored in $server_pid.
 start_roomcast() {
   { echo "[server]"; echo "bind = \"127.0.0.1:$2\""; echo "node_id = \"$1\""
@@ -30,6 +30,10 @@ start_roomcast() {
     # A storm reconnects thousands of sockets of few users at once.
     echo "handshakes_per_user_per_sec = 0"; echo "preauth_sessions = 0"
     echo "publish_bytes_per_key_per_sec = 0"
+    # chat: every socket publishes with the `publish` command, unthrottled (0: no event
+    # budget per socket), into its project room.
+    echo "events_per_sec = 0"
+    echo "[client_events]"; echo 'rooms = ["project"]'; echo 'events = ["bench.*"]'
     if [ -n "${3:-}" ]; then # the nodes of one cluster share Redis and the key prefix
       echo "[cluster]"; echo "redis_url = \"redis://127.0.0.1:$3\""; echo "key_prefix = \"bench$3\""
     fi

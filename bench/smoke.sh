@@ -54,6 +54,7 @@ every_scenario() {
   run "$1 storm" storm "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-every 0.3
   run "$1 soak" soak "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-fraction 1 \
     --drop-every 0.3 --settle 0 --warmup 1
+  run "$1 chat" chat "${url[@]}" --sockets 40 --rooms 4 --rate 5 --duration 1
 }
 
 p=$(free_port); start_roomcast single "$p"
@@ -68,6 +69,8 @@ run "roomcast cluster" cluster --url "$both" --publish-url "http://127.0.0.1:$pa
 # A dropped socket comes back at the other node: recovery across the cluster.
 run "roomcast cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
   --sockets 40 --rate 50 --duration 2 --drop-every 0.3
+# An odd number of rooms puts each room's sockets at both nodes: client events cross.
+run "roomcast cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 --duration 1
 
 if reference_installed; then
   p=$(free_port); start_reference "$p"
@@ -80,6 +83,7 @@ if reference_installed; then
     --sockets 50 --rate 20 --duration 1
   observe "node reference cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
     --sockets 40 --rate 50 --duration 2 --drop-every 0.3
+  run "node reference cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 --duration 1
 else
   echo "node reference: skipped (no node/npm)"
 fi

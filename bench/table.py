@@ -30,6 +30,12 @@ CONNECT = [
     ("bytes per socket", "bytes_per_socket"),
     ("failed sockets", "failed_sockets"),
 ]
+CHAT = [
+    *DELIVERY,
+    ("publishes refused", "publish_failed"),
+    ("server RSS before (MiB)", "rss_before_kib", 1 / 1024),
+    ("server RSS after (MiB)", "rss_after_kib", 1 / 1024),
+]
 FIGURES = {
     "hold": CONNECT[:4] + [("subscribe p50 (ms)", "subscribe_ms.p50"), ("subscribe p99 (ms)", "subscribe_ms.p99")] + CONNECT[4:],
     "connect": CONNECT,
@@ -38,6 +44,7 @@ FIGURES = {
     "rooms": DELIVERY,
     "cluster": DELIVERY,
     "cluster-flat": DELIVERY,
+    "chat": CHAT,
     "storm": [
         ("reconnects", "reconnects"),
         ("recovered", "recovered"),
@@ -60,6 +67,7 @@ TITLES = {
     "flat": "fanout: one room, flat out",
     "rooms": "rooms: sockets over many project rooms, random rooms",
     "storm": "storm: drops and recovery during publishing",
+    "chat": "chat: sockets over many project rooms, each publishing `rate` events/s into its room (publish command)",
     "cluster": "cluster: two nodes on Redis, one room, fixed rate, publishing at node A",
     "cluster-flat": "cluster: two nodes on Redis, one room, flat out, publishing at node A",
     "cluster-storm": "cluster storm: drops, coming back at either node, with recovery",

@@ -5,7 +5,9 @@
 //
 //   handshake  auth.token: HS256 JWT {sub, exp, tenant?, projects?, agents?, role?}
 //              joins <tenant>/global and <tenant>/user:<sub>, emits connection.established
-//   commands   subscribe / unsubscribe {room} | {rooms: [...]} with an ack; ping
+//   commands   subscribe / unsubscribe {room} | {rooms: [...]} with an ack; ping;
+//              publish {room, event, data?, volatile?, echo?} -> {ok, id}: relayed to the
+//              room's other sockets (the sender too with echo) as the envelope plus `from`
 //   HTTP       POST /api/v1/broadcast {event, room | rooms, data?, tenant?} -> 202
 //              GET /health, GET /ready
 //
@@ -21,8 +23,15 @@
 // that kept the session), ADAPTER=streams is @socket.io/redis-streams-adapter (Redis
 // streams; socket.io's recovery at any node).
 //
+// Client events (`publish`) stand in for Roomcast's [client_events]: CLIENT_ROOMS, the room
+// kinds clients may publish into, and CLIENT_EVENTS, the event name patterns (a trailing
+// `*` matches a prefix), both comma-separated. In a cluster the relay goes through the
+// adapter like any broadcast. No history: the event is numbered only by socket.io's
+// recovery offset.
+//
 // Env: PORT (8100), SECRET, API_KEY, NODE_ID, RECOVERY (1), RECOVERY_WINDOW_MS (120000),
-// REDIS_URL (unset: one process, in-memory adapter), ADAPTER (redis | streams).
+// REDIS_URL (unset: one process, in-memory adapter), ADAPTER (redis | streams),
+// CLIENT_ROOMS (project), CLIENT_EVENTS (bench.*).
 
 import { createServer } from "node:http";
 import { randomBytes } from "node:crypto";
@@ -40,6 +49,11 @@ const RECOVERY = (process.env.RECOVERY ?? "1") !== "0";
 const RECOVERY_WINDOW_MS = Number(process.env.RECOVERY_WINDOW_MS ?? 120000);
 const REDIS_URL = process.env.REDIS_URL;
 const ADAPTER = process.env.ADAPTER ?? "redis";
+const list = (value) => value.split(",").filter((v) => v !== "");
+const CLIENT_ROOMS = new Set(list(process.env.CLIENT_ROOMS ?? "project"));
+const CLIENT_EVENTS = list(process.env.CLIENT_EVENTS ?? "bench.*");
+const CLIENT_MAX_BYTES = 16384;
+const PUBLISH_KEYS = new Set(["room", "event", "data", "volatile", "echo"]);
 const MAX_ROOMS = 100;
 const MAX_BODY_BYTES = 262144;
 
@@ -51,6 +65,8 @@ const RESERVED = new Set([
   "connect", "connect_error", "disconnect", "disconnecting", "error", "newlistener", "removelistener",
 ]);
 const RESERVED_PREFIXES = ["connection.", "auth.", "server.", "presence."];
+const reserved = (event) => RESERVED.has(event) || RESERVED_PREFIXES.some((p) => event.startsWith(p));
+const matches = (pattern, name) => (pattern.endsWith("*") ? name.startsWith(pattern.slice(0, -1)) : name === pattern);
 
 // ---- identity -------------------------------------------------------------------------
 
@@ -202,7 +218,40 @@ const commands = {
   ping() {
     return { pong: true, server_time: new Date().toISOString() };
   },
+  publish,
 };
+
+/** Roomcast's `publish`, checked in its order: room, grant, subscription, event name, size. */
+function publish(socket, payload) {
+  const user = socket.data.user;
+  const refuse = (code, message, room) => ({ ok: false, error: { code, message, ...(room ? { room } : {}) } });
+  if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+    return refuse("invalid_payload", 'expected {"room", "event", "data", "volatile"?, "echo"?}');
+  }
+  const { room, event, data = null, volatile = false, echo = false } = payload;
+  const wellFormed = Object.keys(payload).every((k) => PUBLISH_KEYS.has(k)) && typeof room === "string"
+    && typeof event === "string" && typeof volatile === "boolean" && typeof echo === "boolean";
+  if (!wellFormed) return refuse("invalid_payload", 'expected {"room", "event", "data", "volatile"?, "echo"?}');
+  if (!ROOM.test(room)) return refuse("invalid_room", "invalid room", room);
+  if (!CLIENT_ROOMS.has(room.split(":")[0])) {
+    return refuse("forbidden", "clients may not publish into this room (CLIENT_ROOMS)", room);
+  }
+  if (!allows(user, room)) return refuse("forbidden", "your token does not grant this room", room);
+  const target = scoped(user.tenant, room);
+  if (!socket.rooms.has(target)) return refuse("not_subscribed", "subscribe to the room first", room);
+  if (!EVENT_NAME.test(event) || reserved(event) || !CLIENT_EVENTS.some((p) => matches(p, event))) {
+    return refuse("event_not_allowed", `${JSON.stringify(event)} is not allowed (CLIENT_EVENTS)`);
+  }
+  if (Buffer.byteLength(JSON.stringify(data)) > CLIENT_MAX_BYTES) return refuse("payload_too_large", "data is too large");
+  const envelope = {
+    id: uuidv7(), type: event, room, timestamp: new Date().toISOString(), data, from: { user_id: user.sub, sid: socket.id },
+  };
+  // socket.to() leaves the sender out, on every node.
+  let to = echo ? io.to(target) : socket.to(target);
+  if (volatile) to = to.volatile;
+  to.emit(event, envelope);
+  return { ok: true, id: envelope.id };
+}
 
 // ---- HTTP ---------------------------------------------------------------------------------
 
@@ -269,7 +318,7 @@ function checkBroadcast(body) {
   const { event } = body;
   if (typeof event !== "string") return { error: ["invalid_payload", "missing field `event`", "event"] };
   if (!EVENT_NAME.test(event)) return { error: ["invalid_event_name", `event names match ^[a-z][a-z0-9_.:-]{0,63}$: ${JSON.stringify(event)}`, "event"] };
-  if (RESERVED.has(event) || RESERVED_PREFIXES.some((p) => event.startsWith(p))) {
+  if (reserved(event)) {
     return { error: ["invalid_event_name", `this event name is reserved: ${JSON.stringify(event)}`, "event"] };
   }
   const hasRoom = body.room !== undefined, hasRooms = Array.isArray(body.rooms) && body.rooms.length > 0;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::Common;
 use crate::inbox::Inbox;
 use crate::socket::{Drops, Phase, Plan, Shared, life};
+use crate::talk::Talk;
 
 /// `project:bench` for one room (the name BENCHMARKS.md uses), else `project:bench-<r>`.
 pub fn room_names(rooms: usize) -> Vec<String> {
@@ -45,12 +46,14 @@ pub struct Crowd {
 impl Crowd {
     /// Connects `common.sockets` sockets, socket `i` to room `i % rooms.len()` (none when
     /// `subscribe` is false), and waits until every one joined or failed. With `drops`
-    /// `(how, k)`, the first `k` sockets drop now and then.
+    /// `(how, k)`, the first `k` sockets drop now and then; with `talk`, every subscribed
+    /// socket publishes into its room once the phase is [`Phase::Talking`].
     pub async fn gather(
         common: &Common,
         rooms: &[String],
         subscribe: bool,
         drops: Option<(Drops, usize)>,
+        talk: Option<Talk>,
     ) -> anyhow::Result<Self> {
         let shared = Shared::new(common.connect_concurrency);
         let urls: Arc<[String]> = common.url.clone().into();
@@ -66,6 +69,7 @@ impl Crowd {
                 token: token(&common.secret, common.sub(i), &rooms[r])?,
                 room: subscribe.then(|| (r, rooms[r].clone())),
                 drops: drops.filter(|(_, k)| i < *k).map(|(d, _)| d),
+                talk: talk.clone().filter(|_| subscribe),
             };
             tasks.push((
                 plan.room.as_ref().map(|(r, _)| *r),
@@ -89,12 +93,15 @@ impl Crowd {
         })
     }
 
-    /// Deliveries a publish of these accepted events should make.
-    pub fn expected(&self, accepted: &[Vec<u64>]) -> u64 {
+    /// Deliveries a publish of these accepted events should make; one fewer each when
+    /// `by_members` (a socket does not receive what it published).
+    pub fn expected(&self, accepted: &[Vec<u64>], by_members: bool) -> u64 {
         accepted
             .iter()
             .zip(&self.members)
-            .map(|(events, members)| events.len() as u64 * members)
+            .map(|(events, members)| {
+                events.len() as u64 * members.saturating_sub(u64::from(by_members))
+            })
             .sum()
     }
 
@@ -158,8 +165,10 @@ impl Totals {
         let mut t = Totals::default();
         for inbox in inboxes {
             if let Some(events) = inbox.room.and_then(|r| accepted.get(r)) {
-                t.expected += events.len() as u64;
-                t.lost += events.iter().filter(|n| !inbox.has(**n)).count() as u64;
+                // What a socket published itself goes to the room's other sockets only.
+                t.expected += (events.len() as u64).saturating_sub(inbox.own_count);
+                let missing = |n: &&u64| !inbox.has(**n) && !inbox.sent(**n);
+                t.lost += events.iter().filter(missing).count() as u64;
             }
             t.received += inbox.received;
             t.duplicated += inbox.duplicated;

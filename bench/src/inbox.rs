@@ -1,5 +1,6 @@
-//! What one bench socket received, across reconnects: which `bench.tick` events (by their
-//! publish number `data.n`), how late, duplicates and order, and the cursor it resumes from.
+//! What one bench socket received, across reconnects: which `bench.tick` / `bench.chat`
+//! events (by their publish number `data.n`), how late, duplicates and order, the cursor it
+//! resumes from, and which events it published itself (`chat`).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,19 +11,21 @@ use serde_json::{Value, json};
 
 use crate::measure::clock;
 
-/// The event every publisher sends; `data` is `{t: send time (µs), n: publish number}`.
+/// The event the HTTP publishers send; `data` is `{t: send time (µs), n: publish number}`.
 pub const TICK: &str = "bench.tick";
+/// The event sockets publish into their rooms (`chat`), with the same `data`.
+pub const CHAT: &str = "bench.chat";
 
 /// Counters all sockets share, read while publishing to see whether deliveries still come.
 #[derive(Default)]
 pub struct Progress {
-    /// Every `bench.tick` received, duplicates included.
+    /// Every event received, duplicates included.
     pub received: AtomicU64,
     /// First receipts only.
     pub distinct: AtomicU64,
 }
 
-/// `42["bench.tick", envelope, offset?]`: socket.io's connection state recovery appends
+/// `42["bench.tick", envelope, offset?]` (or `bench.chat`): socket.io's connection state recovery appends
 /// the packet's offset as a last argument; Roomcast puts `seq`/`epoch` in the envelope.
 #[derive(Deserialize)]
 struct Frame<'a>(
@@ -110,12 +113,38 @@ impl Cursor {
     }
 }
 
+/// A set of publish numbers, which are dense from 0.
+#[derive(Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn has(&self, n: u64) -> bool {
+        self.0
+            .get((n / 64) as usize)
+            .is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    /// Adds `n`; false when it was there already.
+    fn insert(&mut self, n: u64) -> bool {
+        let (word, bit) = ((n / 64) as usize, 1 << (n % 64));
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        let fresh = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        fresh
+    }
+}
+
 #[derive(Default)]
 pub struct Inbox {
     /// Room index this socket listens to, if it subscribed.
     pub room: Option<usize>,
-    /// Bitset over publish numbers.
-    seen: Vec<u64>,
+    seen: Bits,
+    /// What this socket published and the server accepted: the room's other sockets get
+    /// it, this one does not.
+    own: Bits,
+    pub own_count: u64,
     highest: Option<u64>,
     pub received: u64,
     pub duplicated: u64,
@@ -144,30 +173,29 @@ impl Inbox {
     }
 
     pub fn has(&self, n: u64) -> bool {
-        self.seen
-            .get((n / 64) as usize)
-            .is_some_and(|w| w & (1 << (n % 64)) != 0)
+        self.seen.has(n)
     }
 
-    /// Marks `n` seen; false when it already was.
-    fn mark(&mut self, n: u64) -> bool {
-        let (word, bit) = ((n / 64) as usize, 1 << (n % 64));
-        if word >= self.seen.len() {
-            self.seen.resize(word + 1, 0);
+    /// Whether `n` is this socket's own accepted publish.
+    pub fn sent(&self, n: u64) -> bool {
+        self.own.has(n)
+    }
+
+    /// Records that the server accepted this socket's publish `n`.
+    pub fn accepted(&mut self, n: u64) {
+        if self.own.insert(n) {
+            self.own_count += 1;
         }
-        let fresh = self.seen[word] & bit == 0;
-        self.seen[word] |= bit;
-        fresh
     }
 
-    /// Records one `42[...]` event payload; anything but `bench.tick` (e.g. Roomcast's
-    /// `presence.joined`) is ignored.
+    /// Records one `42[...]` event payload; anything but `bench.tick` and `bench.chat` (e.g.
+    /// Roomcast's `presence.joined`) is ignored.
     pub fn on_event(
         &mut self,
         packet: &crate::proto::Text,
         progress: &Progress,
     ) -> anyhow::Result<()> {
-        if !packet.is_event(TICK) {
+        if !packet.is_event(TICK) && !packet.is_event(CHAT) {
             return Ok(());
         }
         let arrived = clock();
@@ -175,7 +203,7 @@ impl Inbox {
         let n = env.data.n;
         self.received += 1;
         progress.received.fetch_add(1, Ordering::Relaxed);
-        if !self.mark(n) {
+        if !self.seen.insert(n) {
             self.duplicated += 1;
             return Ok(());
         }

@@ -13,13 +13,16 @@
 //!   published; every socket must end with every event exactly once, in order.
 //! - `soak`: a long `storm` where the sockets churn throughout; server memory and open
 //!   file descriptors before, at peak and after, which must come back to where they were.
+//! - `chat`: N sockets over R `project:` rooms, each publishing into its room with the
+//!   `publish` socket command; the room's other sockets receive it.
 //!
 //! Layout: [`proto`] frames packets, [`socket`] runs one socket, [`inbox`] records what it
-//! received, [`crowd`] runs all of them, [`publish`] sends events, [`measure`] reads
-//! clocks and /proc, [`scenario`] puts them together.
+//! received, [`crowd`] runs all of them, [`publish`] sends events over HTTP, [`talk`] has
+//! sockets send them, [`measure`] reads clocks and /proc, [`scenario`] puts them together.
 //!
 //! Latency is measured from a timestamp in the payload: publisher and receivers share this
-//! process's clock. The exit status is 1 when anything was lost or duplicated.
+//! process's clock. The exit status is 1 when anything was lost or duplicated, or a publish
+//! was refused.
 
 mod crowd;
 mod inbox;
@@ -28,6 +31,7 @@ mod proto;
 mod publish;
 mod scenario;
 mod socket;
+mod talk;
 
 use clap::Parser;
 use serde_json::Value;
@@ -47,6 +51,8 @@ enum Cli {
     Storm(scenario::storm::Args),
     /// A long storm of churning sockets: memory and descriptors before, during and after.
     Soak(scenario::soak::SoakArgs),
+    /// N sockets over R project rooms, each publishing into its room (`publish` command).
+    Chat(scenario::chat::Args),
 }
 
 /// Where the sockets connect and how they authenticate; every scenario takes these.
@@ -101,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         Cli::Rooms(args) => scenario::fanout::run("rooms", args.fanout, args.rooms).await?,
         Cli::Storm(args) => scenario::storm::run(args).await?,
         Cli::Soak(args) => scenario::soak::run(args).await?,
+        Cli::Chat(args) => scenario::chat::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Err(problems) = check(&report) {

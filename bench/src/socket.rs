@@ -1,5 +1,6 @@
 //! One bench socket's life: handshake, subscribe to its room, record events until told to
-//! stop; in `storm`, also drop the connection now and then and come back where it left off.
+//! stop; in `storm`, also drop the connection now and then and come back where it left off;
+//! in `chat`, also publish into its room.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,12 +15,16 @@ use tokio::time::Instant;
 use crate::inbox::{Inbox, Progress};
 use crate::measure::{clock, micros_since};
 use crate::proto::{Conn, Packet};
+use crate::talk::{self, Talk, Talker};
 
 /// Where a run is; sockets watch it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
     /// Connecting and publishing: storm sockets may drop.
     Running,
+    /// Sockets with a [`Talk`] publish (set once they all joined, so that every member
+    /// of a room is there for the first one).
+    Talking,
     /// Publishing is over: no more drops, deliveries drain.
     Calm,
     /// Close and hand in the inbox.
@@ -78,6 +83,8 @@ pub struct Plan {
     /// Room to subscribe to and its index; `None` only connects.
     pub room: Option<(usize, String)>,
     pub drops: Option<Drops>,
+    /// Publish into `room` while the phase is [`Phase::Talking`].
+    pub talk: Option<Talk>,
 }
 
 impl Plan {
@@ -116,13 +123,18 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
     };
     inbox.joined = true;
     shared.ready.add_permits(1);
+    let mut talker = plan
+        .talk
+        .clone()
+        .zip(plan.room.clone())
+        .map(|(t, r)| Talker::new(t, r));
     let mut reconnects = 0;
     loop {
         let drop_at = match plan.drops {
             Some(d) if *phase.borrow() == Phase::Running => Some(Instant::now() + d.interval()),
             _ => None,
         };
-        match listen(&mut conn, inbox, shared, &mut phase, drop_at).await? {
+        match listen(&mut conn, inbox, shared, &mut phase, drop_at, &mut talker).await? {
             Wake::Stop => return Ok(()),
             // Nothing to resume from (the Node reference before the first event): stay and
             // try later. Roomcast gives a position with the subscribe ack.
@@ -132,28 +144,32 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
                 reconnects += 1;
                 conn = come_back(plan, reconnects, shared, inbox).await?;
             }
-            Wake::Calm => {}
+            Wake::Phase => {}
         }
     }
 }
 
 enum Wake {
     Drop,
-    Calm,
+    /// The phase changed, to anything but `Stop`.
+    Phase,
     Stop,
 }
 
-/// Records events until the phase changes or it is time to drop.
+/// Records events (and, talking, publishes) until the phase changes or it is time to drop.
 async fn listen(
     conn: &mut Conn,
     inbox: &mut Inbox,
     shared: &Shared,
     phase: &mut watch::Receiver<Phase>,
     drop_at: Option<Instant>,
+    talker: &mut Option<Talker>,
 ) -> anyhow::Result<Wake> {
-    if *phase.borrow_and_update() == Phase::Stop {
+    let now = *phase.borrow_and_update();
+    if now == Phase::Stop {
         return Ok(Wake::Stop);
     }
+    let talking = now == Phase::Talking;
     let far = Instant::now() + Duration::from_secs(86_400);
     let drop_time = tokio::time::sleep_until(drop_at.unwrap_or(far));
     tokio::pin!(drop_time);
@@ -161,9 +177,15 @@ async fn listen(
         let msg = tokio::select! {
             changed = phase.changed() => {
                 let stop = changed.is_err() || *phase.borrow_and_update() == Phase::Stop;
-                return Ok(if stop { Wake::Stop } else { Wake::Calm });
+                return Ok(if stop { Wake::Stop } else { Wake::Phase });
             }
             () = &mut drop_time, if drop_at.is_some() => return Ok(Wake::Drop),
+            () = talk::due(talker), if talking => {
+                if let Some(t) = talker {
+                    t.say(conn).await?;
+                }
+                continue;
+            }
             msg = conn.recv() => msg,
         };
         let Some(msg) = msg else {
@@ -171,6 +193,11 @@ async fn listen(
         };
         match conn.decode(msg?).await? {
             Some(Packet::Event(e)) => inbox.on_event(&e, &shared.progress)?,
+            Some(Packet::Ack(id, answer)) => {
+                if let Some(t) = talker {
+                    t.answered(id, answer.json(), inbox);
+                }
+            }
             Some(Packet::Disconnected) => bail!("the server disconnected the socket"),
             _ => {}
         }

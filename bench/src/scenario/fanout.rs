@@ -34,7 +34,7 @@ pub struct RoomsArgs {
 pub async fn run(scenario: &str, args: Args, rooms: usize) -> anyhow::Result<Value> {
     anyhow::ensure!(rooms >= 1, "--rooms must be at least 1");
     let names = room_names(rooms);
-    let crowd = Crowd::gather(&args.common, &names, true, None).await?;
+    let crowd = Crowd::gather(&args.common, &names, true, None, None).await?;
     let connect_secs = crowd.connect_secs;
     let order = Order::Any {
         workers: args.publishers,
@@ -42,8 +42,8 @@ pub async fn run(scenario: &str, args: Args, rooms: usize) -> anyhow::Result<Val
     let quiet = Duration::from_secs(2);
     let delivered =
         publish_and_drain(&crowd, &args.common, &args.publishing, names, order, quiet).await;
-    let mut totals = Totals::of(crowd.disperse().await, &delivered.accepted);
-    let mut report = delivery_report(&delivered, &mut totals, &args.publishing);
+    let mut totals = Totals::of(crowd.disperse().await, &delivered.sent.accepted);
+    let mut report = delivery_report(&delivered, &mut totals, args.publishing.rate);
     let head = json!({
         "scenario": scenario,
         "sockets": args.common.sockets,

@@ -25,7 +25,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let pids = &args.common.pids;
     let rss_before = rss_kib(pids);
     let cpu_before = cpu_secs(pids);
-    let crowd = Crowd::gather(&args.common, &room_names(1), !args.no_subscribe, None).await?;
+    let crowd = Crowd::gather(&args.common, &room_names(1), !args.no_subscribe, None, None).await?;
     let connect_cpu = cpu_secs(pids).zip(cpu_before).map(|(a, b)| a - b);
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_after = rss_kib(pids);

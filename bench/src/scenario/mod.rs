@@ -1,11 +1,12 @@
-//! The scenarios, and the publish-then-drain phase `fanout`, `rooms` and `storm` share.
+//! The scenarios, and the publish-then-drain phase `fanout`, `rooms`, `storm` and `chat`
+//! share.
 
+pub mod chat;
 pub mod fanout;
 pub mod hold;
 pub mod soak;
 pub mod storm;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -29,10 +30,20 @@ pub struct Publishing {
     pub duration: f64,
 }
 
+/// What the publishers did, whoever they were.
+struct Sent {
+    published: u64,
+    /// Refused, failed or never answered.
+    failed: u64,
+    /// Per room, the publish numbers the server accepted.
+    accepted: Vec<Vec<u64>>,
+    /// The publishers were sockets of the rooms, which do not receive what they sent.
+    by_members: bool,
+}
+
 /// What a publish phase did, for the report.
 struct Delivered {
-    publisher: Arc<Publisher>,
-    accepted: Vec<Vec<u64>>,
+    sent: Sent,
     publish_secs: f64,
     /// Publishing plus draining.
     total_secs: f64,
@@ -41,8 +52,35 @@ struct Delivered {
     generator_cpu: Cpu,
 }
 
-/// Publishes to `rooms` while the crowd listens, then lets deliveries drain: until all
-/// arrived, or none for `quiet`. Server CPU is counted over both.
+/// Runs `publishing` while the crowd listens (it ends by calming the crowd), then lets
+/// deliveries drain: until all arrived, or none for `quiet`. Server CPU is counted over both.
+async fn measured(
+    crowd: &Crowd,
+    common: &crate::Common,
+    quiet: Duration,
+    publishing: impl Future<Output = Sent>,
+) -> Delivered {
+    let (cpu_before, own_before) = (cpu_split(&common.pids), own_cpu());
+    let started = Instant::now();
+    let sent = publishing.await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    let expected = crowd.expected(&sent.accepted, sent.by_members);
+    crowd.drain(expected, quiet).await;
+    let total_secs = started.elapsed().as_secs_f64();
+    let server_cpu = cpu_split(&common.pids)
+        .zip(cpu_before)
+        .map(|(after, before)| after.since(before));
+    let generator_cpu = own_cpu().since(own_before);
+    Delivered {
+        sent,
+        publish_secs,
+        total_secs,
+        server_cpu,
+        generator_cpu,
+    }
+}
+
+/// Publishes over HTTP to `rooms` while the crowd listens, then lets deliveries drain.
 async fn publish_and_drain(
     crowd: &Crowd,
     common: &crate::Common,
@@ -53,40 +91,31 @@ async fn publish_and_drain(
 ) -> Delivered {
     let url = publishing.publish_url.as_deref().unwrap_or(&common.url[0]);
     let publisher = Publisher::new(url, &common.api_key, rooms);
-    let (cpu_before, own_before) = (cpu_split(&common.pids), own_cpu());
-    let started = Instant::now();
     let duration = Duration::from_secs_f64(publishing.duration);
-    publisher.run(publishing.rate, duration, order).await;
-    let publish_secs = started.elapsed().as_secs_f64();
-    crowd.shared.phase.send_replace(Phase::Calm);
-    let accepted = publisher.accepted();
-    crowd.drain(crowd.expected(&accepted), quiet).await;
-    let total_secs = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_split(&common.pids)
-        .zip(cpu_before)
-        .map(|(after, before)| after.since(before));
-    let generator_cpu = own_cpu().since(own_before);
-    Delivered {
-        publisher,
-        accepted,
-        publish_secs,
-        total_secs,
-        server_cpu,
-        generator_cpu,
-    }
+    measured(crowd, common, quiet, async {
+        publisher.run(publishing.rate, duration, order).await;
+        crowd.shared.phase.send_replace(Phase::Calm);
+        Sent {
+            published: publisher.published(),
+            failed: publisher.failed(),
+            accepted: publisher.accepted(),
+            by_members: false,
+        }
+    })
+    .await
 }
 
 fn share(part: f64, whole: f64) -> Option<f64> {
     (whole > 0.0).then(|| (part / whole * 100.0).round() / 100.0)
 }
 
-/// The delivery figures every publishing scenario reports.
-fn delivery_report(d: &Delivered, t: &mut Totals, publishing: &Publishing) -> Map<String, Value> {
-    let published = d.publisher.published();
+/// The delivery figures every publishing scenario reports; `rate` is the one asked for.
+fn delivery_report(d: &Delivered, t: &mut Totals, rate: f64) -> Map<String, Value> {
+    let published = d.sent.published;
     let fields = json!({
-        "rate": if publishing.rate > 0.0 { json!(publishing.rate) } else { json!("max") },
+        "rate": if rate > 0.0 { json!(rate) } else { json!("max") },
         "published": published,
-        "publish_failed": d.publisher.failed(),
+        "publish_failed": d.sent.failed,
         "publishes_per_sec": round(published as f64 / d.publish_secs),
         "expected_deliveries": t.expected,
         "received": t.received,

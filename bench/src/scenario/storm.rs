@@ -57,7 +57,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     let unstable =
         (args.common.sockets as f64 * args.drop_fraction.clamp(0.0, 1.0)).round() as usize;
-    let crowd = Crowd::gather(&args.common, &names, true, Some((drops, unstable))).await?;
+    let crowd = Crowd::gather(&args.common, &names, true, Some((drops, unstable)), None).await?;
     let connect_secs = crowd.connect_secs;
     // A dropped socket may need a reconnect, a replay and a slow handshake: wait longer.
     let quiet = Duration::from_secs(3);
@@ -70,8 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         quiet,
     )
     .await;
-    let mut totals = Totals::of(crowd.disperse().await, &delivered.accepted);
-    let mut report = delivery_report(&delivered, &mut totals, &args.publishing);
+    let mut totals = Totals::of(crowd.disperse().await, &delivered.sent.accepted);
+    let mut report = delivery_report(&delivered, &mut totals, args.publishing.rate);
     let head = json!({
         "scenario": "storm",
         "sockets": args.common.sockets,
