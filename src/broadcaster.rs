@@ -1,5 +1,8 @@
 //! [`EventBroadcaster`]: the single publish path. The HTTP API, and any Rust code embedding
 //! Roomcast, publish through it; history, idempotency, limits and metrics attach here.
+//! AI streams start and end here too ([`EventBroadcaster::stream`], [`StreamWriter`]): their
+//! `stream.started` / `finished` / `failed` / `cancelled` events are numbered room events
+//! like any other, and their text is kept by [`crate::streams`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,7 +17,11 @@ use crate::events::*;
 use crate::history::{AppendError, HistoryStore};
 use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::metrics::Counters;
-use crate::rooms::{RoomName, Tenant};
+use crate::rooms::{Id, RoomName, Tenant};
+use crate::streams::{
+    Cancelled, CancelledEvent, End, FailedEvent, FinishedEvent, Info, NewStream, StartedEvent,
+    StreamError, StreamId, Streams, Usage, Watch,
+};
 
 /// What a publish produced; the body of a `202` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +78,8 @@ pub struct EventBroadcaster {
     tenant: Tenant,
     /// `limits.max_rooms_per_publish`: what one publish may cost in deliveries and logs.
     max_rooms: usize,
+    /// AI streams' text and status.
+    streams: Arc<Streams>,
 }
 
 /// Counts one publish in flight for as long as it lives.
@@ -125,6 +134,15 @@ impl EventBroadcaster {
             origin: None,
             tenant: Tenant::default_tenant(),
             max_rooms: crate::config::LimitsConfig::default().max_rooms_per_publish,
+            streams: Arc::new(Streams::memory(Default::default())),
+        }
+    }
+
+    /// The same broadcaster, keeping AI streams in `streams` (the node's store).
+    pub fn with_streams(&self, streams: Arc<Streams>) -> Self {
+        Self {
+            streams,
+            ..self.clone()
         }
     }
 
@@ -368,5 +386,211 @@ impl EventBroadcaster {
             seq,
             replayed: false,
         })
+    }
+}
+
+/// A stream as [`EventBroadcaster::start_stream`] creates it.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub room: RoomName,
+    /// A fresh UUID when `None`.
+    pub id: Option<StreamId>,
+    pub kind: String,
+    pub meta: serde_json::Value,
+    pub requested_by: Option<Id>,
+}
+
+impl StreamSpec {
+    pub fn new(room: RoomName, kind: &str) -> Self {
+        Self {
+            room,
+            id: None,
+            kind: kind.to_owned(),
+            meta: serde_json::json!({}),
+            requested_by: None,
+        }
+    }
+}
+
+impl From<PublishError> for StreamError {
+    fn from(e: PublishError) -> Self {
+        StreamError::Unavailable(e.to_string())
+    }
+}
+
+impl EventBroadcaster {
+    /// Starts an AI stream in `room` (of this broadcaster's tenant) and announces it with
+    /// `stream.started {stream_id, kind, meta}`; write to it with the [`StreamWriter`].
+    ///
+    /// ```no_run
+    /// # async fn demo(broadcaster: roomcast::EventBroadcaster) -> anyhow::Result<()> {
+    /// use roomcast::rooms::RoomName;
+    /// let room = RoomName::parse("project:42").expect("a room");
+    /// let writer = broadcaster.stream(room, "llm").await?;
+    /// for token in ["Hel", "lo ", "👋🏽"] {
+    ///     tokio::select! {
+    ///         appended = writer.append(token) => { appended?; }
+    ///         _ = writer.cancelled() => return Ok(()), // a viewer pressed stop
+    ///     }
+    /// }
+    /// writer.finish(None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream(&self, room: RoomName, kind: &str) -> Result<StreamWriter, StreamError> {
+        self.start_stream(StreamSpec::new(room, kind)).await
+    }
+
+    /// [`Self::stream`] with an id, metadata and the user the stream answers.
+    pub async fn start_stream(&self, spec: StreamSpec) -> Result<StreamWriter, StreamError> {
+        let info = self.create_stream(spec).await?;
+        let watch = self.streams.watch(&self.tenant, &info.id);
+        Ok(StreamWriter {
+            broadcaster: self.clone(),
+            id: info.id,
+            watch,
+        })
+    }
+
+    /// Creates the stream and publishes `stream.started`, without a writer (the HTTP API:
+    /// the producer's requests append).
+    pub async fn create_stream(&self, spec: StreamSpec) -> Result<Info, StreamError> {
+        let new = NewStream {
+            tenant: self.tenant.clone(),
+            id: spec.id.unwrap_or_else(|| {
+                // A UUID is always a valid id.
+                Id::parse(&Uuid::now_v7().to_string()).unwrap_or_else(Id::default_tenant)
+            }),
+            room: spec.room,
+            kind: spec.kind,
+            meta: spec.meta,
+            requested_by: spec.requested_by,
+        };
+        let info = self.streams.create(&new).await?;
+        let started = StartedEvent {
+            stream_id: new.id.as_str(),
+            kind: &new.kind,
+            meta: &new.meta,
+            requested_by: new.requested_by.as_ref().map(Id::as_str),
+        };
+        self.deliver("stream.started", vec![new.room.clone()], &started, true)
+            .await?;
+        Ok(info)
+    }
+
+    /// Appends `text` to the open stream `id`; returns where it starts (in code points).
+    pub async fn append_stream(&self, id: &StreamId, text: &str) -> Result<u64, StreamError> {
+        self.streams.append(&*self.io, &self.tenant, id, text).await
+    }
+
+    /// Finishes the stream and publishes `stream.finished`.
+    pub async fn finish_stream(
+        &self,
+        id: &StreamId,
+        usage: Option<Usage>,
+    ) -> Result<FinishedEvent, StreamError> {
+        let info = self.streams.end(&self.tenant, id, End::Finished).await?;
+        let duration_ms = info.duration_ms();
+        let tokens_per_sec = usage
+            .and_then(|u| u.completion_tokens)
+            .filter(|_| duration_ms > 0)
+            .map(|tokens| (tokens as f64 * 1000.0 / duration_ms as f64 * 10.0).round() / 10.0);
+        let finished = FinishedEvent {
+            stream_id: id.to_string(),
+            length: info.length,
+            duration_ms,
+            tokens_per_sec,
+            usage,
+        };
+        self.deliver("stream.finished", vec![info.room], &finished, true)
+            .await?;
+        Ok(finished)
+    }
+
+    /// Ends the stream as failed and publishes `stream.failed {stream_id, error, length}`.
+    pub async fn fail_stream(
+        &self,
+        id: &StreamId,
+        error: &str,
+    ) -> Result<FailedEvent, StreamError> {
+        let info = self.streams.end(&self.tenant, id, End::Failed).await?;
+        let failed = FailedEvent {
+            stream_id: id.to_string(),
+            error: error.to_owned(),
+            length: info.length,
+        };
+        self.deliver("stream.failed", vec![info.room], &failed, true)
+            .await?;
+        Ok(failed)
+    }
+
+    /// Ends the stream as cancelled by user `by` and publishes `stream.cancelled`; its
+    /// writer, on whichever node, hears of it and its next append is refused.
+    pub async fn cancel_stream(
+        &self,
+        id: &StreamId,
+        by: &Id,
+        reason: Option<String>,
+    ) -> Result<CancelledEvent, StreamError> {
+        let cancel = Cancelled {
+            by: by.to_string(),
+            reason: reason.clone(),
+        };
+        let info = self
+            .streams
+            .end(&self.tenant, id, End::Cancelled(cancel))
+            .await?;
+        let cancelled = CancelledEvent {
+            stream_id: id.to_string(),
+            by: by.to_string(),
+            reason,
+            length: info.length,
+        };
+        self.deliver("stream.cancelled", vec![info.room], &cancelled, true)
+            .await?;
+        Ok(cancelled)
+    }
+}
+
+/// Writes one AI stream: [`Self::append`] as the text comes, then [`Self::finish`] or
+/// [`Self::fail`]; [`Self::cancelled`] resolves when a viewer cancels (on any node). A
+/// writer dropped without either leaves the stream open until `streams.idle_secs`.
+pub struct StreamWriter {
+    broadcaster: EventBroadcaster,
+    id: StreamId,
+    watch: Watch,
+}
+
+impl StreamWriter {
+    pub fn id(&self) -> &StreamId {
+        &self.id
+    }
+
+    /// Appends `text`; returns where it starts in the whole text, in code points.
+    /// `stream_cancelled` once a viewer cancelled, `stream_too_large` past
+    /// `streams.max_bytes`.
+    pub async fn append(&self, text: &str) -> Result<u64, StreamError> {
+        self.broadcaster.append_stream(&self.id, text).await
+    }
+
+    /// Finishes the stream: `stream.finished` with its length, duration and, from
+    /// `usage.completion_tokens`, its tokens per second.
+    pub async fn finish(self, usage: Option<Usage>) -> Result<FinishedEvent, StreamError> {
+        self.broadcaster.finish_stream(&self.id, usage).await
+    }
+
+    /// Ends the stream as failed: `stream.failed` with `error`.
+    pub async fn fail(self, error: &str) -> Result<FailedEvent, StreamError> {
+        self.broadcaster.fail_stream(&self.id, error).await
+    }
+
+    /// Resolves when a viewer cancels the stream (at once if one did): who, and why.
+    /// Cancel-safe, and may be awaited again.
+    pub async fn cancelled(&self) -> Cancelled {
+        self.watch.cancelled().await
+    }
+
+    /// The cancel, if a viewer cancelled already.
+    pub fn is_cancelled(&self) -> Option<Cancelled> {
+        self.watch.is_cancelled()
     }
 }

@@ -104,6 +104,16 @@ codes! {
     InvalidSignature = "invalid_signature", Some(S::UNAUTHORIZED), [Http];
     GithubNotConfigured = "github_not_configured", Some(S::NOT_FOUND), [Http];
     ServerBusy = "server_busy", Some(S::SERVICE_UNAVAILABLE), [Http];
+    /// No stream with this id in the tenant (never created, or expired).
+    StreamNotFound = "stream_not_found", Some(S::NOT_FOUND), [Http, Command];
+    /// `POST /api/v1/streams` with the `stream_id` of a stream that exists.
+    StreamExists = "stream_exists", Some(S::CONFLICT), [Http];
+    /// An append, finish, fail or cancel of a stream that already finished or failed.
+    StreamEnded = "stream_ended", Some(S::CONFLICT), [Http, Command];
+    /// An append, finish or fail of a stream a viewer cancelled.
+    StreamCancelled = "stream_cancelled", Some(S::CONFLICT), [Http, Command];
+    /// An append that would take the stream's text past `streams.max_bytes`.
+    StreamTooLarge = "stream_too_large", Some(S::PAYLOAD_TOO_LARGE), [Http];
     Internal = "internal", Some(S::INTERNAL_SERVER_ERROR), [Http];
 }
 
@@ -177,6 +187,16 @@ messages! {
         "the rpc request is larger than {max} bytes (rpc.max_request_bytes); it was not sent";
     RpcInFlight: RateLimited =
         "this socket has {max} rpc calls awaiting an answer (rpc.max_in_flight_per_socket); wait for one";
+
+    // Streams (socket commands and HTTP alike).
+    StreamNotFound: StreamNotFound = "no stream {stream_id} in this tenant (never created, or expired)";
+    StreamExists: StreamExists = "a stream {stream_id} exists already";
+    StreamEnded: StreamEnded = "the stream {stream_id} is {status}";
+    StreamCancelled: StreamCancelled = "the stream {stream_id} was cancelled by a viewer";
+    StreamTooLarge: StreamTooLarge =
+        "the stream's text would exceed {max} bytes (streams.max_bytes); nothing was appended";
+    StreamCancelNotAllowed: Forbidden =
+        "only the user who requested the stream may cancel it (streams.cancel = \"requester\")";
 
     // HTTP.
     Unauthorized: Unauthorized =

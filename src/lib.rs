@@ -8,7 +8,8 @@
 //! - [`rooms`]: room names, tenant scoping and the access policy.
 //! - [`events`]: one typed struct per event, routing (event → rooms) and the envelope;
 //!   `events::request`, what publishers send (HTTP, batch, stream ingest), decoded and checked.
-//! - [`broadcaster`]: [`EventBroadcaster`], the single publish path.
+//! - [`broadcaster`]: [`EventBroadcaster`], the single publish path; also starts and ends
+//!   AI streams ([`broadcaster::StreamWriter`]), whose `stream.*` events it publishes.
 //! - [`outbound`]: the one signed HTTP sender for calls to backends (outbound webhooks, the
 //!   RPC proxy): `X-Roomcast-Signature` / `X-Roomcast-Delivery`, one attempt per call.
 //! - [`hooks_out`]: outbound webhooks: `room.*`, `presence.*`, `connection.*` and
@@ -28,8 +29,8 @@
 //!   closed lingering (no RST), severed at the end of a drain so clients see a dropped
 //!   transport.
 //! - [`stores`]: memory, disk (`[storage] path`) or Redis, chosen once: room history
-//!   ([`history`]), idempotency answers ([`idempotency`]) and presence ([`presence`]), each a
-//!   module with one file per backend. The publish path and recovery call the store
+//!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]) and AI
+//!   streams ([`streams`]), each a module with one file per backend. The publish path and recovery call the store
 //!   (`HistoryStore::publish`, `HistoryStore::catch_up`) and know no backend: how each one
 //!   keeps a room's `seq` order (locks held through delivery on one node, a Lua script and
 //!   a delivery lock in a cluster) lives beside its data. [`disk`] is what the disk backends share (times on
@@ -151,6 +152,7 @@ pub mod rooms;
 pub mod services;
 pub mod socket;
 pub mod stores;
+pub mod streams;
 pub mod tcp;
 pub mod workers;
 
@@ -246,6 +248,7 @@ impl Roomcast {
             presence,
             presence_store: stores.presence.clone(),
             history: stores.history.clone(),
+            streams: stores.streams.clone(),
             limits,
             outbound: crate::outbound::Outbound::new(),
             client_schemas: config.client_events.compile_schemas()?,
@@ -302,7 +305,8 @@ impl Roomcast {
             p.stores.idempotency.clone(),
             p.services.history.clone(),
         )
-        .with_max_rooms(p.services.config.limits.max_rooms_per_publish);
+        .with_max_rooms(p.services.config.limits.max_rooms_per_publish)
+        .with_streams(p.stores.streams.clone());
         // Weakly: the Socket.IO server's state holds the services.
         let weak: std::sync::Weak<dyn delivery::Deliver> = Arc::downgrade(&io) as _;
         let _ = p

@@ -16,6 +16,7 @@ use crate::limits::Limits;
 use crate::metrics::Counters;
 use crate::outbound::Outbound;
 use crate::presence::{Presence, PresenceStore};
+use crate::streams::Streams;
 
 pub struct Services {
     pub config: Config,
@@ -25,6 +26,8 @@ pub struct Services {
     pub presence: Presence,
     pub presence_store: Arc<dyn PresenceStore>,
     pub history: HistoryStore,
+    /// AI streams: text, status, the delivery order of deltas on this node.
+    pub streams: Arc<Streams>,
     pub limits: Arc<Limits>,
     /// Signed requests to backends (webhooks out, the RPC proxy).
     pub outbound: Outbound,

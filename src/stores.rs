@@ -1,5 +1,5 @@
-//! Where a node keeps what outlives a request: room history, idempotency answers and
-//! presence. The backend is chosen here, once, from the config:
+//! Where a node keeps what outlives a request: room history, idempotency answers,
+//! presence and AI streams. The backend is chosen here, once, from the config:
 //! - memory: a single node without `[storage] path` (lost on restart);
 //! - disk: a single node with `[storage] path`: history (room epochs, `seq`s, the events
 //!   within retention) and idempotency answers in one redb file, `<path>/roomcast.redb`,
@@ -8,7 +8,8 @@
 //!   used then (a warning says so at start).
 //!
 //! Presence is in memory on a single node either way: it describes live sockets, which a
-//! restart ends.
+//! restart ends. So are streams ([`crate::streams`]): a stream lives for minutes, and a
+//! restart ends its producer's request anyway.
 //!
 //! Why redb for the disk: one file, pure Rust, ACID write transactions whose commit is
 //! durable (fsynced) by default, so "a `202` means the event is on disk" is one commit per
@@ -32,6 +33,7 @@ use crate::history::{DiskHistory, History, HistoryStore, RedisHistory};
 use crate::idempotency::{DiskIdempotency, IdempotencyStore, MemoryIdempotency, RedisIdempotency};
 use crate::metrics::Counters;
 use crate::presence::{MemoryStore, PresenceStore};
+use crate::streams::Streams;
 use crate::workers::Workers;
 
 /// The file inside `[storage] path`.
@@ -42,8 +44,18 @@ pub struct Stores {
     pub history: HistoryStore,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub presence: Arc<dyn PresenceStore>,
+    pub streams: Arc<Streams>,
     /// The history's background work, started by [`Self::start`].
     worker: Option<Worker>,
+    /// The streams' background work, started by [`Self::start`].
+    streams_worker: Option<StreamsWorker>,
+}
+
+enum StreamsWorker {
+    /// Drops ended and idle streams of this node.
+    Sweeper,
+    /// Delivers the deltas Redis published to this node's sockets.
+    Deltas(MessageStream<(String, Vec<u8>)>),
 }
 
 enum Worker {
@@ -67,11 +79,15 @@ impl Stores {
             let history = Arc::new(cluster.history(config.history.clone()));
             let (conn, prefix) = cluster.redis();
             let numbered = cluster.numbered_events(&history);
+            let streams = Arc::new(cluster.streams());
+            let deltas = cluster.stream_messages(&streams);
             return Ok(Self {
                 history: HistoryStore::Redis(history.clone()),
                 idempotency: Arc::new(RedisIdempotency::new(conn, prefix, window)),
                 presence: cluster.store.clone(),
+                streams: Arc::new(Streams::redis(streams, config.streams.clone())),
                 worker: Some(Worker::Numbered(history, numbered)),
+                streams_worker: Some(StreamsWorker::Deltas(deltas)),
             });
         }
         let (history, idempotency): (History, Arc<dyn IdempotencyStore>) =
@@ -102,12 +118,27 @@ impl Stores {
             history: HistoryStore::Local(history.clone()),
             idempotency,
             presence: Arc::new(MemoryStore::default()),
+            streams: Arc::new(Streams::memory(config.streams.clone())),
             worker: Some(Worker::Sweeper(history)),
+            streams_worker: Some(StreamsWorker::Sweeper),
         })
     }
 
-    /// Starts the history's background work (once; later calls do nothing).
+    /// Starts the history's and the streams' background work (once; later calls do
+    /// nothing).
     pub fn start(&mut self, workers: &Workers, io: Arc<dyn Deliver>, counters: Arc<Counters>) {
+        match self.streams_worker.take() {
+            Some(StreamsWorker::Sweeper) => {
+                workers.start("streams_sweeper", self.streams.clone().run_sweeper());
+            }
+            Some(StreamsWorker::Deltas(messages)) => {
+                workers.start(
+                    "stream_delivery",
+                    crate::streams::redis::deliver_loop(self.streams.clone(), messages, io.clone()),
+                );
+            }
+            None => {}
+        }
         match self.worker.take() {
             Some(Worker::Sweeper(history)) => {
                 workers.start("history_sweeper", history.run_sweeper());

@@ -25,6 +25,7 @@ use crate::presence::RedisStore;
 use crate::presence::{Announcer, Presence};
 use crate::redis_conn::RedisConn;
 use crate::rooms::{Id, RoomName};
+use crate::streams::RedisStreams;
 use driver::ResilientDriver;
 
 /// A presence entry's scoped room key and user field, parsed back.
@@ -118,6 +119,20 @@ impl Cluster {
         // Deep enough for a burst while this node is busy; a message that does not fit is
         // dropped and counted like the adapter's.
         self.driver.listen(history.channels(), 65_536)
+    }
+
+    /// AI streams shared by the cluster, in Redis.
+    pub fn streams(&self) -> RedisStreams {
+        RedisStreams::new(self.conn.clone(), &self.prefix, self.mode)
+    }
+
+    /// Every node's stream deltas and cancels, in the order Redis ran their scripts (see
+    /// [`crate::streams::redis`]).
+    pub fn stream_messages(
+        &self,
+        streams: &RedisStreams,
+    ) -> socketioxide_redis::drivers::MessageStream<(String, Vec<u8>)> {
+        self.driver.listen(vec![streams.channel()], 65_536)
     }
 
     pub fn dropped_messages(&self) -> u64 {

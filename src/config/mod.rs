@@ -27,6 +27,7 @@ mod rpc;
 mod secret;
 mod server;
 mod storage;
+mod streams;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ pub use rpc::{MAX_METHOD_LEN, RpcConfig, method_char};
 pub use secret::Secret;
 pub use server::{Parser, ServerConfig, Transport};
 pub use storage::StorageConfig;
+pub use streams::{CancelPolicy, StreamsConfig};
 pub use webhooks::{HookKind, MIN_WEBHOOK_SECRET, RoomKind, WebhookConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +67,7 @@ pub struct Config {
     pub client_events: ClientEventsConfig,
     pub history: HistoryConfig,
     pub storage: StorageConfig,
+    pub streams: StreamsConfig,
     pub pages: PagesConfig,
     pub github: GithubConfig,
     pub ingest: IngestConfig,
@@ -87,6 +90,7 @@ impl Default for Config {
             client_events: ClientEventsConfig::default(),
             history: HistoryConfig::default(),
             storage: StorageConfig::default(),
+            streams: StreamsConfig::default(),
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
             ingest: IngestConfig::default(),
@@ -184,6 +188,7 @@ impl Config {
         self.github.validate()?;
         self.ingest.validate(&self.cluster)?;
         self.rpc.validate()?;
+        self.streams.validate()?;
         webhooks::validate(&self.webhooks)?;
         Ok(())
     }

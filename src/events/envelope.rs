@@ -137,7 +137,7 @@ const RESERVED: &[&str] = &[
     "newlistener",
     "removelistener",
 ];
-const RESERVED_PREFIXES: &[&str] = &["connection.", "auth.", "server.", "presence."];
+const RESERVED_PREFIXES: &[&str] = &["connection.", "auth.", "server.", "presence.", "stream."];
 
 impl EventName {
     pub fn parse(s: &str) -> Result<Self, &'static str> {

@@ -47,6 +47,8 @@ pub enum ApiError {
     AuthThrottled {
         retry_after_ms: u64,
     },
+    /// A stream operation refused (`stream_*`, or `cluster_unavailable`).
+    Stream(crate::streams::StreamError),
     Internal(String),
 }
 
@@ -75,6 +77,7 @@ impl ApiError {
             Self::TooManyRooms(_) => M::PublishRooms,
             Self::ServerBusy => M::ServerBusy,
             Self::AuthThrottled { .. } => M::AuthThrottled,
+            Self::Stream(e) => e.template(),
             Self::Internal(_) => M::Internal,
         }
     }
@@ -95,6 +98,7 @@ impl ApiError {
             Self::BatchTooLarge(max) | Self::TooManyRooms(max) => template.render(&[("max", max)]),
             Self::Skipped(failed) => template.render(&[("failed", failed)]),
             Self::RateLimited { limit, .. } => template.render(&[("limit", limit)]),
+            Self::Stream(e) => e.message(),
             Self::InBatch(i, inner) => {
                 let (code, message, field) = inner.parts();
                 let field = match field {
@@ -196,6 +200,12 @@ impl From<RequestError> for ApiError {
             RequestError::InvalidEventName(m) => Self::InvalidEventName(m),
             RequestError::InvalidRoom(f) => Self::InvalidRoom(f),
         }
+    }
+}
+
+impl From<crate::streams::StreamError> for ApiError {
+    fn from(e: crate::streams::StreamError) -> Self {
+        Self::Stream(e)
     }
 }
 
@@ -329,6 +339,22 @@ mod tests {
                 ApiError::AuthThrottled { retry_after_ms: 20 },
                 429,
                 json!({"code": "rate_limited", "message": "too many refused API keys from this address (limits.auth_failures_per_ip_per_sec); the key was not checked", "retry_after_ms": 20}),
+            ),
+            (
+                ApiError::Stream(crate::streams::StreamError::Cancelled {
+                    id: "s1".into(),
+                    cancel: crate::streams::Cancelled {
+                        by: "alice".into(),
+                        reason: None,
+                    },
+                }),
+                409,
+                json!({"code": "stream_cancelled", "message": "the stream s1 was cancelled by a viewer"}),
+            ),
+            (
+                ApiError::Stream(crate::streams::StreamError::TooLarge(16)),
+                413,
+                json!({"code": "stream_too_large", "message": "the stream's text would exceed 16 bytes (streams.max_bytes); nothing was appended"}),
             ),
             (
                 ApiError::Internal("boom".into()),

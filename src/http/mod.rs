@@ -16,6 +16,7 @@ mod pages;
 mod presence;
 mod schema;
 mod stats;
+mod streams;
 mod users;
 mod webhooks;
 
@@ -109,6 +110,26 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::POST, "/api/v1/broadcast", publish),
             post(events::publish_custom),
+        ),
+        (
+            e(Method::POST, "/api/v1/streams", publish),
+            post(streams::create),
+        ),
+        (
+            e(Method::POST, "/api/v1/streams/{stream_id}/append", publish),
+            post(streams::append),
+        ),
+        (
+            e(Method::POST, "/api/v1/streams/{stream_id}/finish", publish),
+            post(streams::finish),
+        ),
+        (
+            e(Method::POST, "/api/v1/streams/{stream_id}/fail", publish),
+            post(streams::fail),
+        ),
+        (
+            e(Method::GET, "/api/v1/streams/{stream_id}", read),
+            get(streams::read),
         ),
         (
             e(Method::POST, "/webhooks/github", GithubSignature),

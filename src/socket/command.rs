@@ -67,9 +67,26 @@ pub struct CommandCx<'a> {
     pub identity: Arc<Identity>,
     pub services: &'a Services,
     pub conn: &'a dyn Connection,
+    held: &'a Held,
 }
 
+/// What a command keeps until its answer is on its way to the client (see
+/// [`CommandCx::hold_until_answered`]).
+#[derive(Default)]
+pub struct Held(std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>);
+
 impl CommandCx<'_> {
+    /// Keeps `guard` (a lock) until the transport has queued the command's answer, so
+    /// nothing the lock orders reaches the client before it: `stream.resume` holds its
+    /// stream's delivery lock this way, and no delta overtakes the snapshot.
+    pub fn hold_until_answered(&self, guard: impl Send + 'static) {
+        self.held
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(guard));
+    }
+
     /// `name` as a room the connection is in: `invalid_room` when it is not a room name,
     /// `not_subscribed` when the connection is not in it.
     pub fn subscribed(&self, name: String) -> Result<RoomName, CommandError> {
@@ -103,11 +120,24 @@ impl CommandCx<'_> {
     }
 }
 
-/// Decodes and runs one `C` for `conn`; the transport sends the answer.
+/// Decodes and runs one `C` for `conn`; the transport sends the answer. What the command
+/// holds until then is let go on return: a transport that orders its answer against other
+/// messages uses [`execute_holding`].
 pub async fn execute<C: Command>(
     conn: &dyn Connection,
     services: &Services,
     payload: Result<Value, String>,
+) -> Result<Reply, CommandError> {
+    execute_holding::<C>(conn, services, payload, &Held::default()).await
+}
+
+/// [`execute`], leaving in `held` what the command holds until its answer is queued: the
+/// transport drops `held` right after.
+pub async fn execute_holding<C: Command>(
+    conn: &dyn Connection,
+    services: &Services,
+    payload: Result<Value, String>,
+    held: &Held,
 ) -> Result<Reply, CommandError> {
     let request = C::decode(payload)?;
     let Some(identity) = conn.identity() else {
@@ -119,6 +149,7 @@ pub async fn execute<C: Command>(
         identity,
         services,
         conn,
+        held,
     };
     request.run(&cx).await
 }
@@ -207,6 +238,7 @@ mod tests {
             history: crate::history::HistoryStore::Local(Arc::new(crate::history::History::new(
                 config.history.clone(),
             ))),
+            streams: Arc::new(crate::streams::Streams::memory(config.streams.clone())),
             limits: Arc::new(crate::limits::Limits::new(&config.limits)),
             outbound: crate::outbound::Outbound::new(),
             client_schemas: Default::default(),

@@ -8,7 +8,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::budget::Budgeted;
-use super::command::{Command, Connection, execute};
+use super::command::{Command, Connection, Held, execute_holding};
 use super::reply::Responder;
 use super::{SocketCtx, identity_of, share_of};
 use crate::auth::Identity;
@@ -27,7 +27,11 @@ async fn handle<A: Adapter, C: Command>(
 ) {
     let conn = Socket { s: &s, ctx: &ctx };
     let payload = payload.map_err(|e| e.to_string());
-    reply.result(execute::<C>(&conn, &ctx.services, payload).await);
+    let held = Held::default();
+    let answer = execute_holding::<C>(&conn, &ctx.services, payload, &held).await;
+    // Queued on the socket before what `held` keeps back (a stream's deltas) can follow.
+    reply.result(answer);
+    drop(held);
 }
 
 /// A socketioxide socket as a [`Connection`].

@@ -17,6 +17,8 @@ mod recover;
 mod refresh;
 mod reply;
 mod rpc;
+mod stream_cancel;
+mod stream_resume;
 mod subscribe;
 mod unsubscribe;
 
@@ -142,6 +144,8 @@ pub(crate) fn register_commands<A: Adapter>(s: &SocketRef<A>) {
     dispatch::on::<A, history::History>(s);
     dispatch::on::<A, rpc::Rpc>(s);
     dispatch::on::<A, publish::Publish>(s);
+    dispatch::on::<A, stream_resume::StreamResume>(s);
+    dispatch::on::<A, stream_cancel::StreamCancel>(s);
     s.on_fallback(Budgeted(reply::unknown_command::<A>));
 }
 

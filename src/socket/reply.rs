@@ -77,6 +77,10 @@ pub enum CommandError {
         field: String,
         message: String,
     },
+    /// `stream.resume`, `stream.cancel`: the stream's refusal.
+    Stream(crate::streams::StreamError),
+    /// `stream.cancel` by another user than the requester (`streams.cancel = "requester"`).
+    CancelNotAllowed,
 }
 
 impl CommandError {
@@ -114,6 +118,9 @@ impl CommandError {
             Self::EventNotAllowed(_) => Message::ClientEventName,
             Self::PayloadTooLarge { .. } => Message::ClientEventTooLarge,
             Self::SchemaMismatch { .. } => Message::ClientEventSchema,
+            Self::Stream(crate::streams::StreamError::Unavailable(_)) => Message::CommandCluster,
+            Self::Stream(e) => e.template(),
+            Self::CancelNotAllowed => Message::StreamCancelNotAllowed,
         }
     }
 
@@ -136,6 +143,10 @@ impl CommandError {
             Self::SchemaMismatch { event, message, .. } => {
                 template.render(&[("event", event), ("message", message)])
             }
+            Self::Stream(crate::streams::StreamError::Unavailable(reason)) => {
+                template.render(&[("reason", reason)])
+            }
+            Self::Stream(e) => e.message(),
             _ => template.text(),
         }
     }
@@ -342,6 +353,21 @@ mod tests {
                     message: "wrong".into(),
                 },
                 json!({"code": "invalid_payload", "message": "data does not match the schema of chat.message: wrong", "field": "/text"}),
+            ),
+            (
+                CommandError::Stream(crate::streams::StreamError::NotFound("s1".into())),
+                json!({"code": "stream_not_found", "message": "no stream s1 in this tenant (never created, or expired)"}),
+            ),
+            (
+                CommandError::Stream(crate::streams::StreamError::Ended {
+                    id: "s1".into(),
+                    status: crate::streams::Status::Finished,
+                }),
+                json!({"code": "stream_ended", "message": "the stream s1 is finished"}),
+            ),
+            (
+                CommandError::CancelNotAllowed,
+                json!({"code": "forbidden", "message": "only the user who requested the stream may cancel it (streams.cancel = \"requester\")"}),
             ),
         ];
         for (error, body) in cases {

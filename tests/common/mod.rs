@@ -747,6 +747,19 @@ impl Client {
         }
     }
 
+    /// [`Self::emit_with_ack`], also returning every event that came before the ack, in
+    /// the order they came (those kept from earlier reads first).
+    pub async fn emit_with_ack_seen(
+        &mut self,
+        event: &str,
+        data: Value,
+    ) -> (Vec<(String, Value)>, Value) {
+        let before = self.pending.len();
+        let ack = self.emit_with_ack(event, data).await;
+        assert!(self.pending.len() >= before);
+        (self.pending.drain(..).collect(), ack)
+    }
+
     pub async fn emit(&mut self, event: &str, data: Value) {
         let prefix = self.prefix();
         self.send(format!("42{prefix}{}", json!([event, data])))

@@ -1,0 +1,585 @@
+//! AI output streams: a room-scoped text that grows by appends (an LLM's tokens, a build
+//! log), with a status (`open`, then `finished`, `failed` or `cancelled`).
+//!
+//! - Every append is sent live to the room as a volatile `stream.delta {stream_id, offset,
+//!   text}` (no `seq`, not in room history: the stream's own text is the record).
+//! - Offsets count Unicode code points (not bytes, not UTF-16 units): a delta's `offset` is
+//!   where its first character sits in the whole text. JavaScript counts them with
+//!   `Array.from(text).length`, Python with `len(text)`, Rust with `text.chars().count()`.
+//! - A socket catches up with `stream.resume {stream_id, offset}`: the text from `offset`
+//!   on. [`Streams::resume`] reads it holding the stream's delivery lock on this node, and
+//!   the command's ack is sent before the lock is let go, so no delta overtakes the
+//!   snapshot: every delta the socket receives after the ack starts at or before the end
+//!   of the snapshot (a client drops the part it has). On one node there is no overlap at
+//!   all; in a cluster a delta still in flight when Redis was read may overlap.
+//!
+//! Where the text is kept is decided once, in [`crate::stores`]: [`memory`] on a single
+//! node (with `[storage] path` too: streams are short-lived, a restart ends them), or
+//! [`redis`] in a cluster, so a stream started at one node, appended at another, is
+//! viewed and resumed at any. Deltas then travel through Redis (the append script
+//! publishes them atomically with the append) and every node delivers them to its own
+//! sockets under the same delivery lock.
+//!
+//! A cancel (`stream.cancel`) ends the stream as `cancelled`: the producer's next append is
+//! refused (`stream_cancelled`), and a [`Watch`] on the stream (what
+//! `StreamWriter::cancelled` waits on) resolves on every node, told through Redis in a
+//! cluster (and by a refused append, if that message was lost).
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryStreams;
+pub use redis::RedisStreams;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{OwnedMutexGuard, watch};
+
+use crate::config::StreamsConfig;
+use crate::delivery::Deliver;
+use crate::errors::Message;
+use crate::events::Envelope;
+use crate::rooms::{Id, RoomName, Tenant};
+
+/// A stream's id: 1 to 128 of `[A-Za-z0-9_.-]`, unique in its tenant.
+pub type StreamId = Id;
+
+/// The event every append sends to the room.
+pub const DELTA: &str = "stream.delta";
+
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Open,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => Self::Open,
+            "finished" => Self::Finished,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// What a stream is created with.
+#[derive(Debug, Clone)]
+pub struct NewStream {
+    pub tenant: Tenant,
+    pub id: StreamId,
+    pub room: RoomName,
+    /// `llm`, `log`, …: for clients to choose how to show it.
+    pub kind: String,
+    /// Anything the producer wants viewers to know (model, prompt id…), sent in
+    /// `stream.started`.
+    pub meta: Value,
+    /// The user the stream answers; with `streams.cancel = "requester"` the only one who
+    /// may cancel it.
+    pub requested_by: Option<Id>,
+}
+
+/// A stream apart from its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Info {
+    pub id: StreamId,
+    pub room: RoomName,
+    pub kind: String,
+    pub status: Status,
+    /// The text's length in code points.
+    pub length: u64,
+    /// Unix milliseconds.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub requested_by: Option<Id>,
+}
+
+impl Info {
+    /// From the start to the end (or to now while open).
+    pub fn duration_ms(&self) -> u64 {
+        self.ended_ms
+            .unwrap_or_else(now_ms)
+            .saturating_sub(self.started_ms)
+    }
+}
+
+/// A stream's text from an offset on.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub info: Info,
+    /// Where `text` starts: the offset asked for, or the text's length if that was past it.
+    pub offset: u64,
+    pub text: String,
+}
+
+/// How a stream ends.
+#[derive(Debug, Clone)]
+pub enum End {
+    Finished,
+    Failed,
+    Cancelled(Cancelled),
+}
+
+impl End {
+    fn status(&self) -> Status {
+        match self {
+            Self::Finished => Status::Finished,
+            Self::Failed => Status::Failed,
+            Self::Cancelled(_) => Status::Cancelled,
+        }
+    }
+}
+
+/// Who cancelled a stream, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The user id of the socket that cancelled.
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+/// Why a stream operation was refused; each has its code in [`crate::errors`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("no stream {0}")]
+    NotFound(String),
+    #[error("stream {0} exists already")]
+    Exists(String),
+    #[error("stream {id} is {}", status.as_str())]
+    Ended { id: String, status: Status },
+    #[error("stream {id} was cancelled")]
+    Cancelled { id: String, cancel: Cancelled },
+    /// The text would pass `streams.max_bytes` (the limit).
+    #[error("the stream's text would exceed {0} bytes")]
+    TooLarge(usize),
+    /// Redis did not answer, or the event about the stream could not be published.
+    #[error("streams are unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StreamError {
+    /// The message template, and with it the code (`Unavailable` is `cluster_unavailable`).
+    pub fn template(&self) -> Message {
+        match self {
+            Self::NotFound(_) => Message::StreamNotFound,
+            Self::Exists(_) => Message::StreamExists,
+            Self::Ended { .. } => Message::StreamEnded,
+            Self::Cancelled { .. } => Message::StreamCancelled,
+            Self::TooLarge(_) => Message::StreamTooLarge,
+            Self::Unavailable(_) => Message::HttpCluster,
+        }
+    }
+
+    /// The client-facing message.
+    pub fn message(&self) -> String {
+        let template = self.template();
+        match self {
+            Self::NotFound(id) | Self::Exists(id) | Self::Cancelled { id, .. } => {
+                template.render(&[("stream_id", id)])
+            }
+            Self::Ended { id, status } => {
+                template.render(&[("stream_id", id), ("status", &status.as_str())])
+            }
+            Self::TooLarge(max) => template.render(&[("max", max)]),
+            Self::Unavailable(reason) => template.render(&[("reason", reason)]),
+        }
+    }
+}
+
+/// `stream.started`, to the stream's room.
+#[derive(Debug, Serialize)]
+pub struct StartedEvent<'a> {
+    pub stream_id: &'a str,
+    pub kind: &'a str,
+    pub meta: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<&'a str>,
+}
+
+/// `stream.delta`, volatile.
+#[derive(Debug, Serialize)]
+pub struct Delta<'a> {
+    pub stream_id: &'a str,
+    pub offset: u64,
+    pub text: &'a str,
+}
+
+/// Token counts a producer may report at `finish` (as OpenAI's `usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+/// `stream.finished`, to the stream's room; also the answer to a finish.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinishedEvent {
+    pub stream_id: String,
+    pub length: u64,
+    pub duration_ms: u64,
+    /// `completion_tokens` per second of the stream's life, when the producer reported them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// `stream.failed`, to the stream's room.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedEvent {
+    pub stream_id: String,
+    pub error: String,
+    pub length: u64,
+}
+
+/// `stream.cancelled`, to the stream's room.
+#[derive(Debug, Clone, Serialize)]
+pub struct CancelledEvent {
+    pub stream_id: String,
+    pub by: String,
+    pub reason: Option<String>,
+    pub length: u64,
+}
+
+/// Enough locks that unrelated streams seldom wait on each other, few enough to keep for
+/// good: a stream's deltas and its resumes on this node take the lock of its shard.
+const SHARDS: usize = 64;
+
+/// Where this node's streams are, and what orders their deltas on this node.
+pub struct Streams {
+    backend: Backend,
+    config: StreamsConfig,
+    shards: Vec<Arc<tokio::sync::Mutex<()>>>,
+    /// Writers on this node waiting for a cancel, by stream key.
+    watchers: Mutex<HashMap<String, watch::Sender<Option<Cancelled>>>>,
+}
+
+enum Backend {
+    Memory(MemoryStreams),
+    Redis(Arc<RedisStreams>),
+}
+
+/// A stream's key in its store: `<tenant>/<id>`.
+pub fn key(tenant: &Tenant, id: &StreamId) -> String {
+    format!("{tenant}/{id}")
+}
+
+impl Streams {
+    /// A single node's streams, in memory.
+    pub fn memory(config: StreamsConfig) -> Self {
+        Self::with(Backend::Memory(MemoryStreams::default()), config)
+    }
+
+    /// The cluster's streams, in Redis; [`redis::deliver_loop`] delivers their deltas here.
+    pub fn redis(store: Arc<RedisStreams>, config: StreamsConfig) -> Self {
+        Self::with(Backend::Redis(store), config)
+    }
+
+    fn with(backend: Backend, config: StreamsConfig) -> Self {
+        Self {
+            backend,
+            config,
+            shards: (0..SHARDS).map(|_| Arc::default()).collect(),
+            watchers: Mutex::default(),
+        }
+    }
+
+    pub fn config(&self) -> &StreamsConfig {
+        &self.config
+    }
+
+    /// The delivery lock of the stream `key` on this node.
+    fn shard(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.shards[hasher.finish() as usize % SHARDS].clone()
+    }
+
+    /// Creates an open stream with no text.
+    pub async fn create(&self, new: &NewStream) -> Result<Info, StreamError> {
+        let started_ms = now_ms();
+        match &self.backend {
+            Backend::Memory(m) => m.create(new, started_ms),
+            Backend::Redis(r) => r.create(new, started_ms, &self.config).await,
+        }
+    }
+
+    /// Appends `text` to an open stream and sends it to the room's sockets as a delta;
+    /// returns the offset (in code points) where `text` starts.
+    pub async fn append(
+        &self,
+        io: &dyn Deliver,
+        tenant: &Tenant,
+        id: &StreamId,
+        text: &str,
+    ) -> Result<u64, StreamError> {
+        let key = key(tenant, id);
+        let appended = match &self.backend {
+            Backend::Memory(m) => {
+                // Held from the append to the delivery: a resume on this node reads the
+                // text either before the append or after its delta was handed over.
+                let _order = self.shard(&key).lock_owned().await;
+                let (offset, room) = m.append(&key, id, text, self.config.max_bytes)?;
+                if !text.is_empty() {
+                    deliver_delta(
+                        io,
+                        uuid::Uuid::now_v7(),
+                        tenant,
+                        &room,
+                        id,
+                        offset,
+                        text,
+                        false,
+                    )
+                    .await;
+                }
+                Ok(offset)
+            }
+            // Published by the script; every node's [`redis::deliver_loop`] delivers it.
+            Backend::Redis(r) => r.append(&key, text, &self.config).await,
+        };
+        if let Err(StreamError::Cancelled { cancel, .. }) = &appended {
+            // Should the cluster's message about it have been lost.
+            self.cancelled(&key, cancel.clone());
+        }
+        appended
+    }
+
+    /// Ends an open stream; its text and status are kept for `streams.keep_secs`. A cancel
+    /// is told to the writers waiting for one, on every node.
+    pub async fn end(&self, tenant: &Tenant, id: &StreamId, end: End) -> Result<Info, StreamError> {
+        let key = key(tenant, id);
+        let info = match &self.backend {
+            Backend::Memory(m) => m.end(&key, id, &end, now_ms())?,
+            Backend::Redis(r) => r.end(&key, id, &end, now_ms(), &self.config).await?,
+        };
+        if let End::Cancelled(cancel) = end {
+            self.cancelled(&key, cancel);
+        }
+        Ok(info)
+    }
+
+    /// The stream apart from its text.
+    pub async fn info(&self, tenant: &Tenant, id: &StreamId) -> Result<Info, StreamError> {
+        let key = key(tenant, id);
+        match &self.backend {
+            Backend::Memory(m) => m.info(&key, id),
+            Backend::Redis(r) => r.info(&key, id).await,
+        }
+    }
+
+    /// The text from `offset` on (for `GET /api/v1/streams/{id}`).
+    pub async fn read(
+        &self,
+        tenant: &Tenant,
+        id: &StreamId,
+        offset: u64,
+    ) -> Result<Snapshot, StreamError> {
+        let key = key(tenant, id);
+        match &self.backend {
+            Backend::Memory(m) => m.read(&key, id, offset),
+            Backend::Redis(r) => r.read(&key, id, offset).await,
+        }
+    }
+
+    /// The text from `offset` on, read holding the stream's delivery lock on this node,
+    /// which the caller keeps until its answer is on its way to the socket: no delta
+    /// handed to this node's sockets after that answer is missing from it.
+    pub async fn resume(
+        &self,
+        tenant: &Tenant,
+        id: &StreamId,
+        offset: u64,
+    ) -> Result<(Snapshot, OwnedMutexGuard<()>), StreamError> {
+        let key = key(tenant, id);
+        let order = self.shard(&key).lock_owned().await;
+        let snapshot = match &self.backend {
+            Backend::Memory(m) => m.read(&key, id, offset),
+            Backend::Redis(r) => r.read(&key, id, offset).await,
+        }?;
+        Ok((snapshot, order))
+    }
+
+    /// Waits for a cancel of the stream on this node until the [`Watch`] is dropped.
+    pub fn watch(self: &Arc<Self>, tenant: &Tenant, id: &StreamId) -> Watch {
+        let key = key(tenant, id);
+        let (tx, rx) = watch::channel(None);
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), tx);
+        Watch {
+            streams: Arc::downgrade(self),
+            key,
+            rx,
+        }
+    }
+
+    /// Tells the writer of stream `key` on this node (if any) that it was cancelled.
+    pub(crate) fn cancelled(&self, key: &str, cancel: Cancelled) {
+        let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = watchers.get(key) {
+            tx.send_if_modified(|now| {
+                let first = now.is_none();
+                if first {
+                    *now = Some(cancel);
+                }
+                first
+            });
+        }
+    }
+
+    /// Drops ended streams past `streams.keep_secs` and open ones idle past
+    /// `streams.idle_secs` (memory only: Redis expires its keys itself).
+    pub async fn run_sweeper(self: Arc<Self>) {
+        let period = Duration::from_secs(self.config.keep_secs.clamp(1, 60));
+        loop {
+            tokio::time::sleep(period).await;
+            if let Backend::Memory(m) = &self.backend {
+                m.sweep(now_ms(), &self.config);
+            }
+        }
+    }
+}
+
+/// A writer's wait for a cancel; stops waiting when dropped.
+pub struct Watch {
+    streams: std::sync::Weak<Streams>,
+    key: String,
+    rx: watch::Receiver<Option<Cancelled>>,
+}
+
+impl Watch {
+    /// Resolves once the stream is cancelled (at once if it was).
+    pub async fn cancelled(&self) -> Cancelled {
+        let mut rx = self.rx.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(cancel) => cancel.clone().unwrap_or_else(|| Cancelled {
+                by: String::new(),
+                reason: None,
+            }),
+            // The node is going away: no cancel will come.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The cancel, if there was one.
+    pub fn is_cancelled(&self) -> Option<Cancelled> {
+        self.rx.borrow().clone()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(streams) = self.streams.upgrade() {
+            let mut watchers = streams.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            // Only ours: a new writer of the same id may have replaced it.
+            if watchers
+                .get(&self.key)
+                .is_some_and(|tx| self.rx.same_channel(&tx.subscribe()))
+            {
+                watchers.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Hands one delta to the sockets of the stream's room (this node's only with
+/// `local_only`). A socket that cannot take it misses it: a delta is volatile, and a
+/// resume gives the text back.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn deliver_delta(
+    io: &dyn Deliver,
+    event_id: uuid::Uuid,
+    tenant: &Tenant,
+    room: &RoomName,
+    id: &StreamId,
+    offset: u64,
+    text: &str,
+    local_only: bool,
+) {
+    let delta = Delta {
+        stream_id: id.as_str(),
+        offset,
+        text,
+    };
+    let payload = match Envelope::encode(
+        event_id,
+        DELTA,
+        std::slice::from_ref(room),
+        &[],
+        None,
+        &delta,
+    ) {
+        Ok(payload) => payload,
+        Err(e) => {
+            tracing::warn!("cannot encode a stream delta: {e}");
+            return;
+        }
+    };
+    if let Err(e) = io
+        .deliver(vec![room.scoped(tenant)], DELTA, &payload, local_only, None)
+        .await
+    {
+        tracing::debug!(stream = %id, "stream delta not delivered: {e}");
+    }
+}
+
+/// The part of `text` from code point `offset` on, and where that is (at most its length).
+pub fn from_offset(text: &str, offset: u64) -> (u64, &str) {
+    let mut chars = 0u64;
+    for (at, _) in text.char_indices() {
+        if chars == offset {
+            return (offset, &text[at..]);
+        }
+        chars += 1;
+    }
+    (chars, "")
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_count_code_points() {
+        let text = "héllo 👋🏽 世界 🧑‍💻";
+        assert_eq!(from_offset(text, 0), (0, text));
+        assert_eq!(from_offset(text, 2), (2, "llo 👋🏽 世界 🧑‍💻"));
+        // 👋🏽 is two code points (hand, skin tone); 🧑‍💻 three (with the joiner).
+        assert_eq!(from_offset(text, 7), (7, "🏽 世界 🧑‍💻"));
+        let length = text.chars().count() as u64;
+        assert_eq!(length, 15);
+        assert_eq!(from_offset(text, length), (length, ""));
+        assert_eq!(from_offset(text, length + 5), (length, ""));
+    }
+}

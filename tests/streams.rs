@@ -1,0 +1,509 @@
+//! AI streams, as clients observe them: a producer appends over HTTP (or from Rust), the
+//! room's sockets receive `stream.delta`s, a viewer that joins mid-stream or comes back
+//! resumes with `stream.resume` and ends with the exact text (multi-code-point emoji
+//! included) while appends keep racing with it; finish, fail, the size limit and cancel.
+//! On one node and on a two-node cluster (started at one node, appended at the other,
+//! viewed and resumed at both).
+
+mod common;
+
+use common::{Client, DEADLINE, KEY, RedisServer, TestServer, token_for};
+use roomcast::rooms::RoomName;
+use roomcast::streams::StreamError;
+use serde_json::{Value, json};
+
+/// Cycled to make the stream's text: code points of 1 to 4 UTF-8 bytes, a skin-tone
+/// modifier and a zero-width joiner, so byte, UTF-16 and code point counts all differ.
+const PIECES: [&str; 5] = ["héllo ", "👋🏽 ", "世界 ", "🧑‍💻", "\n"];
+const ROOM: &str = "project:1";
+
+fn alice() -> String {
+    token_for("alice", "default", &["*"])
+}
+
+/// What a client holds of one stream, applying the documented rules: a piece that starts
+/// past what it has is a gap (ignored before its resume is answered, an error after); the
+/// part of a piece it already has is dropped.
+struct View {
+    stream_id: String,
+    text: String,
+    len: u64,
+    /// After the resume's ack: every delta must start at or before `len`.
+    caught_up: bool,
+    /// On one node no delta after the ack overlaps the snapshot either.
+    strict: bool,
+    finished: Option<u64>,
+}
+
+impl View {
+    fn new(stream_id: &str, strict: bool) -> Self {
+        Self {
+            stream_id: stream_id.to_owned(),
+            text: String::new(),
+            len: 0,
+            caught_up: false,
+            strict,
+            finished: None,
+        }
+    }
+
+    fn apply(&mut self, offset: u64, piece: &str, what: &str) {
+        if offset > self.len {
+            assert!(
+                !self.caught_up,
+                "{what} at {offset} leaves a gap after {} code points",
+                self.len
+            );
+            return;
+        }
+        if self.caught_up && self.strict && what == "delta" {
+            assert_eq!(offset, self.len, "a delta overlapping what the client has");
+        }
+        let have = (self.len - offset) as usize;
+        let fresh: String = piece.chars().skip(have).collect();
+        self.len += fresh.chars().count() as u64;
+        self.text.push_str(&fresh);
+    }
+
+    /// Handles one event of the socket.
+    fn event(&mut self, name: &str, payload: &Value) {
+        let data = &payload["data"];
+        if data["stream_id"] != self.stream_id.as_str() {
+            return;
+        }
+        match name {
+            "stream.delta" => {
+                assert!(
+                    payload.get("seq").is_none(),
+                    "a delta is volatile: {payload}"
+                );
+                self.apply(
+                    data["offset"].as_u64().unwrap(),
+                    data["text"].as_str().unwrap(),
+                    "delta",
+                );
+            }
+            "stream.finished" => self.finished = data["length"].as_u64(),
+            _ => {}
+        }
+    }
+
+    /// `stream.resume` from what the client has: what came before the ack is handled first
+    /// (deltas past what it has are ignored), then the snapshot.
+    async fn resume(&mut self, client: &mut Client) -> Value {
+        let asked = self.len;
+        let (before, ack) = client
+            .emit_with_ack_seen(
+                "stream.resume",
+                json!({"stream_id": self.stream_id, "offset": self.len}),
+            )
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        for (name, payload) in &before {
+            self.event(name, payload);
+        }
+        assert_eq!(ack["offset"].as_u64(), Some(asked), "{ack}");
+        self.apply(
+            ack["offset"].as_u64().unwrap(),
+            ack["text"].as_str().unwrap(),
+            "snapshot",
+        );
+        assert_eq!(ack["length"].as_u64(), Some(self.len), "{ack}");
+        self.caught_up = true;
+        ack
+    }
+
+    /// Reads until `stream.finished` came and the text is as long as it says.
+    async fn follow(&mut self, client: &mut Client) {
+        while self.finished != Some(self.len) {
+            let (name, payload) = client.next_event().await.unwrap_or_else(|| {
+                panic!(
+                    "stream not complete within {DEADLINE:?}: {} of {:?} code points",
+                    self.len, self.finished
+                )
+            });
+            self.event(&name, &payload);
+        }
+    }
+}
+
+/// A socket subscribed to [`ROOM`].
+async fn viewer(server: &TestServer) -> Client {
+    let mut client = server.connect(&alice()).await;
+    assert_eq!(client.subscribe(ROOM).await["ok"], true);
+    client
+}
+
+/// Appends `count` pieces of [`PIECES`] to `stream_id`, each at the node `at(i)` picks;
+/// checks every answer's offset and returns the whole text.
+async fn produce(nodes: Vec<std::net::SocketAddr>, stream_id: String, count: usize) -> String {
+    let http = reqwest::Client::new();
+    let mut text = String::new();
+    for i in 0..count {
+        let piece = PIECES[i % PIECES.len()];
+        let addr = nodes[i % nodes.len()];
+        let resp = http
+            .post(format!("http://{addr}/api/v1/streams/{stream_id}/append"))
+            .bearer_auth(KEY)
+            .json(&json!({"text": piece}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["offset"].as_u64(), Some(text.chars().count() as u64));
+        text.push_str(piece);
+    }
+    text
+}
+
+async fn create(server: &TestServer, body: Value) -> (u16, Value) {
+    server.post("/api/v1/streams", body).await
+}
+
+/// A viewer there from the start, one that loses its connection and resumes from its last
+/// offset on a new socket, and one that joins mid-stream and resumes from 0, while the
+/// producer keeps appending (at `producers`, in turn): all three end with the exact text.
+async fn viewers_end_with_the_exact_text(
+    start: &TestServer,
+    first: &TestServer,
+    second: &TestServer,
+    producers: Vec<std::net::SocketAddr>,
+    strict: bool,
+) {
+    let stream_id = "s-race";
+    let mut from_start = viewer(first).await;
+    let mut leaving = viewer(second).await;
+    let (status, body) = create(
+        start,
+        json!({"room": ROOM, "stream_id": stream_id, "kind": "llm", "meta": {"model": "m1"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body, json!({"stream_id": stream_id, "room": ROOM}));
+    let started = from_start.event("stream.started").await;
+    assert!(started["seq"].as_u64().is_some(), "numbered: {started}");
+    assert_eq!(
+        started["data"],
+        json!({"stream_id": stream_id, "kind": "llm", "meta": {"model": "m1"}})
+    );
+
+    let producer = tokio::spawn(produce(producers, stream_id.to_owned(), 400));
+
+    // There from the start: every delta, in order, none overlapping.
+    let whole = tokio::spawn(async move {
+        let mut view = View::new(stream_id, true);
+        view.caught_up = true;
+        view.follow(&mut from_start).await;
+        view.text
+    });
+
+    // Reads some, loses its connection, resumes on a new socket from where it was.
+    let second_addr = second.addr;
+    let resumed = tokio::spawn(async move {
+        let mut view = View::new(stream_id, strict);
+        view.caught_up = true;
+        while view.len < 20 {
+            let (name, payload) = leaving.next_event().await.expect("deltas");
+            view.event(&name, &payload);
+        }
+        drop(leaving);
+        view.caught_up = false;
+        let mut back = Client::connect(
+            second_addr,
+            common::Auth::Payload(json!({"token": alice()})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(back.subscribe(ROOM).await["ok"], true);
+        let ack = view.resume(&mut back).await;
+        view.follow(&mut back).await;
+        (view.text, ack["status"].clone())
+    });
+
+    // Joins mid-stream: subscribes, then resumes from 0.
+    let mut late = viewer(first).await;
+    let mut view = View::new(stream_id, strict);
+    let mid = view.resume(&mut late).await;
+
+    let text = producer.await.unwrap();
+    let (status, finished) = start
+        .post(
+            &format!("/api/v1/streams/{stream_id}/finish"),
+            json!({"usage": {"prompt_tokens": 5, "completion_tokens": 400}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{finished}");
+    let length = text.chars().count() as u64;
+    assert_eq!(finished["length"].as_u64(), Some(length));
+    assert!(
+        finished["tokens_per_sec"].as_f64().unwrap() > 0.0,
+        "{finished}"
+    );
+
+    view.follow(&mut late).await;
+    assert_eq!(view.text, text, "joined mid-stream");
+    assert_eq!(whole.await.unwrap(), text, "there from the start");
+    let (again, resumed_status) = resumed.await.unwrap();
+    assert_eq!(again, text, "resumed from its last offset");
+    // The resumes raced with the appends (else this proves little).
+    assert_eq!(mid["status"], "open", "{mid}");
+    assert_eq!(resumed_status, "open");
+
+    // A backend reads the same, from any offset.
+    let (status, read) = second
+        .get(&format!("/api/v1/streams/{stream_id}?offset=7"), Some(KEY))
+        .await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["status"], "finished");
+    assert_eq!(read["length"].as_u64(), Some(length));
+    assert_eq!(read["offset"], 7);
+    let tail: String = text.chars().skip(7).collect();
+    assert_eq!(read["text"], tail.as_str());
+}
+
+#[tokio::test]
+async fn one_node_viewers_end_with_the_exact_text() {
+    let server = TestServer::start().await;
+    viewers_end_with_the_exact_text(&server, &server, &server, vec![server.addr], true).await;
+}
+
+#[tokio::test]
+async fn cluster_viewers_end_with_the_exact_text_whichever_node_appends() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node("a", &redis, "streams-race").await;
+    let b = TestServer::start_cluster_node("b", &redis, "streams-race").await;
+    // Started at A, appended at B (and A, in turn), viewed at A, resumed at B and at A.
+    viewers_end_with_the_exact_text(&a, &a, &b, vec![b.addr, a.addr], false).await;
+}
+
+/// finish and fail reach the room; an ended stream takes no more appends.
+#[tokio::test]
+async fn finish_and_fail_are_announced_and_end_the_stream() {
+    let server = TestServer::start().await;
+    let mut client = viewer(&server).await;
+    for id in ["s-ok", "s-bad"] {
+        let (status, body) = create(&server, json!({"room": ROOM, "stream_id": id})).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = server
+            .post(
+                &format!("/api/v1/streams/{id}/append"),
+                json!({"text": "👋🏽!"}),
+            )
+            .await;
+        assert_eq!((status, body), (202, json!({"offset": 0, "length": 3})));
+    }
+    let (status, again) = create(&server, json!({"room": ROOM, "stream_id": "s-ok"})).await;
+    assert_eq!(status, 409);
+    assert_eq!(again["error"]["code"], "stream_exists");
+
+    let (status, _) = server.post("/api/v1/streams/s-ok/finish", json!({})).await;
+    assert_eq!(status, 200);
+    let finished = client.event("stream.finished").await;
+    assert!(finished["seq"].as_u64().is_some(), "numbered: {finished}");
+    assert_eq!(finished["data"]["stream_id"], "s-ok");
+    assert_eq!(finished["data"]["length"], 3);
+    assert!(finished["data"]["duration_ms"].as_u64().is_some());
+    assert!(finished["data"].get("tokens_per_sec").is_none());
+
+    let (status, _) = server
+        .post(
+            "/api/v1/streams/s-bad/fail",
+            json!({"error": "the model timed out"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let failed = client.event("stream.failed").await;
+    assert_eq!(
+        failed["data"],
+        json!({"stream_id": "s-bad", "error": "the model timed out", "length": 3})
+    );
+
+    for (id, status_word) in [("s-ok", "finished"), ("s-bad", "failed")] {
+        let (status, body) = server
+            .post(
+                &format!("/api/v1/streams/{id}/append"),
+                json!({"text": "more"}),
+            )
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "stream_ended");
+        let (_, read) = server
+            .get(&format!("/api/v1/streams/{id}"), Some(KEY))
+            .await;
+        assert_eq!(
+            (read["status"].as_str(), read["text"].as_str()),
+            (Some(status_word), Some("👋🏽!"))
+        );
+        // A socket resuming an ended stream gets its whole text and its status.
+        let ack = client
+            .emit_with_ack("stream.resume", json!({"stream_id": id, "offset": 2}))
+            .await;
+        assert_eq!(
+            (ack["status"].as_str(), ack["text"].as_str()),
+            (Some(status_word), Some("!"))
+        );
+    }
+    let (status, body) = server
+        .post("/api/v1/streams/nope/append", json!({"text": "x"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("stream_not_found"))
+    );
+    let (status, _) = server.get("/api/v1/streams/nope", Some(KEY)).await;
+    assert_eq!(status, 404);
+}
+
+/// A socket must be in the stream's room to resume or cancel it.
+#[tokio::test]
+async fn only_sockets_in_the_room_resume_or_cancel() {
+    let server = TestServer::start().await;
+    let (status, _) = create(&server, json!({"room": "project:2", "stream_id": "s-2"})).await;
+    assert_eq!(status, 201);
+    let mut outsider = viewer(&server).await;
+    for (command, payload) in [
+        ("stream.resume", json!({"stream_id": "s-2"})),
+        ("stream.cancel", json!({"stream_id": "s-2"})),
+    ] {
+        let ack = outsider.emit_with_ack(command, payload).await;
+        assert_eq!(ack["error"]["code"], "not_subscribed", "{command}: {ack}");
+    }
+    let ack = outsider
+        .emit_with_ack("stream.resume", json!({"stream_id": "missing"}))
+        .await;
+    assert_eq!(ack["error"]["code"], "stream_not_found");
+    // Deltas reach only the stream's room.
+    let (status, _) = server
+        .post("/api/v1/streams/s-2/append", json!({"text": "x"}))
+        .await;
+    assert_eq!(status, 202);
+    server.publish_marker().await;
+    outsider
+        .assert_not_before("stream.delta", "system.notification")
+        .await;
+}
+
+/// An append past `streams.max_bytes` is refused and appends nothing.
+#[tokio::test]
+async fn a_stream_is_bounded_in_size() {
+    let server = TestServer::start_with("[streams]\nmax_bytes = 16").await;
+    let (status, _) = create(&server, json!({"room": ROOM, "stream_id": "s-big"})).await;
+    assert_eq!(status, 201);
+    // 12 bytes: 4 code points.
+    let (status, _) = server
+        .post("/api/v1/streams/s-big/append", json!({"text": "世界世界"}))
+        .await;
+    assert_eq!(status, 202);
+    let (status, body) = server
+        .post("/api/v1/streams/s-big/append", json!({"text": "👋🏽"}))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "stream_too_large");
+    let (status, body) = server
+        .post("/api/v1/streams/s-big/append", json!({"text": "ab"}))
+        .await;
+    assert_eq!((status, body["offset"].as_u64()), (202, Some(4)));
+    let (_, read) = server.get("/api/v1/streams/s-big", Some(KEY)).await;
+    assert_eq!(read["text"], "世界世界ab");
+}
+
+/// A viewer cancels: the room hears it, the Rust writer's `cancelled()` resolves and its
+/// appends are refused, an HTTP producer's next append is `409 stream_cancelled`, and the
+/// viewer stays connected.
+async fn cancel_reaches_the_producer(producer_node: &TestServer, viewer_node: &TestServer) {
+    let mut client = viewer(viewer_node).await;
+    let room = RoomName::parse(ROOM).unwrap();
+    let writer = producer_node.broadcaster.stream(room, "llm").await.unwrap();
+    let id = writer.id().to_string();
+    let started = client.event("stream.started").await;
+    assert_eq!(started["data"]["stream_id"], id.as_str());
+    assert_eq!(writer.append("thinking…").await.unwrap(), 0);
+    assert!(writer.is_cancelled().is_none());
+
+    let ack = client
+        .emit_with_ack("stream.cancel", json!({"stream_id": id, "reason": "stop"}))
+        .await;
+    assert_eq!(ack, json!({"ok": true, "stream_id": id, "length": 9}));
+    let cancelled = client.event("stream.cancelled").await;
+    assert_eq!(
+        cancelled["data"],
+        json!({"stream_id": id, "by": "alice", "reason": "stop", "length": 9})
+    );
+    let cancel = tokio::time::timeout(DEADLINE, writer.cancelled())
+        .await
+        .expect("StreamWriter::cancelled() resolves");
+    assert_eq!(
+        (cancel.by.as_str(), cancel.reason.as_deref()),
+        ("alice", Some("stop"))
+    );
+    assert!(matches!(
+        writer.append("more").await,
+        Err(StreamError::Cancelled { .. })
+    ));
+
+    // Over HTTP: the next append answers 409 with the error body.
+    let (status, _) = create(producer_node, json!({"room": ROOM, "stream_id": "s-http"})).await;
+    assert_eq!(status, 201);
+    let ack = client
+        .emit_with_ack("stream.cancel", json!({"stream_id": "s-http"}))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let (status, body) = producer_node
+        .post("/api/v1/streams/s-http/append", json!({"text": "x"}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "stream_cancelled");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("s-http")
+    );
+    // Twice is refused; the socket is still there.
+    let ack = client
+        .emit_with_ack("stream.cancel", json!({"stream_id": "s-http"}))
+        .await;
+    assert_eq!(ack["error"]["code"], "stream_cancelled", "{ack}");
+    let pong = client.emit_with_ack("ping", json!({})).await;
+    assert_eq!(pong["pong"], true);
+}
+
+#[tokio::test]
+async fn one_node_cancel_reaches_the_producer() {
+    let server = TestServer::start().await;
+    cancel_reaches_the_producer(&server, &server).await;
+}
+
+#[tokio::test]
+async fn cluster_cancel_at_one_node_reaches_the_writer_at_the_other() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node("a", &redis, "streams-cancel").await;
+    let b = TestServer::start_cluster_node("b", &redis, "streams-cancel").await;
+    cancel_reaches_the_producer(&a, &b).await;
+}
+
+/// With `streams.cancel = "requester"` only the user the stream was requested by cancels.
+#[tokio::test]
+async fn the_requester_policy_lets_only_the_requester_cancel() {
+    let server = TestServer::start_with("[streams]\ncancel = \"requester\"").await;
+    let (status, _) = create(
+        &server,
+        json!({"room": ROOM, "stream_id": "s-bob", "requested_by": "bob"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let mut alice = viewer(&server).await;
+    let ack = alice
+        .emit_with_ack("stream.cancel", json!({"stream_id": "s-bob"}))
+        .await;
+    assert_eq!(ack["error"]["code"], "forbidden", "{ack}");
+    let mut bob = server.connect(&token_for("bob", "default", &["*"])).await;
+    assert_eq!(bob.subscribe(ROOM).await["ok"], true);
+    let ack = bob
+        .emit_with_ack("stream.cancel", json!({"stream_id": "s-bob"}))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let cancelled = alice.event("stream.cancelled").await;
+    assert_eq!(cancelled["data"]["by"], "bob");
+}
