@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Client, DEADLINE, KEY, RedisServer, TestServer, token_for};
 use roomcast::rooms::RoomName;
 use roomcast::streams::StreamError;
@@ -226,6 +228,23 @@ async fn viewers_end_with_the_exact_text(
     let mut view = View::new(stream_id, strict);
     let mid = view.resume(&mut late).await;
 
+    // Resumes again and again from what it has while the appends go on: each answer and
+    // the deltas after it leave no gap (and, on one node, no overlap).
+    let mut again_and_again = viewer(second).await;
+    let mut often = View::new(stream_id, strict);
+    'resuming: for _ in 0..30 {
+        often.caught_up = false;
+        often.resume(&mut again_and_again).await;
+        for _ in 0..3 {
+            let next = again_and_again.next_event();
+            match tokio::time::timeout(Duration::from_millis(500), next).await {
+                Ok(Some((name, payload))) => often.event(&name, &payload),
+                _ if producer.is_finished() => break 'resuming,
+                _ => panic!("no delta while the producer appends"),
+            }
+        }
+    }
+
     let text = producer.await.unwrap();
     let (status, finished) = start
         .post(
@@ -243,6 +262,8 @@ async fn viewers_end_with_the_exact_text(
 
     view.follow(&mut late).await;
     assert_eq!(view.text, text, "joined mid-stream");
+    often.follow(&mut again_and_again).await;
+    assert_eq!(often.text, text, "resumed again and again");
     assert_eq!(whole.await.unwrap(), text, "there from the start");
     let (again, resumed_status) = resumed.await.unwrap();
     assert_eq!(again, text, "resumed from its last offset");
@@ -373,6 +394,29 @@ async fn only_sockets_in_the_room_resume_or_cancel() {
         .emit_with_ack("stream.resume", json!({"stream_id": "missing"}))
         .await;
     assert_eq!(ack["error"]["code"], "stream_not_found");
+    // A stream lives in its tenant: a key bound to `acme` creates it there, and a socket
+    // of the default tenant does not find it.
+    let (status, body) = server
+        .post_raw(
+            "/api/v1/streams",
+            Some(common::ACME_KEY),
+            json!({"room": ROOM, "stream_id": "s-acme"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let ack = outsider
+        .emit_with_ack("stream.resume", json!({"stream_id": "s-acme"}))
+        .await;
+    assert_eq!(ack["error"]["code"], "stream_not_found", "{ack}");
+    let mut acme = server.connect(&token_for("carol", "acme", &["*"])).await;
+    assert_eq!(acme.subscribe(ROOM).await["ok"], true);
+    let ack = acme
+        .emit_with_ack("stream.resume", json!({"stream_id": "s-acme"}))
+        .await;
+    assert_eq!(
+        (ack["ok"].as_bool(), ack["status"].as_str()),
+        (Some(true), Some("open"))
+    );
     // Deltas reach only the stream's room.
     let (status, _) = server
         .post("/api/v1/streams/s-2/append", json!({"text": "x"}))
