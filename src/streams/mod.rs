@@ -569,6 +569,86 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::future::BoxFuture;
+
+    /// What a socket would be handed, in order: deltas `(offset, end)` and resume answers
+    /// (the end of their text).
+    #[derive(Default)]
+    struct Socket(Mutex<Vec<(&'static str, u64, u64)>>);
+
+    impl Deliver for Socket {
+        fn deliver<'a>(
+            &'a self,
+            _rooms: Vec<std::borrow::Cow<'static, str>>,
+            _event: &'a str,
+            payload: &'a serde_json::value::RawValue,
+            _local_only: bool,
+            _except: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<u64, String>> {
+            let envelope: Value = serde_json::from_str(payload.get()).unwrap();
+            let offset = envelope["data"]["offset"].as_u64().unwrap();
+            let chars = envelope["data"]["text"].as_str().unwrap().chars().count() as u64;
+            self.0
+                .lock()
+                .unwrap()
+                .push(("delta", offset, offset + chars));
+            Box::pin(async { Ok(0) })
+        }
+    }
+
+    /// Resumes race with appends on other threads; whatever the answer is, the next delta
+    /// handed over after it starts exactly where its text ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_delta_overtakes_a_resume() {
+        let streams = Arc::new(Streams::memory(StreamsConfig::default()));
+        let socket = Arc::new(Socket::default());
+        let new = NewStream {
+            tenant: Tenant::default_tenant(),
+            id: Id::parse("s").unwrap(),
+            room: RoomName::Global,
+            kind: "llm".into(),
+            meta: Value::Null,
+            requested_by: None,
+        };
+        streams.create(&new).await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (streams, socket, new) = (streams.clone(), socket.clone(), new.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    streams
+                        .append(&*socket, &new.tenant, &new.id, "é👋🏽")
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for _ in 0..100 {
+            let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+            // The command's and the transport's work between the read and the answer,
+            // while the appends go on.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let end = snapshot.text.chars().count() as u64;
+            socket.0.lock().unwrap().push(("answer", 0, end));
+            drop(order);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.await.unwrap();
+        let log = socket.0.lock().unwrap();
+        let mut answered = None;
+        for (what, offset, end) in log.iter() {
+            match (*what, answered.take()) {
+                ("answer", _) => answered = Some(*end),
+                ("delta", Some(snapshot_end)) => {
+                    assert_eq!(*offset, snapshot_end, "the first delta after an answer");
+                }
+                _ => {}
+            }
+        }
+    }
 
     #[test]
     fn offsets_count_code_points() {
