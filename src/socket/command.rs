@@ -270,6 +270,66 @@ mod tests {
         assert_eq!(pong.unwrap()["pong"], true);
     }
 
+    /// A delivery that only counts.
+    struct Counted(std::sync::atomic::AtomicU64);
+
+    impl crate::delivery::Deliver for Counted {
+        fn deliver<'a>(
+            &'a self,
+            _rooms: Vec<Cow<'static, str>>,
+            _event: &'a str,
+            _payload: &'a serde_json::value::RawValue,
+            _local_only: bool,
+            _except: Option<&'a str>,
+        ) -> futures_util::future::BoxFuture<'a, Result<u64, String>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Ok(0) })
+        }
+    }
+
+    /// `stream.resume` keeps its stream's deltas back until the transport has queued the
+    /// answer (drops what the command held): none can overtake the snapshot.
+    #[tokio::test]
+    async fn stream_resume_holds_the_deltas_until_it_is_answered() {
+        use crate::socket::stream_resume::StreamResume;
+        use crate::streams::NewStream;
+        let (conn, ctx) = (Fake::new(), services());
+        let new = NewStream {
+            tenant: conn.identity.tenant.clone(),
+            id: Id::parse("s1").unwrap(),
+            room: RoomName::Global,
+            kind: "llm".into(),
+            meta: json!({}),
+            requested_by: None,
+        };
+        ctx.streams.create(&new).await.unwrap();
+        let io = Counted(Default::default());
+        ctx.streams
+            .append(&io, &new.tenant, &new.id, "héllo")
+            .await
+            .unwrap();
+        let held = Held::default();
+        let ack = execute_holding::<StreamResume>(
+            &conn,
+            &ctx,
+            Ok(json!({"stream_id": "s1", "offset": 1})),
+            &held,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (&ack["status"], &ack["offset"], &ack["text"], &ack["length"]),
+            (&json!("open"), &json!(1), &json!("éllo"), &json!(5))
+        );
+        let append = ctx.streams.append(&io, &new.tenant, &new.id, " 👋🏽");
+        tokio::pin!(append);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), &mut append).await;
+        assert!(waited.is_err(), "a delta went out before the answer");
+        drop(held);
+        assert_eq!(append.await.unwrap(), 5);
+        assert_eq!(io.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn a_payload_that_does_not_decode_is_told_the_usage() {
         let (conn, ctx) = (Fake::new(), services());
