@@ -551,3 +551,116 @@ async fn the_requester_policy_lets_only_the_requester_cancel() {
     let cancelled = alice.event("stream.cancelled").await;
     assert_eq!(cancelled["data"]["by"], "bob");
 }
+
+/// A long NDJSON request: each line is appended as it arrives and answered at once with a
+/// line of the response, before the request ends; the first refusal ends both.
+#[tokio::test]
+async fn ndjson_appends_are_answered_line_by_line() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let server = TestServer::start().await;
+    let mut client = viewer(&server).await;
+    let (status, _) = create(&server, json!({"room": ROOM, "stream_id": "s-nd"})).await;
+    assert_eq!(status, 201);
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, mut write) = tcp.into_split();
+    let mut read = BufReader::new(read);
+    let head = format!(
+        "POST /api/v1/streams/s-nd/append HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let chunk = |line: &str| format!("{:x}\r\n{line}\r\n", line.len());
+
+    write
+        .write_all(chunk("{\"text\": \"héllo \"}\n").as_bytes())
+        .await
+        .unwrap();
+    // The response starts while the request goes on.
+    let mut status_line = String::new();
+    tokio::time::timeout(DEADLINE, read.read_line(&mut status_line))
+        .await
+        .expect("the response head comes before the request ends")
+        .unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    loop {
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut answers = Answers::default();
+    assert_eq!(
+        answers.next(&mut read).await,
+        json!({"offset": 0, "length": 6})
+    );
+    let delta = client.event("stream.delta").await;
+    assert_eq!(
+        delta["data"],
+        json!({"stream_id": "s-nd", "offset": 0, "text": "héllo "})
+    );
+
+    // A line split over two chunks, and a blank line.
+    write
+        .write_all(chunk("\n{\"text\": \"👋").as_bytes())
+        .await
+        .unwrap();
+    write.write_all(chunk("🏽\"}\n").as_bytes()).await.unwrap();
+    assert_eq!(
+        answers.next(&mut read).await,
+        json!({"offset": 6, "length": 8})
+    );
+    let delta = client.event("stream.delta").await;
+    assert_eq!(delta["data"]["text"], "👋🏽");
+
+    write
+        .write_all(chunk("{\"text\": 5}\n{\"text\": \"never\"}\n").as_bytes())
+        .await
+        .unwrap();
+    let refused = answers.next(&mut read).await;
+    assert_eq!(refused["error"]["code"], "invalid_payload", "{refused}");
+    assert!(
+        answers.ended(&mut read).await,
+        "the answer ends at the first refusal"
+    );
+    let (_, read_back) = server.get("/api/v1/streams/s-nd", Some(KEY)).await;
+    assert_eq!(read_back["text"], "héllo 👋🏽");
+}
+
+/// The lines of a chunked NDJSON response, as they come.
+#[derive(Default)]
+struct Answers(String);
+
+impl Answers {
+    /// Reads chunks until a whole line is in; `None` at the last chunk.
+    async fn chunk<R: tokio::io::AsyncBufRead + Unpin>(&mut self, read: &mut R) -> Option<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut size = String::new();
+        tokio::time::timeout(DEADLINE, read.read_line(&mut size))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0; size + 2];
+        read.read_exact(&mut data).await.unwrap();
+        if size == 0 {
+            return None;
+        }
+        self.0.push_str(std::str::from_utf8(&data[..size]).unwrap());
+        Some(())
+    }
+
+    async fn next<R: tokio::io::AsyncBufRead + Unpin>(&mut self, read: &mut R) -> Value {
+        while !self.0.contains('\n') {
+            self.chunk(read).await.expect("another answer line");
+        }
+        let at = self.0.find('\n').unwrap();
+        let line: String = self.0.drain(..=at).collect();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn ended<R: tokio::io::AsyncBufRead + Unpin>(&mut self, read: &mut R) -> bool {
+        self.0.is_empty() && self.chunk(read).await.is_none()
+    }
+}
