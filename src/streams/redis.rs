@@ -10,8 +10,9 @@
 //! the offset and publishes the delta on the `p:streams` channel, atomically, so every node
 //! receives a stream's deltas in offset order and [`deliver_loop`] hands them to its own
 //! sockets under the stream's delivery lock (which a resume on that node holds while it
-//! reads the text and answers). A cancel ([`END`]) publishes on the same channel, so the
-//! node whose writer waits for it hears of it.
+//! reads the text and answers: the loop waits meanwhile, one Redis round trip). A cancel
+//! ([`END`]) publishes on the same channel, so the node whose writer waits for it hears of
+//! it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
