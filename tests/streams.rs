@@ -299,14 +299,12 @@ async fn cluster_viewers_end_with_the_exact_text_whichever_node_appends() {
 }
 
 /// finish and fail reach the room; an ended stream takes no more appends.
-#[tokio::test]
-async fn finish_and_fail_are_announced_and_end_the_stream() {
-    let server = TestServer::start().await;
-    let mut client = viewer(&server).await;
+async fn finish_and_fail_are_announced(start: &TestServer, other: &TestServer) {
+    let mut client = viewer(start).await;
     for id in ["s-ok", "s-bad"] {
-        let (status, body) = create(&server, json!({"room": ROOM, "stream_id": id})).await;
+        let (status, body) = create(start, json!({"room": ROOM, "stream_id": id})).await;
         assert_eq!(status, 201, "{body}");
-        let (status, body) = server
+        let (status, body) = other
             .post(
                 &format!("/api/v1/streams/{id}/append"),
                 json!({"text": "👋🏽!"}),
@@ -314,11 +312,11 @@ async fn finish_and_fail_are_announced_and_end_the_stream() {
             .await;
         assert_eq!((status, body), (202, json!({"offset": 0, "length": 3})));
     }
-    let (status, again) = create(&server, json!({"room": ROOM, "stream_id": "s-ok"})).await;
+    let (status, again) = create(start, json!({"room": ROOM, "stream_id": "s-ok"})).await;
     assert_eq!(status, 409);
     assert_eq!(again["error"]["code"], "stream_exists");
 
-    let (status, _) = server.post("/api/v1/streams/s-ok/finish", json!({})).await;
+    let (status, _) = other.post("/api/v1/streams/s-ok/finish", json!({})).await;
     assert_eq!(status, 200);
     let finished = client.event("stream.finished").await;
     assert!(finished["seq"].as_u64().is_some(), "numbered: {finished}");
@@ -327,7 +325,7 @@ async fn finish_and_fail_are_announced_and_end_the_stream() {
     assert!(finished["data"]["duration_ms"].as_u64().is_some());
     assert!(finished["data"].get("tokens_per_sec").is_none());
 
-    let (status, _) = server
+    let (status, _) = other
         .post(
             "/api/v1/streams/s-bad/fail",
             json!({"error": "the model timed out"}),
@@ -341,7 +339,7 @@ async fn finish_and_fail_are_announced_and_end_the_stream() {
     );
 
     for (id, status_word) in [("s-ok", "finished"), ("s-bad", "failed")] {
-        let (status, body) = server
+        let (status, body) = other
             .post(
                 &format!("/api/v1/streams/{id}/append"),
                 json!({"text": "more"}),
@@ -349,9 +347,7 @@ async fn finish_and_fail_are_announced_and_end_the_stream() {
             .await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["error"]["code"], "stream_ended");
-        let (_, read) = server
-            .get(&format!("/api/v1/streams/{id}"), Some(KEY))
-            .await;
+        let (_, read) = other.get(&format!("/api/v1/streams/{id}"), Some(KEY)).await;
         assert_eq!(
             (read["status"].as_str(), read["text"].as_str()),
             (Some(status_word), Some("👋🏽!"))
@@ -365,15 +361,30 @@ async fn finish_and_fail_are_announced_and_end_the_stream() {
             (Some(status_word), Some("!"))
         );
     }
-    let (status, body) = server
+    let (status, body) = other
         .post("/api/v1/streams/nope/append", json!({"text": "x"}))
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("stream_not_found"))
     );
-    let (status, _) = server.get("/api/v1/streams/nope", Some(KEY)).await;
+    let (status, _) = other.get("/api/v1/streams/nope", Some(KEY)).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn one_node_finish_and_fail_are_announced_and_end_the_stream() {
+    let server = TestServer::start().await;
+    finish_and_fail_are_announced(&server, &server).await;
+}
+
+#[tokio::test]
+async fn cluster_finish_and_fail_are_announced_and_end_the_stream() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node("a", &redis, "streams-end").await;
+    let b = TestServer::start_cluster_node("b", &redis, "streams-end").await;
+    // Created and viewed at A, written, ended and read at B.
+    finish_and_fail_are_announced(&a, &b).await;
 }
 
 /// A socket must be in the stream's room to resume or cancel it.
@@ -429,10 +440,8 @@ async fn only_sockets_in_the_room_resume_or_cancel() {
 }
 
 /// An append past `streams.max_bytes` is refused and appends nothing.
-#[tokio::test]
-async fn a_stream_is_bounded_in_size() {
-    let server = TestServer::start_with("[streams]\nmax_bytes = 16").await;
-    let (status, _) = create(&server, json!({"room": ROOM, "stream_id": "s-big"})).await;
+async fn bounded_in_size(server: &TestServer) {
+    let (status, _) = create(server, json!({"room": ROOM, "stream_id": "s-big"})).await;
     assert_eq!(status, 201);
     // 12 bytes: 4 code points.
     let (status, _) = server
@@ -450,6 +459,25 @@ async fn a_stream_is_bounded_in_size() {
     assert_eq!((status, body["offset"].as_u64()), (202, Some(4)));
     let (_, read) = server.get("/api/v1/streams/s-big", Some(KEY)).await;
     assert_eq!(read["text"], "世界世界ab");
+}
+
+#[tokio::test]
+async fn one_node_a_stream_is_bounded_in_size() {
+    let server = TestServer::start_with("[streams]\nmax_bytes = 16").await;
+    bounded_in_size(&server).await;
+}
+
+#[tokio::test]
+async fn cluster_a_stream_is_bounded_in_size() {
+    let redis = RedisServer::start().await;
+    let node = TestServer::start_cluster_node_with(
+        "a",
+        &redis,
+        "streams-size",
+        "[streams]\nmax_bytes = 16",
+    )
+    .await;
+    bounded_in_size(&node).await;
 }
 
 /// A viewer cancels: the room hears it, the Rust writer's `cancelled()` resolves and its
