@@ -63,6 +63,13 @@ impl Command for StreamCancel {
             .cancel_stream(&id, &cx.identity.user_id, self.reason)
             .await
             .map_err(CommandError::Stream)?;
+        tracing::info!(
+            sid = %cx.conn.id(),
+            user_id = %cx.identity.user_id,
+            %tenant,
+            stream = %id,
+            "stream cancelled by a viewer"
+        );
         Ok(json!({"ok": true, "stream_id": id, "length": cancelled.length}))
     }
 }
