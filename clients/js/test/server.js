@@ -3,7 +3,7 @@
 // secret, and waits on a RoomcastClient's events and states.
 import * as harness from "../../../tests/harness/js/index.mjs";
 
-export { delay } from "../../../tests/harness/js/index.mjs";
+export { delay, STREAM_TEXT, streamPieces } from "../../../tests/harness/js/index.mjs";
 
 const JWT_SECRET = "client-test-secret-0123456789abcdef";
 const API_KEY = "client-test-key";
@@ -16,7 +16,7 @@ export function eventually(probe, { timeout = 5000, what = "condition" } = {}) {
 /**
  * Starts a server. Options: historySize ([history] size), expiryWarningSecs
  * (auth.expiry_warning_secs), leewaySecs (default 0), extraToml (more sections, verbatim).
- * Returns {url, mintToken, publish, stop}.
+ * Returns {url, mintToken, publish, streams, stop}.
  */
 export async function startServer({ historySize, expiryWarningSecs, leewaySecs = 0, extraToml } = {}) {
   const srv = await harness.startServer({
@@ -36,6 +36,8 @@ export async function startServer({ historySize, expiryWarningSecs, leewaySecs =
     url: srv.url,
     stop: srv.stop,
     mintToken,
+    /** The AI streams API (create, append, finish, fail, get), with the test key. */
+    streams: harness.streamProducer(srv.url, API_KEY),
     /** POST /api/v1/events; resolves with the 202 body or throws. */
     async publish(type, data) {
       const res = await harness.publish(srv.url, API_KEY, { type, data });
