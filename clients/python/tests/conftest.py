@@ -73,6 +73,28 @@ class Server(harness.ServerProcess):
         """POST /api/v1/broadcast (a custom event)."""
         return await self._post("/api/v1/broadcast", {"event": event, "room": room, "data": data})
 
+    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Any API call with the test key: (status, JSON body or None)."""
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.url + path, json=body,
+                                    headers={"Authorization": f"Bearer {API_KEY}"},
+                                    timeout=aiohttp.ClientTimeout(total=10)) as r:
+                text = await r.text()
+                return r.status, (await r.json() if text else None)
+
+    async def create_stream(self, room: str, **body: Any) -> str:
+        """POST /api/v1/streams; returns the stream id."""
+        status, answer = await self.api("POST", "/api/v1/streams", {"room": room, **body})
+        assert status == 201, answer
+        return answer["stream_id"]
+
+    async def append(self, stream_id: str, *pieces: str) -> None:
+        """POST …/append, one request per piece, each answered 202."""
+        for piece in pieces:
+            status, answer = await self.api("POST", f"/api/v1/streams/{stream_id}/append",
+                                            {"text": piece})
+            assert status == 202, answer
+
     async def get_json(self, path: str) -> Any:
         async with aiohttp.ClientSession() as http:
             async with http.get(self.url + path, timeout=aiohttp.ClientTimeout(total=10)) as r:
