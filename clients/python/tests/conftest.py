@@ -34,11 +34,14 @@ API_KEY = "py-client-key"
 def render_config(port: int, *, history_size: Optional[int] = None,
                   expiry_warning_secs: Optional[int] = None, max_rooms: int = 100,
                   client_events: Optional[Dict[str, Any]] = None,
-                  extra_toml: str = "") -> str:
-    """The test config; `extra_toml` (more sections) comes first, verbatim."""
+                  extra_toml: str = "", node_id: str = "py-client",
+                  cluster: Optional[Dict[str, Any]] = None) -> str:
+    """The test config; `extra_toml` (more sections) comes first, verbatim; `cluster`
+    ({"redis_url", "key_prefix"}) makes the server a node of that cluster."""
     return extra_toml + "\n" + harness.config_toml(
         port,
-        node_id="py-client",
+        node_id=node_id,
+        cluster=cluster,
         jwt_secret=JWT_SECRET,
         leeway_secs=0,
         expiry_warning_secs=expiry_warning_secs,
@@ -116,6 +119,23 @@ def server():
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_nodes():
+    """A redis-server and two nodes of one cluster on it: (node A, node B)."""
+    redis = harness.start_redis()
+    prefix = f"rc-pyclient-{uuid.uuid4().hex[:8]}"
+    nodes: List[Server] = []
+    try:
+        for node_id in ("py-client-a", "py-client-b"):
+            nodes.append(start_server(node_id=node_id,
+                                      cluster={"redis_url": redis.url, "key_prefix": prefix}))
+        yield nodes[0], nodes[1]
+    finally:
+        for srv in nodes:
+            srv.stop()
+        redis.stop()
 
 
 @pytest.fixture

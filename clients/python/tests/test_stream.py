@@ -1,5 +1,6 @@
 """`client.stream(id)`: an AI stream's exact text as an async iterator, for a viewer from the
-start, one that opens mid-stream and one whose transport drops; cancel reaches the producer."""
+start, one that opens mid-stream and one whose transport drops; cancel reaches the producer.
+On one node, and on a two-node cluster (produced at one node, followed at the other)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ from conftest import Gate, drop_transport, eventually, harness, unique
 from roomcast_client import RoomcastError
 
 
+@pytest.fixture(params=["one-node", "two-nodes"])
+def nodes(request):
+    """(producer's node, viewers' node): the same node, or the two nodes of a cluster."""
+    if request.param == "one-node":
+        srv = request.getfixturevalue("server")
+        return srv, srv
+    return request.getfixturevalue("cluster_nodes")
+
+
 async def collect(stream) -> str:
     return "".join([piece async for piece in stream])
 
 
 async def test_viewers_from_the_start_mid_stream_and_across_a_drop_get_the_exact_text(
-        server, make_client):
+        nodes, make_client):
+    server, viewing = nodes
     pid = unique("p")
     room = f"project:{pid}"
     text = harness.STREAM_TEXT * 3
@@ -26,7 +37,7 @@ async def test_viewers_from_the_start_mid_stream_and_across_a_drop_get_the_exact
 
     # Its reconnect handshake waits for the gate, so the rest is appended while it is away.
     gate = Gate(server, sub=unique("u"), projects=[pid])
-    early = make_client(get_token=gate)
+    early = make_client(viewing, get_token=gate)
     await early.connect()
     from_start = early.stream(stream_id, room=room)
     reading = asyncio.ensure_future(collect(from_start))
@@ -34,7 +45,7 @@ async def test_viewers_from_the_start_mid_stream_and_across_a_drop_get_the_exact
 
     await server.append(stream_id, *pieces[:third])
     # Opens the page mid-stream: a new connection, which resumes from 0.
-    late = make_client(token=server.mint_token(sub=unique("u"), projects=[pid]))
+    late = make_client(viewing, token=server.mint_token(sub=unique("u"), projects=[pid]))
     await late.connect()
     mid_stream = late.stream(stream_id, room=room)
     late_reading = asyncio.ensure_future(collect(mid_stream))
@@ -64,11 +75,12 @@ async def test_viewers_from_the_start_mid_stream_and_across_a_drop_get_the_exact
 
 
 async def test_cancel_reaches_the_http_producer_and_the_viewer_stays_connected(
-        server, make_client):
+        nodes, make_client):
+    server, viewing = nodes
     pid, sub = unique("p"), unique("u")
     room = f"project:{pid}"
     stream_id = await server.create_stream(room, requested_by=sub)
-    client = make_client(token=server.mint_token(sub=sub, projects=[pid]))
+    client = make_client(viewing, token=server.mint_token(sub=sub, projects=[pid]))
     await client.connect()
     stream = client.stream(stream_id, room=room)
     await server.append(stream_id, "partial ", "👩\u200d💻 ")
