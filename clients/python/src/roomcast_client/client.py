@@ -488,10 +488,25 @@ class RoomcastClient:
     def _send(self, name: str, payload: Any,
               done: Callable[[Optional[RoomcastError], Optional[Dict[str, Any]]], None]) -> None:
         """Sends a command whose ack `done` gets as its packet is read, in order with the
-        events around it (an awaited `call` would let the events that follow run first). No
-        ack comes if the connection drops meanwhile: the caller resumes on reconnect."""
+        events around it (an awaited `call` would let the events that follow run first).
+        Without an ack within `ack_timeout` (e.g. the connection dropped meanwhile), `done`
+        gets `timeout`, and a late ack is ignored."""
+        answered = False
+
+        def expire() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                done(RoomcastError("timeout", f"no ack for {name!r} within {self._ack_timeout} s"), None)
+
+        timer = asyncio.get_running_loop().call_later(self._ack_timeout, expire)
 
         def on_ack(ack: Any = None, *_rest: Any) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            timer.cancel()
             if not isinstance(ack, dict):
                 done(RoomcastError("invalid_reply", f"bad ack for {name!r}: {ack!r}"), None)
             elif ack.get("ok") is False:
@@ -500,10 +515,14 @@ class RoomcastClient:
                 done(None, ack)
 
         async def emit() -> None:
+            nonlocal answered
             try:
                 await self._sio.emit(name, payload, namespace=self._namespace, callback=on_ack)
             except socketio.exceptions.SocketIOError as exc:
-                done(RoomcastError("not_connected", f"cannot send {name!r}: {exc}"), None)
+                if not answered:
+                    answered = True
+                    timer.cancel()
+                    done(RoomcastError("not_connected", f"cannot send {name!r}: {exc}"), None)
 
         self._spawn(emit())
 
