@@ -329,3 +329,93 @@ async fn cluster_idle_tasks_are_forgotten() {
             .await;
     idle_tasks_are_forgotten(&a, &b).await;
 }
+
+/// Each change of a task's state is atomic, cluster-wide: of many `task.completed` for one
+/// started task, sent at once to both nodes, exactly one finds the start (and carries
+/// `duration_ms`); the others find the state gone. A read-then-write store would let
+/// several read the start before the first one dropped it.
+async fn concurrent_ends_see_the_start_once(nodes: &[&TestServer]) {
+    const ENDS: usize = 20;
+    let mut viewers = vec![viewer(nodes[0]).await];
+    let (id, _) = publish(
+        nodes[0],
+        "task.started",
+        json!({"task_id": "t-race", "project_id": 1, "name": "race"}),
+    )
+    .await;
+    received(&mut viewers, "task.started", &id).await;
+    let ends = (0..ENDS).map(|i| {
+        publish(
+            nodes[i % nodes.len()],
+            "task.completed",
+            json!({"task_id": "t-race", "project_id": 1, "message": format!("{i}")}),
+        )
+    });
+    futures_util::future::join_all(ends).await;
+    let mut with_duration = 0;
+    for _ in 0..ENDS {
+        let envelope = viewers[0].event("task.completed").await;
+        if envelope["data"].get("duration_ms").is_some() {
+            with_duration += 1;
+        }
+    }
+    assert_eq!(with_duration, 1, "exactly one end found the start");
+}
+
+#[tokio::test]
+async fn one_node_concurrent_ends_see_the_start_once() {
+    let server = TestServer::start().await;
+    concurrent_ends_see_the_start_once(&[&server]).await;
+}
+
+#[tokio::test]
+async fn cluster_concurrent_ends_at_both_nodes_see_the_start_once() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node("a", &redis, "tasks-race").await;
+    let b = TestServer::start_cluster_node("b", &redis, "tasks-race").await;
+    concurrent_ends_see_the_start_once(&[&a, &b]).await;
+}
+
+/// Rust code publishes tasks through the broadcaster like HTTP does: the server's fields
+/// are filled in, and refused when the caller sets them.
+#[tokio::test]
+async fn rust_callers_get_the_same_fields() {
+    use roomcast::PublishError;
+    use roomcast::events::{TaskProgress, TaskStarted};
+    use roomcast::rooms::Id;
+
+    let server = TestServer::start().await;
+    let mut viewers = vec![viewer(&server).await];
+    let id = |s: &str| Id::parse(s).unwrap();
+    let started = server
+        .broadcaster
+        .broadcast_task_started(TaskStarted {
+            task_id: id("t-rust"),
+            project_id: id("1"),
+            name: "embed".into(),
+            total: Some(8.0),
+        })
+        .await
+        .unwrap();
+    received(&mut viewers, "task.started", &started.id.to_string()).await;
+    let progress = TaskProgress::new(id("t-rust"), id("1"), 2.0);
+    let published = server
+        .broadcaster
+        .broadcast_task_progress(progress.clone())
+        .await
+        .unwrap();
+    let data = received(&mut viewers, "task.progress", &published.id.to_string()).await;
+    assert_eq!(data["total"].as_f64(), Some(8.0), "{data}");
+    assert_eq!(data["percent"].as_f64(), Some(25.0), "{data}");
+    let refused = server
+        .broadcaster
+        .broadcast_task_progress(TaskProgress {
+            eta_ms: Some(1),
+            ..progress
+        })
+        .await;
+    match refused {
+        Err(PublishError::InvalidPayload(field)) => assert_eq!(field.field, "eta_ms"),
+        other => panic!("{other:?}"),
+    }
+}

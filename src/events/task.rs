@@ -61,6 +61,24 @@ pub struct TaskProgress {
     pub eta_ms: Option<u64>,
 }
 
+impl TaskProgress {
+    /// A progress report of `current` units, with no total, step or message (set them on
+    /// the value); the server's fields left to the server.
+    pub fn new(task_id: Id, project_id: Id, current: f64) -> Self {
+        Self {
+            task_id,
+            project_id,
+            current,
+            total: None,
+            step: None,
+            message: None,
+            percent: None,
+            rate_per_sec: None,
+            eta_ms: None,
+        }
+    }
+}
+
 /// `task.completed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
