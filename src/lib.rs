@@ -29,8 +29,9 @@
 //!   closed lingering (no RST), severed at the end of a drain so clients see a dropped
 //!   transport.
 //! - [`stores`]: memory, disk (`[storage] path`) or Redis, chosen once: room history
-//!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]) and AI
-//!   streams ([`streams`]), each a module with one file per backend. The publish path and recovery call the store
+//!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]), AI
+//!   streams ([`streams`]) and task progress ([`tasks`]: the rate and ETA the broadcaster
+//!   adds to `task.progress`), each a module with one file per backend. The publish path and recovery call the store
 //!   (`HistoryStore::publish`, `HistoryStore::catch_up`) and know no backend: how each one
 //!   keeps a room's `seq` order (locks held through delivery on one node, a Lua script and
 //!   a delivery lock in a cluster) lives beside its data. [`disk`] is what the disk backends share (times on
@@ -153,6 +154,7 @@ pub mod services;
 pub mod socket;
 pub mod stores;
 pub mod streams;
+pub mod tasks;
 pub mod tcp;
 pub mod workers;
 
@@ -306,7 +308,8 @@ impl Roomcast {
             p.services.history.clone(),
         )
         .with_max_rooms(p.services.config.limits.max_rooms_per_publish)
-        .with_streams(p.stores.streams.clone());
+        .with_streams(p.stores.streams.clone())
+        .with_tasks(p.stores.tasks.clone());
         // Weakly: the Socket.IO server's state holds the services.
         let weak: std::sync::Weak<dyn delivery::Deliver> = Arc::downgrade(&io) as _;
         let _ = p

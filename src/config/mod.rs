@@ -28,6 +28,7 @@ mod secret;
 mod server;
 mod storage;
 mod streams;
+mod tasks;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use secret::Secret;
 pub use server::{Parser, ServerConfig, Transport};
 pub use storage::StorageConfig;
 pub use streams::{CancelPolicy, StreamsConfig};
+pub use tasks::TasksConfig;
 pub use webhooks::{HookKind, MIN_WEBHOOK_SECRET, RoomKind, WebhookConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +70,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
+    pub tasks: TasksConfig,
     pub pages: PagesConfig,
     pub github: GithubConfig,
     pub ingest: IngestConfig,
@@ -91,6 +94,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
+            tasks: TasksConfig::default(),
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
             ingest: IngestConfig::default(),
@@ -189,6 +193,7 @@ impl Config {
         self.ingest.validate(&self.cluster)?;
         self.rpc.validate()?;
         self.streams.validate()?;
+        self.tasks.validate()?;
         webhooks::validate(&self.webhooks)?;
         Ok(())
     }

@@ -11,6 +11,13 @@ client.on("workflow.progress", (env) => {
   void env.data.title;
   void progress, type;
 });
+client.on("task.progress", (env) => {
+  // The server's fields: optional, absent while unknown.
+  const eta: number | undefined = env.data.eta_ms;
+  const rate: number | undefined = env.data.rate_per_sec;
+  const current: number = env.data.current;
+  void eta, rate, current;
+});
 client.on("pr.created", (env) => {
   const merged: boolean | undefined = env.data.merged;
   void merged;
