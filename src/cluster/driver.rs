@@ -11,20 +11,32 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use std::borrow::Cow;
+
 use redis::{FromRedisValue, PushInfo, PushKind};
+use serde_json::value::RawValue;
+use socketioxide_core::Value;
+use socketioxide_core::adapter::remote_packet::{RequestIn, RequestTypeIn};
+use socketioxide_core::packet::PacketData;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
 use crate::config::ClusterMode;
 use crate::redis_conn::RedisConn;
+use crate::sse::SseHub;
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
+
+/// The adapter's broadcast channel of namespace `/`, and this node's SSE connections, which
+/// are handed every broadcast on it (see [`sse_broadcast`]).
+type Tap = RwLock<Option<(String, Arc<SseHub>)>>;
 
 #[derive(Clone)]
 pub struct ResilientDriver {
     conn: RedisConn,
     handlers: Arc<Handlers>,
     dropped: Arc<AtomicU64>,
+    tap: Arc<Tap>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +48,24 @@ impl ResilientDriver {
     pub fn new(mode: ClusterMode, urls: &str) -> redis::RedisResult<Self> {
         let handlers: Arc<Handlers> = Arc::default();
         let dropped = Arc::new(AtomicU64::new(0));
-        let (h, d) = (handlers.clone(), dropped.clone());
-        let conn = RedisConn::open(mode, urls, move |msg| route(msg, &h, &d))?;
+        let tap: Arc<Tap> = Arc::default();
+        let (h, d, t) = (handlers.clone(), dropped.clone(), tap.clone());
+        let conn = RedisConn::open(mode, urls, move |msg| route(msg, &h, &d, &t))?;
         Ok(Self {
             conn,
             handlers,
             dropped,
+            tap,
         })
+    }
+
+    /// Hands `hub` every broadcast the adapter receives on `chan` (its namespace `/`
+    /// request channel): volatile events published at other nodes reach this node's
+    /// sockets that way, not through Roomcast's own channels.
+    pub fn tap_sse(&self, chan: String, hub: Arc<SseHub>) {
+        if let Ok(mut tap) = self.tap.write() {
+            *tap = Some((chan, hub));
+        }
     }
 
     /// A connection for Roomcast's own commands (shares the multiplexed connection).
@@ -90,8 +113,9 @@ impl ResilientDriver {
     }
 }
 
-/// Hands a pushed message to the adapter stream that subscribed to its channel.
-fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
+/// Hands a pushed message to the adapter stream that subscribed to its channel (and a
+/// broadcast to the SSE connections, see [`ResilientDriver::tap_sse`]).
+fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
     if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) || msg.data.len() < 2 {
         return;
     }
@@ -106,6 +130,14 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
         tracing::warn!("unreadable pub/sub message from redis");
         return;
     };
+    if let Ok(tap) = tap.read()
+        && let Some((tapped, hub)) = tap.as_ref()
+        && *tapped == chan
+        && hub.connections() > 0
+        && let Some((rooms, event, payload)) = sse_broadcast(&payload)
+    {
+        hub.deliver(&rooms, &event, &payload);
+    }
     let Ok(handlers) = handlers.read() else {
         return;
     };
@@ -115,6 +147,29 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
         let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(dropped = n, "cluster pub/sub buffer full: message dropped");
     }
+}
+
+/// The rooms, event name and payload of a broadcast request of the socketioxide-redis
+/// adapter (`RequestIn`, msgpack; its packet's value as the JSON or the msgpack parser
+/// encoded `[event, payload]`); `None` for any other request. A test in `tests/sse.rs`
+/// (a volatile event crossing nodes) fails should the format change.
+fn sse_broadcast(bytes: &[u8]) -> Option<(Vec<Cow<'static, str>>, String, Box<RawValue>)> {
+    let request: RequestIn = rmp_serde::from_slice(bytes).ok()?;
+    let (RequestTypeIn::Broadcast(packet), Some(opts)) = (request.r#type, request.opts) else {
+        return None;
+    };
+    let PacketData::Event(value, _) = packet.inner else {
+        return None;
+    };
+    let (event, payload) = match value {
+        Value::Str(text, _) => serde_json::from_str::<(String, Box<RawValue>)>(&text).ok()?,
+        Value::Bytes(bytes) => {
+            let (event, payload) =
+                rmp_serde::from_slice::<(String, serde_json::Value)>(&bytes).ok()?;
+            (event, serde_json::value::to_raw_value(&payload).ok()?)
+        }
+    };
+    Some((opts.rooms.into_iter().collect(), event, payload))
 }
 
 impl Driver for ResilientDriver {

@@ -26,6 +26,7 @@ mod publish;
 mod rpc;
 mod secret;
 mod server;
+mod sse;
 mod storage;
 mod streams;
 mod webhooks;
@@ -51,6 +52,7 @@ pub use publish::PublishConfig;
 pub use rpc::{MAX_METHOD_LEN, RpcConfig, method_char};
 pub use secret::Secret;
 pub use server::{Parser, ServerConfig, Transport};
+pub use sse::SseConfig;
 pub use storage::StorageConfig;
 pub use streams::{CancelPolicy, StreamsConfig};
 pub use webhooks::{HookKind, MIN_WEBHOOK_SECRET, RoomKind, WebhookConfig};
@@ -68,6 +70,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
+    pub sse: SseConfig,
     pub pages: PagesConfig,
     pub github: GithubConfig,
     pub ingest: IngestConfig,
@@ -91,6 +94,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
+            sse: SseConfig::default(),
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
             ingest: IngestConfig::default(),
@@ -189,6 +193,7 @@ impl Config {
         self.ingest.validate(&self.cluster)?;
         self.rpc.validate()?;
         self.streams.validate()?;
+        self.sse.validate()?;
         webhooks::validate(&self.webhooks)?;
         Ok(())
     }
