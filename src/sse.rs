@@ -248,6 +248,20 @@ impl SseHub {
         }
     }
 
+    /// Ends every connection in any of `rooms` (an identity room: a user's revocation);
+    /// returns how many were open.
+    pub fn close_rooms(&self, rooms: &[std::borrow::Cow<'static, str>]) -> u64 {
+        let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for conn in rooms.iter().filter_map(|r| map.get(r.as_ref())).flatten() {
+            if !conn.closed.is_cancelled() {
+                conn.closed.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// The most live events a connection may have queued.
     pub fn buffer(&self) -> usize {
         self.buffer

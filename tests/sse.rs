@@ -655,6 +655,51 @@ async fn a_reader_too_slow_for_its_buffer_is_closed_and_recovers() {
     );
 }
 
+/// Reads until the stream ends; the events seen on the way.
+async fn until_closed(sse: &mut Sse) -> Vec<Event> {
+    let mut seen = Vec::new();
+    while let Some(e) = sse.next().await {
+        seen.push(e);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn the_connection_ends_at_token_expiry_revocation_and_shutdown() {
+    let mut server = TestServer::start().await;
+    // Expiry (the test server has no leeway): auth.expired, then the end.
+    let mut short = claims("alice");
+    short.exp = roomcast::auth::jwt::now_secs() + 2;
+    let mut sse = connect(&server, &format!("rooms=global&token={}", token(&short))).await;
+    sse.event("connection.established").await;
+    let seen = until_closed(&mut sse).await;
+    let last = seen.last().expect("auth.expired");
+    assert_eq!(last.event, "auth.expired");
+    assert_eq!(last.data["code"], "token_expired");
+
+    // Revocation: the user's connections end, counted with their sockets; others go on.
+    let mut alice = connect(&server, &format!("rooms=global&token={}", alice())).await;
+    alice.event("connection.established").await;
+    let bob_token = token_for("bob", "default", &[]);
+    let mut bob = connect(&server, &format!("rooms=global&token={bob_token}")).await;
+    bob.event("connection.established").await;
+    let (status, body) = server
+        .post("/api/v1/users/alice/disconnect", json!({}))
+        .await;
+    assert_eq!(
+        (status, body["disconnected"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    until_closed(&mut alice).await;
+    server.publish_marker().await;
+    bob.event("system.notification").await;
+
+    // Shutdown: ended, so the drain does not wait for it.
+    server.shutdown();
+    until_closed(&mut bob).await;
+}
+
 #[tokio::test]
 async fn in_a_cluster_a_connection_gets_what_any_node_publishes_and_recovers_at_another() {
     let redis = RedisServer::start().await;
@@ -689,4 +734,11 @@ async fn in_a_cluster_a_connection_gets_what_any_node_publishes_and_recovers_at_
 
     // A stream started at one node, followed over SSE at the other.
     follow_a_stream(&a, &b, "cluster-answer").await;
+
+    // A revocation at one node ends the user's connections at the other.
+    let mut sse = connect(&b, &query).await;
+    sse.event("connection.established").await;
+    let (status, body) = a.post("/api/v1/users/alice/disconnect", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    until_closed(&mut sse).await;
 }

@@ -134,9 +134,16 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
         && let Some((tapped, hub)) = tap.as_ref()
         && *tapped == chan
         && hub.connections() > 0
-        && let Some((rooms, event, payload)) = sse_broadcast(&payload)
     {
-        hub.deliver(&rooms, &event, &payload);
+        match sse_request(&payload) {
+            Some(SseRequest::Broadcast(rooms, event, payload)) => {
+                hub.deliver(&rooms, &event, &payload);
+            }
+            Some(SseRequest::Disconnect(rooms)) => {
+                hub.close_rooms(&rooms);
+            }
+            None => {}
+        }
     }
     let Ok(handlers) = handlers.read() else {
         return;
@@ -149,14 +156,26 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
     }
 }
 
-/// The rooms, event name and payload of a broadcast request of the socketioxide-redis
-/// adapter (`RequestIn`, msgpack; its packet's value as the JSON or the msgpack parser
-/// encoded `[event, payload]`); `None` for any other request. A test in `tests/sse.rs`
-/// (a volatile event crossing nodes) fails should the format change.
-fn sse_broadcast(bytes: &[u8]) -> Option<(Vec<Cow<'static, str>>, String, Box<RawValue>)> {
+/// What a request of the socketioxide-redis adapter asks of this node's SSE connections.
+enum SseRequest {
+    /// An event to the rooms: its name and payload.
+    Broadcast(Vec<Cow<'static, str>>, String, Box<RawValue>),
+    /// Disconnect whoever is in the rooms (a user's revocation, by identity room).
+    Disconnect(Vec<Cow<'static, str>>),
+}
+
+/// Reads a request of the socketioxide-redis adapter (`RequestIn`, msgpack; a broadcast's
+/// packet value as the JSON or the msgpack parser encoded `[event, payload]`); `None` for
+/// what concerns no SSE connection. Tests in `tests/sse.rs` (a volatile event, a revocation
+/// crossing nodes) fail should the format change.
+fn sse_request(bytes: &[u8]) -> Option<SseRequest> {
     let request: RequestIn = rmp_serde::from_slice(bytes).ok()?;
-    let (RequestTypeIn::Broadcast(packet), Some(opts)) = (request.r#type, request.opts) else {
-        return None;
+    let opts = request.opts?;
+    let rooms = opts.rooms.into_iter().collect();
+    let packet = match request.r#type {
+        RequestTypeIn::Broadcast(packet) => packet,
+        RequestTypeIn::DisconnectSockets => return Some(SseRequest::Disconnect(rooms)),
+        _ => return None,
     };
     let PacketData::Event(value, _) = packet.inner else {
         return None;
@@ -169,7 +188,7 @@ fn sse_broadcast(bytes: &[u8]) -> Option<(Vec<Cow<'static, str>>, String, Box<Ra
             (event, serde_json::value::to_raw_value(&payload).ok()?)
         }
     };
-    Some((opts.rooms.into_iter().collect(), event, payload))
+    Some(SseRequest::Broadcast(rooms, event, payload))
 }
 
 impl Driver for ResilientDriver {

@@ -314,9 +314,15 @@ async fn open(
             None => defaults.push(room.clone()),
         }
     }
+    // Its identity room too (no event is ever sent there): a revocation of the user
+    // (`POST /api/v1/users/{id}/disconnect`) finds the connection by it, as it finds sockets.
+    let identity_room = crate::rooms::identity_room(tenant, &identity.user_id).into_owned();
     state.sse.join(
         &conn,
-        defaults.iter().map(|r| r.scoped(tenant).into_owned()),
+        defaults
+            .iter()
+            .map(|r| r.scoped(tenant).into_owned())
+            .chain([identity_room]),
     );
     let mut start = ResumeToken::default();
     services

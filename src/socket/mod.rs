@@ -349,7 +349,9 @@ impl<A: Adapter> Hub for Sockets<A> {
     ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let room = identity_room(tenant, user);
-            let mut count = 0;
+            // This node's SSE connections of the user; in a cluster the other nodes' hear of
+            // it through the adapter's request, as their sockets do (`Cluster::tap_sse`).
+            let mut count = self.sse.close_rooms(std::slice::from_ref(&room));
             for ns in NAMESPACES {
                 let Some(op) = self.io.of(ns) else { continue };
                 let sockets = op
