@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -94,6 +94,10 @@ pub struct Conn {
     queued: AtomicUsize,
     /// Cancelled to end the connection: its queue overflowed, or the server drains.
     pub closed: CancellationToken,
+    /// Live events held until the connection's first event is queued ([`Conn::first`]), so
+    /// `connection.established` comes first even when its rooms are live before it is
+    /// written; `None` from then on.
+    held: Mutex<Option<Vec<Arc<Frame>>>>,
 }
 
 impl Conn {
@@ -103,15 +107,36 @@ impl Conn {
         if self.closed.is_cancelled() {
             return Pushed::Closed;
         }
-        if bounded && self.queued.load(Ordering::Relaxed) >= buffer {
-            tracing::debug!(conn = self.id, "sse buffer full: closing the connection");
-            self.closed.cancel();
-            return Pushed::Overflowed;
+        if bounded {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let waiting = held.as_ref().map_or(0, Vec::len);
+            if self.queued.load(Ordering::Relaxed) + waiting >= buffer {
+                tracing::debug!(conn = self.id, "sse buffer full: closing the connection");
+                self.closed.cancel();
+                return Pushed::Overflowed;
+            }
+            if let Some(held) = held.as_mut() {
+                held.push(frame);
+                return Pushed::Queued;
+            }
         }
+        self.send(frame)
+    }
+
+    fn send(&self, frame: Arc<Frame>) -> Pushed {
         self.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.send(frame) {
             Ok(()) => Pushed::Queued,
             Err(_) => Pushed::Closed,
+        }
+    }
+
+    /// Queues the connection's first event, then the live events held meanwhile.
+    pub fn first(&self, frame: Arc<Frame>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.send(frame);
+        for frame in held.take().unwrap_or_default() {
+            self.send(frame);
         }
     }
 }
@@ -185,6 +210,7 @@ impl SseHub {
             tx,
             queued: AtomicUsize::new(0),
             closed: self.draining.child_token(),
+            held: Mutex::new(Some(Vec::new())),
         });
         self.connections.fetch_add(1, Ordering::Relaxed);
         Queue {
@@ -335,10 +361,13 @@ impl ResumeToken {
         Some(Self(rooms))
     }
 
-    /// Moves the rooms of this connection that `frame` is numbered in.
+    /// Moves the rooms of this connection that `frame` is numbered in (never back within
+    /// an epoch: a live event the starting positions already counted changes nothing).
     pub fn advance(&mut self, frame: &Frame) {
         for (room, epoch, seq) in &frame.positions {
-            if let Some(at) = self.0.get_mut(room) {
+            if let Some(at) = self.0.get_mut(room)
+                && (at.0 != *epoch || at.1 < *seq)
+            {
                 *at = (epoch.clone(), *seq);
             }
         }
@@ -398,9 +427,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn live_events_wait_for_the_first_event() {
+        let hub = Arc::new(SseHub::new(8));
+        let mut queue = hub.open();
+        hub.join(&queue.conn, ["t/global".to_owned()]);
+        let payload = RawValue::from_string(r#"{"room":"global","data":1}"#.into()).unwrap();
+        hub.deliver(&[std::borrow::Cow::Borrowed("t/global")], "live", &payload);
+        let first = Frame::notice("connection.established", &serde_json::json!({}), true);
+        queue.conn.first(Arc::new(first));
+        let backlog = Frame::notice("backlog", &serde_json::json!({}), false);
+        queue.conn.push(Arc::new(backlog), false, 8);
+        let order: Vec<String> = [
+            queue.next().await.unwrap(),
+            queue.next().await.unwrap(),
+            queue.next().await.unwrap(),
+        ]
+        .iter()
+        .map(|f| f.event.clone())
+        .collect();
+        assert_eq!(order, ["connection.established", "live", "backlog"]);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_closes_the_connection() {
         let hub = Arc::new(SseHub::new(2));
         let mut queue = hub.open();
+        queue.conn.first(Arc::new(Frame::notice(
+            "first",
+            &serde_json::json!({}),
+            true,
+        )));
+        assert_eq!(queue.next().await.unwrap().event, "first");
         hub.join(&queue.conn, ["t/global".to_owned()]);
         let payload = RawValue::from_string(r#"{"room":"global","data":1}"#.into()).unwrap();
         let rooms = [std::borrow::Cow::Borrowed("t/global")];

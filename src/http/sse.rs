@@ -117,15 +117,15 @@ pub(super) async fn sse(State(state): State<AppState>, req: Request) -> Result<R
         .or(params.last_event_id)
         .map(|text| ResumeToken::decode(&text));
     let slot = admit(&state, &identity)?;
-    let queue = open(&state, &identity, &rooms, resume).await;
-    snapshots(&state, &identity, &queue, &streams).await;
+    let opened = open(&state, &identity, &rooms, resume).await;
+    snapshots(&state, &identity, &opened.queue, &streams).await;
     tracing::debug!(
         user_id = %identity.user_id,
         tenant = %identity.tenant,
         rooms = rooms.len(),
         "sse connection opened"
     );
-    Ok(respond(&state, &identity, queue, slot))
+    Ok(respond(&state, &identity, opened, slot))
 }
 
 /// The client JWT: the first non-empty `Authorization: Bearer`, else `?token=`.
@@ -270,12 +270,16 @@ fn admit(state: &AppState, identity: &Arc<Identity>) -> Result<Slot, ApiError> {
                     None,
                 )
             }
-            other => refused(
-                Message::SseConnections,
-                &[("which", &other), ("limit", &0)],
-                None,
-            ),
+            // `admit` refuses with a connection limit only.
+            other => ApiError::Internal(other.to_string()),
         })
+}
+
+/// A connection in its rooms, its catch-up queued.
+struct Opened {
+    queue: Queue,
+    /// Where it starts in each room: the `id:` of `connection.established`.
+    start: ResumeToken,
 }
 
 /// Joins the rooms and catches up: `connection.established` (with the starting resume
@@ -286,7 +290,7 @@ async fn open(
     identity: &Identity,
     rooms: &[RoomName],
     resume: Option<Option<ResumeToken>>,
-) -> (Queue, ResumeToken) {
+) -> Opened {
     let services = &state.services;
     let tenant = &identity.tenant;
     let queue = state.sse.open();
@@ -339,11 +343,11 @@ async fn open(
             |found| {
                 let (established, gaps) =
                     established(state, identity, rooms, &wanted, found, &mut start);
-                conn.push(
-                    Arc::new(Frame::notice("connection.established", &established, true)),
-                    false,
-                    buffer,
-                );
+                conn.first(Arc::new(Frame::notice(
+                    "connection.established",
+                    &established,
+                    true,
+                )));
                 for gap in gaps {
                     conn.push(Arc::new(Frame::notice("gap", &gap, false)), false, buffer);
                 }
@@ -353,7 +357,7 @@ async fn open(
             },
         )
         .await;
-    (queue, start)
+    Opened { queue, start }
 }
 
 /// `connection.established` and the `gap` events; sets `start`, where the connection
@@ -439,7 +443,7 @@ fn established(
 async fn snapshots(
     state: &AppState,
     identity: &Identity,
-    (queue, _): &(Queue, ResumeToken),
+    queue: &Queue,
     streams: &[(StreamId, u64)],
 ) {
     let buffer = state.sse.buffer();
@@ -510,7 +514,7 @@ impl Writer {
 fn respond(
     state: &AppState,
     identity: &Identity,
-    (queue, token): (Queue, ResumeToken),
+    Opened { queue, start }: Opened,
     slot: Slot,
 ) -> Response {
     let config = &state.services.config;
@@ -523,7 +527,7 @@ fn respond(
         .min(10 * 365 * 24 * 3600);
     let writer = Writer {
         queue,
-        token,
+        token: start,
         _slot: slot,
         expires: tokio::time::Instant::now() + Duration::from_secs(left),
         retry: Some(Duration::from_millis(config.sse.retry_ms)),
