@@ -3,7 +3,8 @@
 // reload and getFreshToken, are given), while this test produces the stream over HTTP. The
 // page opens mid-stream, ends with the exact text (multi-code-point emoji included), then its
 // connection is closed, the producer goes on, and a new EventSource from the last id ends with
-// the exact whole text.
+// the exact whole text; last the server drops it, and the EventSource reconnects by itself with
+// Last-Event-ID and recovers what was published meanwhile.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -106,6 +107,36 @@ test("an EventSource follows an AI stream to the exact text, also after its conn
   assert.equal(final.state, 1, "still open (EventSource.OPEN)");
   const url = await page.evaluate(() => window.es.url);
   assert.ok(url.includes("last_event_id="), url);
+
+  // The server drops the connection (the user is revoked, the token still valid): the
+  // EventSource reconnects by itself with Last-Event-ID and recovers what it missed.
+  await page.evaluate(() => {
+    window.established = [];
+    window.updates = [];
+    window.es.addEventListener("connection.established", (e) => window.established.push(JSON.parse(e.data)));
+    window.es.addEventListener("project.updated", (e) => window.updates.push(JSON.parse(e.data).data.status));
+  });
+  const revoked = await http(`${server.url}/api/v1/users/alice/disconnect`, { method: "POST", key: API_KEY });
+  assert.equal(revoked.status, 200, revoked.text);
+  assert.equal(revoked.body.disconnected, 1);
+  const published = await http(`${server.url}/api/v1/events`, {
+    method: "POST",
+    key: API_KEY,
+    body: { type: "project.updated", data: { project_id: "42", status: "while-away" } },
+  });
+  assert.equal(published.status, 202, published.text);
+  await eventually(async () => (await page.evaluate(() => window.established.length)) > 0, {
+    timeout: WAIT_MS,
+    what: "the EventSource's own reconnect",
+  });
+  const back = await page.evaluate(() => window.established[0]);
+  assert.equal(back.recovered, true, JSON.stringify(back));
+  await eventually(async () => (await page.evaluate(() => window.updates)).includes("while-away"), {
+    timeout: WAIT_MS,
+    what: "the event published while it was away",
+  });
+  assert.deepEqual(await page.evaluate(() => window.updates), ["while-away"], "once");
+  assert.equal((await shown()).answer, expected, "the text rebuilt from the URL's offset");
   assert.deepEqual(errors, []);
   await context.close();
 });
