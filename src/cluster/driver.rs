@@ -217,3 +217,50 @@ impl Driver for ResilientDriver {
         Ok(self.conn.clone().subscribers(chan).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socketioxide_core::Uid;
+    use socketioxide_core::adapter::BroadcastOptions;
+    use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
+    use socketioxide_core::packet::Packet;
+
+    fn options(rooms: &[&'static str]) -> BroadcastOptions {
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.extend(rooms.iter().map(|r| Cow::Borrowed(*r)));
+        opts
+    }
+
+    /// A broadcast as the adapter sends it, its value encoded as either parser does:
+    /// `["event", payload]` in JSON text, or the same array in msgpack.
+    #[test]
+    fn broadcasts_and_disconnects_are_read_for_the_sse_connections() {
+        let envelope = serde_json::json!({"type": "cursor", "room": "project:1", "data": {"x": 1}});
+        let json = Value::Str(format!("[\"cursor\",{envelope}]").into(), None);
+        let msgpack = Value::Bytes(rmp_serde::to_vec(&("cursor", &envelope)).unwrap().into());
+        let opts = options(&["default/project:1", "default/global"]);
+        for value in [json, msgpack] {
+            let packet = Packet::event("/", value);
+            let request = RequestOut::new(Uid::new(), RequestTypeOut::Broadcast(&packet), &opts);
+            let bytes = rmp_serde::to_vec(&request).unwrap();
+            let Some(SseRequest::Broadcast(rooms, event, payload)) = sse_request(&bytes) else {
+                panic!("not read as a broadcast");
+            };
+            assert_eq!(rooms, ["default/project:1", "default/global"]);
+            assert_eq!(event, "cursor");
+            let payload: serde_json::Value = serde_json::from_str(payload.get()).unwrap();
+            assert_eq!(payload, envelope);
+        }
+        let opts = options(&["#default/alice"]);
+        let request = RequestOut::new(Uid::new(), RequestTypeOut::DisconnectSockets, &opts);
+        let bytes = rmp_serde::to_vec(&request).unwrap();
+        assert!(matches!(
+            sse_request(&bytes),
+            Some(SseRequest::Disconnect(rooms)) if rooms == ["#default/alice"]
+        ));
+        let request = RequestOut::new(Uid::new(), RequestTypeOut::FetchSockets, &opts);
+        assert!(sse_request(&rmp_serde::to_vec(&request).unwrap()).is_none());
+        assert!(sse_request(b"not msgpack").is_none());
+    }
+}
