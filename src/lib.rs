@@ -40,6 +40,10 @@
 //! - [`delivery`]: the seams, a leaf: [`delivery::Deliver`] (the broadcaster hands an event
 //!   to the sockets of some rooms), [`delivery::Census`] / [`delivery::Hub`] (what HTTP,
 //!   stats and the heartbeat need of the Socket.IO server) and [`delivery::ClusterStatus`].
+//! - [`sse`]: Server-Sent Events: this node's SSE connections by room, each with a bounded
+//!   queue, handed every event the sockets are (`socket::Sockets` delivers to both; in a
+//!   cluster the adapter's broadcasts from other nodes through `cluster`'s driver); the
+//!   resume token. The endpoint is `http::sse`.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis, membership only: the adapter's driver,
 //!   heartbeats, reaping dead nodes.
@@ -152,6 +156,7 @@ pub mod redis_conn;
 pub mod rooms;
 pub mod services;
 pub mod socket;
+pub mod sse;
 pub mod stores;
 pub mod streams;
 pub mod tasks;
@@ -189,6 +194,8 @@ pub struct Roomcast {
     broadcaster: EventBroadcaster,
     ready: Arc<AtomicBool>,
     hub: Arc<dyn Hub>,
+    /// This node's SSE connections, ended at the start of a drain.
+    sse: Arc<sse::SseHub>,
     cluster: Option<Arc<Cluster>>,
     services: Arc<Services>,
     /// Turned true at the start of a drain: the stream ingest stops taking entries.
@@ -298,7 +305,16 @@ impl Roomcast {
             init.spawn();
         }
         let sockets = io.clone();
-        let io = Arc::new(socket::Sockets::new(io, p.services.config.server.parser));
+        let sse = Arc::new(sse::SseHub::new(p.services.config.sse.buffer));
+        let io = Arc::new(socket::Sockets::new(
+            io,
+            p.services.config.server.parser,
+            sse.clone(),
+            p.cluster.is_some(),
+        ));
+        if let Some(cluster) = &p.cluster {
+            cluster.tap_sse(sse.clone());
+        }
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let broadcaster = EventBroadcaster::new(
             io.clone(),
@@ -380,6 +396,7 @@ impl Roomcast {
             api_keys: Arc::new(ApiKeys::from_config(&p.services.config.api_keys)),
             broadcaster: broadcaster.clone(),
             hub: io.clone(),
+            sse: sse.clone(),
             github: Arc::new(github::Github::from_config(&p.services.config.github)),
             cluster: p.cluster.clone(),
             rates,
@@ -427,6 +444,7 @@ impl Roomcast {
             broadcaster,
             ready,
             hub: io,
+            sse,
             cluster: p.cluster,
             services: p.services,
             stop_ingest,
@@ -493,6 +511,7 @@ impl Roomcast {
         self.broadcaster.install_global();
         self.ready.store(true, Ordering::Relaxed);
         let (ready, hub, cluster) = (self.ready.clone(), self.hub.clone(), self.cluster.clone());
+        let sse = self.sse.clone();
         let broadcaster = self.broadcaster.clone();
         let stop_ingest = self.stop_ingest.clone();
         let workers = self.workers.clone();
@@ -541,6 +560,9 @@ impl Roomcast {
                 &serde_json::json!({ "reconnect_after_ms": reconnect_after_ms }),
             )
             .await;
+            // An SSE connection is an HTTP request under way: ended now, its client
+            // reconnects (to another node) and recovers with its Last-Event-ID.
+            sse.close_all();
             broadcaster.idle(limit).await;
         };
         // The server keeps being polled meanwhile: that is what closes its listener and

@@ -26,6 +26,7 @@ mod publish;
 mod rpc;
 mod secret;
 mod server;
+mod sse;
 mod storage;
 mod streams;
 mod tasks;
@@ -52,6 +53,7 @@ pub use publish::PublishConfig;
 pub use rpc::{MAX_METHOD_LEN, RpcConfig, method_char};
 pub use secret::Secret;
 pub use server::{Parser, ServerConfig, Transport};
+pub use sse::SseConfig;
 pub use storage::StorageConfig;
 pub use streams::{CancelPolicy, StreamsConfig};
 pub use tasks::TasksConfig;
@@ -71,6 +73,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
     pub tasks: TasksConfig,
+    pub sse: SseConfig,
     pub pages: PagesConfig,
     pub github: GithubConfig,
     pub ingest: IngestConfig,
@@ -95,6 +98,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
             tasks: TasksConfig::default(),
+            sse: SseConfig::default(),
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
             ingest: IngestConfig::default(),
@@ -194,6 +198,7 @@ impl Config {
         self.rpc.validate()?;
         self.streams.validate()?;
         self.tasks.validate()?;
+        self.sse.validate()?;
         webhooks::validate(&self.webhooks)?;
         Ok(())
     }

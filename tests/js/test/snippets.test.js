@@ -36,6 +36,8 @@ const SKIP = {
   "function roomcastSigned(": "a backend's signature check, not a client: clients/js/test/rpc.test.js checks the server's calls with it",
   "function apply(offset, piece) {":
     "a fragment: the client rule for stream offsets, needs an existing socket and a stream id; tests/streams.rs checks the same rule against a real server",
+  "function follow(token) {":
+    "a browser page (EventSource, location): tests/browser/test/sse.test.js runs it as written in Chromium",
   'socket.on("typing.start", (e) => showTyping(e.from.user_id));':
     "a fragment: needs an existing socket, a server with [client_events] and the app's show/showTyping; test/client_events.test.js runs the same commands",
 };
