@@ -22,13 +22,17 @@ export const ADMIN_KEY = "browser-admin-key"; // scope admin only
 export const WAIT_MS = 10_000;
 
 /** Starts `roomcast serve` with the publish and admin keys on a free port; resolves once /ready is 200. */
-/** Starts `roomcast serve` for the pages; `extraToml` is appended to its config. */
-export async function startServer({ extraToml } = {}) {
+/**
+ * Starts `roomcast serve` for the pages; `extraToml` is appended to its config; `cluster`
+ * ({redisUrl, keyPrefix}) makes it a node of a cluster.
+ */
+export async function startServer({ extraToml, nodeId = "browser-node", cluster } = {}) {
   return harness.startServer({
     config: (port) =>
       harness.configToml({
         port,
-        nodeId: "browser-node",
+        nodeId,
+        cluster,
         jwtSecret: JWT_SECRET,
         apiKeys: [
           { name: "backend", key: API_KEY, scopes: ["publish", "read"] },
