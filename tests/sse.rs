@@ -754,3 +754,47 @@ async fn in_a_cluster_a_connection_gets_what_any_node_publishes_and_recovers_at_
     assert_eq!(status, 200, "{body}");
     until_closed(&mut sse).await;
 }
+
+/// With `parser = "msgpack"` the adapter carries volatile broadcasts in the msgpack parser's
+/// encoding: an SSE connection at the other node still gets them (and numbered events, which
+/// travel Roomcast's own way), as JSON.
+#[tokio::test]
+async fn in_a_msgpack_cluster_volatile_events_cross_nodes_too() {
+    let redis = RedisServer::start().await;
+    let node = |id: &str| {
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nnode_id = \"{id}\"\nparser = \"msgpack\"\n\
+             [auth]\njwt_secret = \"{}\"\n\
+             [cluster]\nredis_url = \"redis://127.0.0.1:{}\"\nkey_prefix = \"sse-msgpack\"\n\
+             [[api_keys]]\nname = \"full\"\nkey = \"{KEY}\"\nscopes = [\"publish\", \"read\"]\n",
+            common::SECRET,
+            redis.port
+        )
+    };
+    let a = TestServer::start_toml(&node("mp-a")).await;
+    let b = TestServer::start_toml(&node("mp-b")).await;
+    a.until_ready(true).await;
+    b.until_ready(true).await;
+    let query = format!("rooms=project:1&token={}", alice());
+    let mut sse = connect(&b, &query).await;
+    sse.event("connection.established").await;
+    broadcast_in(
+        &a,
+        "cursor",
+        &["project:1"],
+        json!({"n": 1, "s": "👋🏽"}),
+        true,
+    )
+    .await;
+    broadcast(&a, "marker", &["project:1"], json!({"n": 0})).await;
+    let seen = sse.until_marker().await;
+    let mut got = names(&seen);
+    got.sort();
+    assert_eq!(got, ["cursor 1", "marker 0"]);
+    let cursor = seen.iter().find(|e| e.event == "cursor").unwrap();
+    assert_eq!(cursor.data["data"]["s"], "👋🏽");
+    assert!(
+        cursor.id.is_none(),
+        "a volatile event moves no resume token"
+    );
+}
