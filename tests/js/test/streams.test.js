@@ -7,7 +7,9 @@
 // overlap; a gap → `stream.resume`): one that opens mid-stream (a page reload: a new socket
 // resuming from 0) and one whose transport is closed mid-stream (it reconnects, joins the room
 // again and resumes from what it has). Both must end with the exact text. A viewer's cancel
-// reaches the producer as `409 stream_cancelled`, and the viewer stays connected.
+// reaches the producer as `409 stream_cancelled`, and the viewer stays connected. Last, on three
+// nodes: a stream started at one node and appended at another is viewed at a third, which is
+// SIGKILLed mid-stream; its viewer resumes at another node from what it had.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -23,8 +25,8 @@ const ENDS = { "stream.finished": "finished", "stream.failed": "failed", "stream
  * Follows `streamId` on `socket` by the client rule. The resume's ack is taken as a callback
  * (socket.io-client runs it as the packet is read), so no delta that follows it runs first.
  */
-function follow(socket, room, streamId) {
-  const v = { chars: [], status: "open", end: null, resuming: false, generation: 0, resumes: 0, deltas: 0, errors: [] };
+function follow(socket, room, streamId, have = []) {
+  const v = { chars: [...have], status: "open", end: null, resuming: false, generation: 0, resumes: 0, deltas: 0, errors: [] };
   v.text = () => v.chars.join("");
   const apply = (offset, text) => {
     if (offset > v.chars.length) return false; // a gap
@@ -194,3 +196,52 @@ for (const [name, start] of Object.entries(topologies)) {
     });
   });
 }
+
+describe("AI streams on a three-node cluster", () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster(["streams3-a", "streams3-b", "streams3-c"], { label: "streams3" });
+  });
+  after(async () => {
+    disconnectAll();
+    await cluster?.stop();
+  });
+
+  test("started at A, appended at B, viewed at C; C is killed and its viewer resumes at A", async () => {
+    const { "streams3-a": A, "streams3-b": B, "streams3-c": C } = cluster.nodes;
+    const project = `k${process.pid}`;
+    const room = `project:${project}`;
+    const text = STREAM_TEXT.repeat(2);
+    const pieces = streamPieces(text);
+    const half = Math.floor(pieces.length / 2);
+    const id = await created(streamProducer(A.url, API_KEY), { room });
+    const appending = streamProducer(B.url, API_KEY);
+    const claims = { sub: `kill-${project}`, projects: [project] };
+    const socket = await connectAs(C, claims, { reconnection: false, transports: ["websocket"] });
+    const atC = follow(socket, room, id);
+    await eventually(() => atC.resumes === 1 && !atC.resuming, { what: "the first resume" });
+    await appendAll(appending, id, pieces.slice(0, half));
+    await eventually(() => atC.text() === pieces.slice(0, half).join(""), { timeout: DEADLINE_MS, what: "the deltas at C" });
+    assert.ok(atC.deltas > 0, "followed live at C");
+
+    const exit = await C.kill("SIGKILL");
+    assert.equal(exit.signal, "SIGKILL");
+    await eventually(() => !socket.connected, { timeout: DEADLINE_MS, what: "the viewer to lose C" });
+    await appendAll(appending, id, pieces.slice(half, half + 10));
+
+    // The same viewer on another node, from what it had.
+    const have = atC.chars;
+    const again = await connectAs(A, claims, { transports: ["websocket"] });
+    const atA = follow(again, room, id, have);
+    await appendAll(appending, id, pieces.slice(half + 10));
+    const fin = await appending.finish(id);
+    assert.equal(fin.status, 200, fin.text);
+    await eventually(() => atA.status === "finished", {
+      timeout: DEADLINE_MS,
+      what: `the end at A (have ${atA.chars.length} of ${Array.from(text).length} code points)`,
+    });
+    assert.equal(atA.text(), text);
+    assert.deepEqual(atA.errors, []);
+    assert.ok(have.length > 0 && atA.resumes >= 1, "it resumed from its offset");
+  });
+});
