@@ -3,6 +3,12 @@
 //!
 //! - Every append is sent live to the room as a volatile `stream.delta {stream_id, offset,
 //!   text}` (no `seq`, not in room history: the stream's own text is the record).
+//! - Under load, deltas are coalesced: appends of a stream that come while an earlier delta
+//!   of it is still being handed to the sockets go out together, as one delta whose `text`
+//!   is theirs joined and whose `offset` is the first one's. Nothing waits for company: an
+//!   append with no delivery of its stream under way goes out alone, at once. On one node
+//!   the appends queue on the stream's delivery lock ([`Streams::append`]); in a cluster
+//!   [`redis::deliver_loop`] joins what piled up on the channel.
 //! - Offsets count Unicode code points (not bytes, not UTF-16 units): a delta's `offset` is
 //!   where its first character sits in the whole text. JavaScript counts them with
 //!   `Array.from(text).length`, Python with `len(text)`, Rust with `text.chars().count()`.
@@ -339,19 +345,21 @@ impl Streams {
         let key = key(tenant, id);
         let appended = match &self.backend {
             Backend::Memory(m) => {
-                // Held from the append to the delivery: a resume on this node reads the
-                // text either before the append or after its delta was handed over.
+                let (offset, _) = m.append(&key, id, text, self.config.max_bytes)?;
+                // Coalescing: appends of this stream that come while one of its deltas is
+                // being delivered wait here with their text stored; the first to get the
+                // lock hands all of it over as one delta, the others find theirs sent. No
+                // append waits for a later one, so nothing is delayed without load.
                 let _order = self.shard(&key).lock_owned().await;
-                let (offset, room) = m.append(&key, id, text, self.config.max_bytes)?;
-                if !text.is_empty() {
+                if let Some((from, piece, room)) = m.take_undelivered(&key) {
                     deliver_delta(
                         io,
                         uuid::Uuid::now_v7(),
                         tenant,
                         &room,
                         id,
-                        offset,
-                        text,
+                        from,
+                        &piece,
                         false,
                     )
                     .await;
@@ -417,7 +425,8 @@ impl Streams {
         let key = key(tenant, id);
         let order = self.shard(&key).lock_owned().await;
         let snapshot = match &self.backend {
-            Backend::Memory(m) => m.read(&key, id, offset),
+            // What was handed to the sockets: a coalesced delta still to come starts there.
+            Backend::Memory(m) => m.read_delivered(&key, id, offset),
             Backend::Redis(r) => r.read(&key, id, offset).await,
         }?;
         Ok((snapshot, order))
@@ -569,6 +578,7 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use futures_util::future::BoxFuture;
 
     /// What a socket would be handed, in order: deltas `(offset, end)` and resume answers
@@ -648,6 +658,126 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// A room of sockets that takes `delay` to hand each delta over, recording what it was
+    /// handed (`("delta", offset, text)`) and the resume answers the test interleaves.
+    struct Slow {
+        delay: Duration,
+        log: Mutex<Vec<(&'static str, u64, String)>>,
+    }
+
+    impl Deliver for Slow {
+        fn deliver<'a>(
+            &'a self,
+            _rooms: Vec<std::borrow::Cow<'static, str>>,
+            _event: &'a str,
+            payload: &'a serde_json::value::RawValue,
+            _local_only: bool,
+            _except: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<u64, String>> {
+            let envelope: Value = serde_json::from_str(payload.get()).unwrap();
+            let offset = envelope["data"]["offset"].as_u64().unwrap();
+            let text = envelope["data"]["text"].as_str().unwrap().to_owned();
+            self.log.lock().unwrap().push(("delta", offset, text));
+            Box::pin(tokio::time::sleep(self.delay).map(|()| Ok(0)))
+        }
+    }
+
+    /// Several producers append to one stream while each delivery is slow: the appends
+    /// that pile up go out coalesced, the deltas rebuild the exact text, and a resume racing
+    /// with them is followed by a delta starting exactly where its text ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn coalesced_deltas_rebuild_the_exact_text_and_never_overtake_a_resume() {
+        let streams = Arc::new(Streams::memory(StreamsConfig::default()));
+        let socket = Arc::new(Slow {
+            delay: Duration::from_millis(3),
+            log: Mutex::default(),
+        });
+        let new = NewStream {
+            tenant: Tenant::default_tenant(),
+            id: Id::parse("s").unwrap(),
+            room: RoomName::Global,
+            kind: "llm".into(),
+            meta: Value::Null,
+            requested_by: None,
+        };
+        streams.create(&new).await.unwrap();
+        let pieces = ["é", "👋🏽", "世界 ", "🧑‍💻", "x"];
+        let mut writers = Vec::new();
+        for w in 0..6 {
+            let (streams, socket, new) = (streams.clone(), socket.clone(), new.clone());
+            writers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    let piece = pieces[(w + i) % pieces.len()];
+                    let offset = streams
+                        .append(&*socket, &new.tenant, &new.id, piece)
+                        .await
+                        .unwrap();
+                    mine.push((offset, piece));
+                }
+                mine
+            }));
+        }
+        let mut answers = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(
+                snapshot.info.length,
+                snapshot.text.chars().count() as u64,
+                "the length a resume reports is that of its text"
+            );
+            socket
+                .log
+                .lock()
+                .unwrap()
+                .push(("answer", 0, snapshot.text.clone()));
+            drop(order);
+            answers += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut appends = Vec::new();
+        for w in writers {
+            appends.extend(w.await.unwrap());
+        }
+        let whole = streams.read(&new.tenant, &new.id, 0).await.unwrap().text;
+        // Every append's answer says where its text is.
+        for (offset, piece) in &appends {
+            assert_eq!(
+                from_offset(&whole, *offset)
+                    .1
+                    .chars()
+                    .take(piece.chars().count())
+                    .collect::<String>(),
+                *piece
+            );
+        }
+        let log = socket.log.lock().unwrap();
+        let deltas: Vec<_> = log.iter().filter(|(what, ..)| *what == "delta").collect();
+        let (mut rebuilt, mut have) = (String::new(), 0u64);
+        for (_, offset, text) in &deltas {
+            assert_eq!(*offset, have, "deltas follow on from each other");
+            rebuilt.push_str(text);
+            have += text.chars().count() as u64;
+        }
+        assert_eq!(rebuilt, whole, "the deltas rebuild the exact text");
+        assert!(
+            deltas.len() < appends.len(),
+            "{} appends went out as {} deltas: none coalesced",
+            appends.len(),
+            deltas.len()
+        );
+        let mut answered: Option<u64> = None;
+        for (what, offset, text) in log.iter() {
+            match (*what, answered.take()) {
+                ("answer", _) => answered = Some(text.chars().count() as u64),
+                ("delta", Some(end)) => assert_eq!(*offset, end, "the first delta after an answer"),
+                _ => {}
+            }
+        }
+        assert!(answers > 5, "the resumes raced with the appends");
     }
 
     #[test]
