@@ -17,7 +17,17 @@
 #   CLUSTER_SOCKETS=1000 CLUSTER_RATE=50 CLUSTER_SECS=10  cluster, cluster-flat and cluster-storm:
 #                                                      two nodes on a private redis-server,
 #                                                      publishing at the first
-#   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm"
+#   STREAMS_SOCKETS=1000 STREAMS=10 STREAMS_RATE=50 STREAMS_SECS=10  streams: STREAMS_SOCKETS
+#                                                      viewers of STREAMS AI streams, each appended
+#                                                      at STREAMS_RATE appends/s over HTTP
+#                                                      (cluster-streams: the same on two nodes,
+#                                                      Roomcast only: the reference keeps a
+#                                                      stream in one process)
+#   RESUME_SOCKETS=1000 RESUME_CHARS=20000             resume: viewers resuming a stream of
+#                                                      RESUME_CHARS code points from 0 at once
+#   (streams, cluster-streams and resume run with --users 1: no presence storm at connect)
+#   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm
+#              streams resume cluster-streams"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
 # In the cluster scenarios the reference runs two socket.io processes on socket.io's own
@@ -40,7 +50,9 @@ source "$root/bench/lib.sh"
 : "${STORM_SOCKETS:=1000}" "${STORM_RATE:=50}" "${STORM_SECS:=10}"
 : "${CHAT_SOCKETS:=1000}" "${CHAT_ROOMS:=100}" "${CHAT_RATE:=1}" "${CHAT_SECS:=10}"
 : "${CLUSTER_SOCKETS:=1000}" "${CLUSTER_RATE:=50}" "${CLUSTER_SECS:=10}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm}" "${BENCH_ARGS:=}"
+: "${STREAMS_SOCKETS:=1000}" "${STREAMS:=10}" "${STREAMS_RATE:=50}" "${STREAMS_SECS:=10}"
+: "${RESUME_SOCKETS:=1000}" "${RESUME_CHARS:=20000}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams resume cluster-streams}" "${BENCH_ARGS:=}"
 
 # The roomcast-bench arguments of a scenario (without --url and --pids).
 scenario_args() {
@@ -55,6 +67,8 @@ scenario_args() {
     cluster) echo "cluster --sockets $CLUSTER_SOCKETS --rate $CLUSTER_RATE --duration $CLUSTER_SECS" ;;
     cluster-flat) echo "cluster --sockets $CLUSTER_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
     cluster-storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
+    streams|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
+    resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
@@ -98,7 +112,8 @@ reference_installed || { echo "the Node reference needs node and npm" >&2; exit 
 for scenario in $SCENARIOS; do
   scenario_args "$scenario" > /dev/null
   run_one "$scenario" roomcast
-  run_one "$scenario" node
+  # The reference keeps a stream in the process that created it: no cluster streams.
+  [ "$scenario" = cluster-streams ] || run_one "$scenario" node
 done
 
 echo "# Roomcast vs Node socket.io 4.8.4 reference — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, node $(node --version)"
