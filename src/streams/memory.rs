@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{
     Cancelled, End, Info, NewStream, Snapshot, Status, StreamError, StreamId, from_offset,
@@ -18,6 +21,10 @@ struct Record {
     /// one coalesced delta.
     delivered: u64,
     delivered_bytes: usize,
+    /// When the last delta went out, and whether a later one is waiting for its turn
+    /// (`streams.coalesce_ms`).
+    sent_at: Option<Instant>,
+    flush_due: bool,
     /// Unix milliseconds of the creation or the last append.
     touched_ms: u64,
     cancel: Option<Cancelled>,
@@ -57,6 +64,8 @@ impl MemoryStreams {
                 text: String::new(),
                 delivered: 0,
                 delivered_bytes: 0,
+                sent_at: None,
+                flush_due: false,
                 touched_ms: started_ms,
                 cancel: None,
             },
@@ -93,14 +102,38 @@ impl MemoryStreams {
     pub fn take_undelivered(&self, key: &str) -> Option<(u64, String, RoomName)> {
         let mut records = self.records();
         let record = records.get_mut(key)?;
+        record.flush_due = false;
         if record.delivered_bytes == record.text.len() {
             return None;
         }
+        record.sent_at = Some(Instant::now());
         let piece = record.text[record.delivered_bytes..].to_owned();
         let offset = record.delivered;
         record.delivered = record.info.length;
         record.delivered_bytes = record.text.len();
         Some((offset, piece, record.info.room.clone()))
+    }
+
+    /// When what was appended to `key` may go out, with deltas at least `window` apart:
+    /// now, at `Later(due)` (the caller arranges it), or `Scheduled` (already arranged).
+    pub fn pace(&self, key: &str, window: Duration) -> Pace {
+        if window.is_zero() {
+            return Pace::Now;
+        }
+        let mut records = self.records();
+        let Some(record) = records.get_mut(key) else {
+            return Pace::Now;
+        };
+        if record.flush_due {
+            return Pace::Scheduled;
+        }
+        match record.sent_at.map(|at| at + window) {
+            Some(due) if due > Instant::now() => {
+                record.flush_due = true;
+                Pace::Later(due)
+            }
+            _ => Pace::Now,
+        }
     }
 
     pub fn end(
@@ -182,6 +215,14 @@ impl MemoryStreams {
             None => now_ms.saturating_sub(r.touched_ms) <= idle,
         });
     }
+}
+
+/// When an append's text goes out ([`MemoryStreams::pace`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pace {
+    Now,
+    Later(Instant),
+    Scheduled,
 }
 
 /// `Ok` for an open stream; the refusal an append or end of an ended one gets.

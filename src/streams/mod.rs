@@ -278,13 +278,16 @@ const SHARDS: usize = 64;
 pub struct Streams {
     backend: Backend,
     config: StreamsConfig,
+    /// Where a delta held back by `streams.coalesce_ms` is delivered when its turn comes
+    /// (one node; set once the Socket.IO server exists). Without it nothing is held back.
+    later: std::sync::OnceLock<Arc<dyn Deliver>>,
     shards: Vec<Arc<tokio::sync::Mutex<()>>>,
     /// Writers on this node waiting for a cancel, by stream key.
     watchers: Mutex<HashMap<String, watch::Sender<Option<Cancelled>>>>,
 }
 
 enum Backend {
-    Memory(MemoryStreams),
+    Memory(Arc<MemoryStreams>),
     Redis(Arc<RedisStreams>),
 }
 
@@ -296,7 +299,7 @@ pub fn key(tenant: &Tenant, id: &StreamId) -> String {
 impl Streams {
     /// A single node's streams, in memory.
     pub fn memory(config: StreamsConfig) -> Self {
-        Self::with(Backend::Memory(MemoryStreams::default()), config)
+        Self::with(Backend::Memory(Arc::default()), config)
     }
 
     /// The cluster's streams, in Redis; [`redis::deliver_loop`] delivers their deltas here.
@@ -308,6 +311,7 @@ impl Streams {
         Self {
             backend,
             config,
+            later: std::sync::OnceLock::new(),
             shards: (0..SHARDS).map(|_| Arc::default()).collect(),
             watchers: Mutex::default(),
         }
@@ -315,6 +319,16 @@ impl Streams {
 
     pub fn config(&self) -> &StreamsConfig {
         &self.config
+    }
+
+    /// Lets deltas be held back by `streams.coalesce_ms` and delivered through `io` later
+    /// (one node; the cluster's deliver loop paces its own).
+    pub fn deliver_later_through(&self, io: Arc<dyn Deliver>) {
+        let _ = self.later.set(io);
+    }
+
+    pub(crate) fn window(&self) -> Duration {
+        Duration::from_millis(self.config.coalesce_ms)
     }
 
     /// The delivery lock of the stream `key` on this node.
@@ -350,19 +364,27 @@ impl Streams {
                 // being delivered wait here with their text stored; the first to get the
                 // lock hands all of it over as one delta, the others find theirs sent. No
                 // append waits for a later one, so nothing is delayed without load.
-                let _order = self.shard(&key).lock_owned().await;
-                if let Some((from, piece, room)) = m.take_undelivered(&key) {
-                    deliver_delta(
-                        io,
-                        uuid::Uuid::now_v7(),
-                        tenant,
-                        &room,
-                        id,
-                        from,
-                        &piece,
-                        false,
-                    )
-                    .await;
+                let order = self.shard(&key).lock_owned().await;
+                let pace = match self.later.get() {
+                    Some(_) => m.pace(&key, self.window()),
+                    None => memory::Pace::Now,
+                };
+                match (pace, self.later.get()) {
+                    (memory::Pace::Later(due), Some(later)) => {
+                        // `streams.coalesce_ms`: the stream's last delta is too recent;
+                        // what comes until `due` goes out with this text then.
+                        drop(order);
+                        let (m, io, lock) = (m.clone(), later.clone(), self.shard(&key));
+                        let (key, tenant) = (key.clone(), tenant.clone());
+                        let id = id.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(due).await;
+                            let _order = lock.lock_owned().await;
+                            flush(&m, &*io, &key, &tenant, &id).await;
+                        });
+                    }
+                    (memory::Pace::Scheduled, _) => {}
+                    _ => flush(m, io, &key, tenant, id).await,
                 }
                 Ok(offset)
             }
@@ -381,7 +403,16 @@ impl Streams {
     pub async fn end(&self, tenant: &Tenant, id: &StreamId, end: End) -> Result<Info, StreamError> {
         let key = key(tenant, id);
         let info = match &self.backend {
-            Backend::Memory(m) => m.end(&key, id, &end, now_ms())?,
+            Backend::Memory(m) => {
+                let info = m.end(&key, id, &end, now_ms())?;
+                // A delta held back by `streams.coalesce_ms` goes out before the end is
+                // announced.
+                if let Some(later) = self.later.get() {
+                    let _order = self.shard(&key).lock_owned().await;
+                    flush(m, &**later, &key, tenant, id).await;
+                }
+                info
+            }
             Backend::Redis(r) => r.end(&key, id, &end, now_ms(), &self.config).await?,
         };
         if let End::Cancelled(cancel) = end {
@@ -513,6 +544,24 @@ impl Drop for Watch {
                 watchers.remove(&self.key);
             }
         }
+    }
+}
+
+/// Hands what was appended to `key` and not yet sent to the sockets, as one delta; called
+/// holding the stream's delivery lock.
+async fn flush(m: &MemoryStreams, io: &dyn Deliver, key: &str, tenant: &Tenant, id: &StreamId) {
+    if let Some((from, piece, room)) = m.take_undelivered(key) {
+        deliver_delta(
+            io,
+            uuid::Uuid::now_v7(),
+            tenant,
+            &room,
+            id,
+            from,
+            &piece,
+            false,
+        )
+        .await;
     }
 }
 
@@ -778,6 +827,82 @@ mod tests {
             }
         }
         assert!(answers > 5, "the resumes raced with the appends");
+    }
+
+    /// With `streams.coalesce_ms`, a stream's first append goes out at once; those within
+    /// the window after it wait and go out together when it ends; ending the stream sends
+    /// what still waits before the end is announced.
+    #[tokio::test]
+    async fn a_window_spaces_deltas_and_the_end_sends_what_waits() {
+        let config = StreamsConfig {
+            coalesce_ms: 200,
+            ..StreamsConfig::default()
+        };
+        let streams = Arc::new(Streams::memory(config));
+        let socket = Arc::new(Slow {
+            delay: Duration::ZERO,
+            log: Mutex::default(),
+        });
+        streams.deliver_later_through(socket.clone());
+        let new = NewStream {
+            tenant: Tenant::default_tenant(),
+            id: Id::parse("w").unwrap(),
+            room: RoomName::Global,
+            kind: "llm".into(),
+            meta: Value::Null,
+            requested_by: None,
+        };
+        streams.create(&new).await.unwrap();
+        let append = |text: &'static str| {
+            let (streams, socket, new) = (streams.clone(), socket.clone(), new.clone());
+            async move {
+                streams
+                    .append(&*socket, &new.tenant, &new.id, text)
+                    .await
+                    .unwrap()
+            }
+        };
+        let deltas = || {
+            socket
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, offset, text)| (*offset, text.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(append("a").await, 0);
+        assert_eq!(
+            deltas(),
+            [(0, "a".to_owned())],
+            "the first goes out at once"
+        );
+        for (text, offset) in [("é", 1), ("👋🏽", 2), ("b", 4)] {
+            assert_eq!(append(text).await, offset, "answered at once");
+        }
+        assert_eq!(deltas().len(), 1, "the rest waits for the window");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while deltas().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(deltas()[1..], [(1, "é👋🏽b".to_owned())]);
+        // A resume now ends where the deltas sent so far end.
+        let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+        drop(order);
+        assert_eq!(snapshot.text, "aé👋🏽b");
+
+        assert_eq!(append("z").await, 5);
+        assert_eq!(deltas().len(), 2, "within the window of the last delta");
+        let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+        drop(order);
+        assert_eq!(snapshot.text, "aé👋🏽b", "what waits is not in a resume yet");
+        streams
+            .end(&new.tenant, &new.id, End::Finished)
+            .await
+            .unwrap();
+        assert_eq!(deltas()[2..], [(5, "z".to_owned())], "sent by the end");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(deltas().len(), 3, "and only once");
     }
 
     #[test]

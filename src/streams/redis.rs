@@ -333,11 +333,34 @@ pub async fn deliver_loop(
 ) {
     let mut batch: Vec<Pending> = Vec::new();
     let mut open = true;
+    let window = streams.window();
+    let mut sent_at: Option<tokio::time::Instant> = None;
     while open {
         let Some((_, first)) = messages.next().await else {
             break;
         };
         take(&streams, &first, &mut batch);
+        // `streams.coalesce_ms`: within the window after the last deltas went out, what
+        // comes joins them until it ends.
+        if let Some(due) = sent_at
+            .map(|at| at + window)
+            .filter(|due| *due > tokio::time::Instant::now())
+        {
+            let sleep = tokio::time::sleep_until(due);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    next = messages.next() => match next {
+                        Some((_, bytes)) => take(&streams, &bytes, &mut batch),
+                        None => {
+                            open = false;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
         for _ in 1..BATCH {
             match messages.next().now_or_never() {
                 Some(Some((_, bytes))) => take(&streams, &bytes, &mut batch),
@@ -354,6 +377,9 @@ pub async fn deliver_loop(
                 &*io, p.event_id, &p.tenant, &p.room, &p.id, p.offset, &p.text, true,
             )
             .await;
+        }
+        if !window.is_zero() {
+            sent_at = Some(tokio::time::Instant::now());
         }
     }
 }
