@@ -810,3 +810,56 @@ async fn cluster_concurrent_appends_coalesce_and_end_exact() {
     // Appended at both nodes at once, viewed and resumed at B.
     concurrent_appends_end_exact(&a, &b, vec![a.addr, b.addr], false).await;
 }
+
+/// With `streams.coalesce_ms`, a producer appending one piece at a time (each answered at
+/// once) is seen by the viewers in fewer deltas than appends, the first at once, and a
+/// viewer there from the start and one resuming mid-stream end with the exact text.
+async fn a_window_joins_appends(start: &TestServer, viewing: &TestServer, strict: bool) {
+    let stream_id = "s-window";
+    let mut from_start = viewer(viewing).await;
+    let mut late = viewer(viewing).await;
+    let (status, _) = create(start, json!({"room": ROOM, "stream_id": stream_id})).await;
+    assert_eq!(status, 201);
+    let producer = tokio::spawn(produce(vec![start.addr], stream_id.to_owned(), 61));
+    let delta = from_start.event("stream.delta").await;
+    assert_eq!(
+        delta["data"]["text"], PIECES[0],
+        "the first append goes out alone"
+    );
+    let mut view = View::new(stream_id, true);
+    view.caught_up = true;
+    view.event("stream.delta", &delta);
+    let mut resumed = View::new(stream_id, strict);
+    resumed.resume(&mut late).await;
+    let whole = producer.await.unwrap();
+    let (status, _) = start
+        .post(&format!("/api/v1/streams/{stream_id}/finish"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let mut deltas = 1;
+    while view.finished != Some(view.len) {
+        let (name, payload) = from_start.next_event().await.expect("the stream's events");
+        deltas += u32::from(name == "stream.delta");
+        view.event(&name, &payload);
+    }
+    assert_eq!(view.text, whole, "there from the start");
+    assert!(deltas < 61 / 2, "61 appends went out as {deltas} deltas");
+    resumed.follow(&mut late).await;
+    assert_eq!(resumed.text, whole, "resumed mid-stream");
+}
+
+const WINDOW: &str = "[streams]\ncoalesce_ms = 100\n";
+
+#[tokio::test]
+async fn one_node_a_window_joins_appends() {
+    let server = TestServer::start_with(WINDOW).await;
+    a_window_joins_appends(&server, &server, true).await;
+}
+
+#[tokio::test]
+async fn cluster_a_window_joins_appends() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node_with("a", &redis, "streams-window", WINDOW).await;
+    let b = TestServer::start_cluster_node_with("b", &redis, "streams-window", WINDOW).await;
+    a_window_joins_appends(&a, &b, false).await;
+}
