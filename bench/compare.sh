@@ -23,11 +23,14 @@
 #                                                      (cluster-streams: the same on two nodes,
 #                                                      Roomcast only: the reference keeps a
 #                                                      stream in one process)
+#   STREAMS_WINDOW_MS=50                               streams-window: streams with Roomcast's
+#                                                      [streams] coalesce_ms at this (the
+#                                                      reference has no window)
 #   RESUME_SOCKETS=1000 RESUME_CHARS=20000             resume: viewers resuming a stream of
 #                                                      RESUME_CHARS code points from 0 at once
 #   (streams, cluster-streams and resume run with --users 1: no presence storm at connect)
 #   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm
-#              streams resume cluster-streams"
+#              streams streams-window resume cluster-streams"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
 # In the cluster scenarios the reference runs two socket.io processes on socket.io's own
@@ -51,8 +54,8 @@ source "$root/bench/lib.sh"
 : "${CHAT_SOCKETS:=1000}" "${CHAT_ROOMS:=100}" "${CHAT_RATE:=1}" "${CHAT_SECS:=10}"
 : "${CLUSTER_SOCKETS:=1000}" "${CLUSTER_RATE:=50}" "${CLUSTER_SECS:=10}"
 : "${STREAMS_SOCKETS:=1000}" "${STREAMS:=10}" "${STREAMS_RATE:=50}" "${STREAMS_SECS:=10}"
-: "${RESUME_SOCKETS:=1000}" "${RESUME_CHARS:=20000}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams resume cluster-streams}" "${BENCH_ARGS:=}"
+: "${STREAMS_WINDOW_MS:=50}" "${RESUME_SOCKETS:=1000}" "${RESUME_CHARS:=20000}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams streams-window resume cluster-streams}" "${BENCH_ARGS:=}"
 
 # The roomcast-bench arguments of a scenario (without --url and --pids).
 scenario_args() {
@@ -67,7 +70,7 @@ scenario_args() {
     cluster) echo "cluster --sockets $CLUSTER_SOCKETS --rate $CLUSTER_RATE --duration $CLUSTER_SECS" ;;
     cluster-flat) echo "cluster --sockets $CLUSTER_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
     cluster-storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
-    streams|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
+    streams|streams-window|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
     resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
@@ -84,7 +87,9 @@ run_one() {
   [ "$scenario" = cluster-storm ] && adapter=streams
   for i in $(seq 1 "$nodes"); do
     port=$(free_port)
-    if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario-$i" "$port" "$redis"
+    local extra=${EXTRA_CONFIG:-}
+    [ "$scenario" = streams-window ] && extra=$(printf '%s\n[streams]\ncoalesce_ms = %s' "$extra" "$STREAMS_WINDOW_MS")
+    if [ "$server" = roomcast ]; then EXTRA_CONFIG=$extra start_roomcast "compare-$scenario-$i" "$port" "$redis"
     else start_reference "$port" "$redis" "$adapter"; fi
     urls+=("http://127.0.0.1:$port"); node_pids+=("$server_pid")
   done

@@ -55,7 +55,7 @@ every_scenario() {
   run "$1 soak" soak "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-fraction 1 \
     --drop-every 0.3 --settle 0 --warmup 1
   run "$1 chat" chat "${url[@]}" --sockets 40 --rooms 4 --rate 5 --duration 1
-  run "$1 streams" streams "${url[@]}" --sockets 20 --streams 2 --rate 20 --duration 2
+  run "$1 streams" streams "${url[@]}" --sockets 20 --late 4 --streams 2 --rate 20 --duration 2
   run "$1 resume" resume "${url[@]}" --sockets 20 --chars 2000
 }
 
@@ -75,7 +75,7 @@ run "roomcast cluster storm" storm --url "$both" --publish-url "http://127.0.0.1
 run "roomcast cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 --duration 1
 # Streams appended at A, viewed (and resumed) at both nodes: deltas cross through Redis.
 run "roomcast cluster streams" streams --url "$both" --publish-url "http://127.0.0.1:$pa" \
-  --sockets 20 --streams 2 --rate 20 --duration 2
+  --sockets 20 --late 4 --streams 2 --rate 20 --duration 2
 run "roomcast cluster resume" resume --url "$both" --publish-url "http://127.0.0.1:$pa" \
   --sockets 20 --chars 2000
 

@@ -78,6 +78,7 @@ FIGURES["streams"] = [
     ("appends refused", "publish_failed"),
 ]
 FIGURES["cluster-streams"] = FIGURES["streams"]
+FIGURES["streams-window"] = FIGURES["streams"]
 FIGURES["resume"] = [
     ("all viewers hold the whole text (ms)", "all_resumed_ms"),
     ("resume p50 (ms)", "resume_ms.p50"),
@@ -101,6 +102,7 @@ TITLES = {
     "cluster-flat": "cluster: two nodes on Redis, one room, flat out, publishing at node A",
     "cluster-storm": "cluster storm: drops, coming back at either node, with recovery",
     "streams": "streams: viewers of concurrent AI streams appended over HTTP (append-to-delivery latency)",
+    "streams-window": "streams with Roomcast's [streams] coalesce_ms = STREAMS_WINDOW_MS (the reference has no window)",
     "cluster-streams": "streams on two nodes on Redis, appended at node A (Roomcast only)",
     "resume": "resume: viewers resuming one long AI stream from offset 0 at once",
 }

@@ -55,6 +55,10 @@ pub struct Args {
     /// Seconds of appending.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// More viewers that join halfway through the appending and catch up with
+    /// `stream.resume` from 0 while the deltas go on (as a page opened mid-stream).
+    #[arg(long, default_value_t = 0)]
+    pub late: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -503,6 +507,19 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             (id, pieces)
         });
     }
+    let mut late = JoinSet::new();
+    if args.late > 0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.duration / 2.0)).await;
+        let latecomers = Common {
+            sockets: args.late,
+            ..common.clone()
+        };
+        let late_ids = ids.clone();
+        late = gather(&latecomers, &room, move |conn, room| {
+            follow(conn, room, late_ids.clone())
+        })
+        .await?;
+    }
     let mut expected = HashMap::new();
     let mut appended = 0;
     while let Some(done) = writers.join_next().await {
@@ -518,7 +535,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         }
     }
     // Drain: until every viewer holds every stream whole, or nothing moved for 5 s.
-    let want = (common.sockets * args.streams) as u64;
+    let want = ((common.sockets + args.late) * args.streams) as u64;
     let give_up = Instant::now() + Duration::from_secs(120);
     let (mut last, mut since) = (u64::MAX, Instant::now());
     while Instant::now() < give_up {
@@ -542,7 +559,10 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 
     let mut t = ViewerStats::default();
     let (mut lost, mut duplicated, mut corrupted, mut failed) = (0u64, 0u64, 0u64, 0u64);
-    while let Some(done) = viewers.join_next().await {
+    while let Some(done) = match viewers.join_next().await {
+        Some(done) => Some(done),
+        None => late.join_next().await,
+    } {
         let v = done.unwrap_or_else(|_| ViewerStats {
             failed: true,
             ..ViewerStats::default()
@@ -563,10 +583,11 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             }
         }
     }
-    let viewers_n = common.sockets as u64;
+    let viewers_n = (common.sockets + args.late) as u64;
     Ok(json!({
         "scenario": "streams",
         "sockets": common.sockets,
+        "late": args.late,
         "nodes": common.url.len(),
         "streams": args.streams,
         "rate": args.rate,
