@@ -280,7 +280,8 @@ pub struct Streams {
     config: StreamsConfig,
     /// Where a delta held back by `streams.coalesce_ms` is delivered when its turn comes
     /// (one node; set once the Socket.IO server exists). Without it nothing is held back.
-    later: std::sync::OnceLock<Arc<dyn Deliver>>,
+    /// Weak: the server's state holds these streams (through the services).
+    later: std::sync::OnceLock<std::sync::Weak<dyn Deliver>>,
     shards: Vec<Arc<tokio::sync::Mutex<()>>>,
     /// Writers on this node waiting for a cancel, by stream key.
     watchers: Mutex<HashMap<String, watch::Sender<Option<Cancelled>>>>,
@@ -323,8 +324,8 @@ impl Streams {
 
     /// Lets deltas be held back by `streams.coalesce_ms` and delivered through `io` later
     /// (one node; the cluster's deliver loop paces its own).
-    pub fn deliver_later_through(&self, io: Arc<dyn Deliver>) {
-        let _ = self.later.set(io);
+    pub fn deliver_later_through(&self, io: &Arc<dyn Deliver>) {
+        let _ = self.later.set(Arc::downgrade(io));
     }
 
     pub(crate) fn window(&self) -> Duration {
@@ -380,7 +381,9 @@ impl Streams {
                         tokio::spawn(async move {
                             tokio::time::sleep_until(due).await;
                             let _order = lock.lock_owned().await;
-                            flush(&m, &*io, &key, &tenant, &id).await;
+                            if let Some(io) = io.upgrade() {
+                                flush(&m, &*io, &key, &tenant, &id).await;
+                            }
                         });
                     }
                     (memory::Pace::Scheduled, _) => {}
@@ -407,9 +410,9 @@ impl Streams {
                 let info = m.end(&key, id, &end, now_ms())?;
                 // A delta held back by `streams.coalesce_ms` goes out before the end is
                 // announced.
-                if let Some(later) = self.later.get() {
+                if let Some(later) = self.later.get().and_then(std::sync::Weak::upgrade) {
                     let _order = self.shard(&key).lock_owned().await;
-                    flush(m, &**later, &key, tenant, id).await;
+                    flush(m, &*later, &key, tenant, id).await;
                 }
                 info
             }
@@ -843,7 +846,8 @@ mod tests {
             delay: Duration::ZERO,
             log: Mutex::default(),
         });
-        streams.deliver_later_through(socket.clone());
+        let io: Arc<dyn Deliver> = socket.clone();
+        streams.deliver_later_through(&io);
         let new = NewStream {
             tenant: Tenant::default_tenant(),
             id: Id::parse("w").unwrap(),
