@@ -335,6 +335,10 @@ async fn follow(
                         h.have
                     );
                 }
+                // Finished meanwhile, and the answer was read before the last appends.
+                if h.length.is_some_and(|l| l > h.have) {
+                    gap = Some(stream);
+                }
             }
             Some(Packet::Disconnected) => bail!("the server disconnected the viewer"),
             _ => {}
