@@ -2,7 +2,8 @@
 //! Roomcast, publish through it; history, idempotency, limits and metrics attach here.
 //! AI streams start and end here too ([`EventBroadcaster::stream`], [`StreamWriter`]): their
 //! `stream.started` / `finished` / `failed` / `cancelled` events are numbered room events
-//! like any other, and their text is kept by [`crate::streams`].
+//! like any other, and their text is kept by [`crate::streams`]. `task.*` events get their
+//! server-computed fields (rate, ETA, duration) from [`crate::tasks`] on the way.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,7 @@ use crate::streams::{
     Cancelled, CancelledEvent, End, FailedEvent, FinishedEvent, Info, NewStream, StartedEvent,
     StreamError, StreamId, Streams, Usage, Watch,
 };
+use crate::tasks::Tasks;
 
 /// What a publish produced; the body of a `202` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,8 @@ pub struct EventBroadcaster {
     max_rooms: usize,
     /// AI streams' text and status.
     streams: Arc<Streams>,
+    /// Task progress, for the rate and ETA of `task.progress`.
+    tasks: Arc<Tasks>,
 }
 
 /// Counts one publish in flight for as long as it lives.
@@ -135,6 +139,15 @@ impl EventBroadcaster {
             tenant: Tenant::default_tenant(),
             max_rooms: crate::config::LimitsConfig::default().max_rooms_per_publish,
             streams: Arc::new(Streams::memory(Default::default())),
+            tasks: Arc::new(Tasks::memory(Default::default())),
+        }
+    }
+
+    /// The same broadcaster, keeping task progress in `tasks` (the node's store).
+    pub fn with_tasks(&self, tasks: Arc<Tasks>) -> Self {
+        Self {
+            tasks,
+            ..self.clone()
         }
     }
 
@@ -231,9 +244,15 @@ impl EventBroadcaster {
     /// Validates and publishes a typed event to the rooms it routes to.
     pub async fn publish(&self, event: Event) -> Result<Published, PublishError> {
         event.validate().map_err(PublishError::InvalidPayload)?;
-        let target = event.target();
-        self.deliver(event.event_type().as_str(), target.rooms(), &event, true)
-            .await
+        let rooms = event.target().rooms();
+        self.check_rooms(rooms.len())?;
+        self.at_most_once(|| async move {
+            // Here, so that a replayed idempotent publish is no progress sample either.
+            let event = self.tasks.observe(&self.tenant, event).await;
+            self.deliver_now(event.event_type().as_str(), rooms, &event, true)
+                .await
+        })
+        .await
     }
 
     /// Publishes a custom event with any JSON data to `rooms` (non-empty; duplicates dropped).
@@ -272,7 +291,7 @@ impl EventBroadcaster {
         self.volatile().deliver(name, vec![room], data, false).await
     }
 
-    /// Publishes once per idempotency key when one is set, then [`Self::deliver_now`].
+    /// [`Self::deliver_now`], once per idempotency key when one is set.
     async fn deliver<T: Serialize + ?Sized>(
         &self,
         event_type: &str,
@@ -281,8 +300,18 @@ impl EventBroadcaster {
         counted: bool,
     ) -> Result<Published, PublishError> {
         self.check_rooms(rooms.len())?;
+        self.at_most_once(|| self.deliver_now(event_type, rooms, data, counted))
+            .await
+    }
+
+    /// Runs `publish` once per idempotency key when one is set (a repeat gets the first
+    /// answer), or just runs it.
+    async fn at_most_once<F>(&self, publish: impl FnOnce() -> F) -> Result<Published, PublishError>
+    where
+        F: std::future::Future<Output = Result<Published, PublishError>>,
+    {
         let Some(key) = &self.idempotency_key else {
-            return self.deliver_now(event_type, rooms, data, counted).await;
+            return publish().await;
         };
         let key = format!("{}/{key}", self.tenant);
         let store_err = |e: IdempotencyError| PublishError::ClusterUnavailable(e.0);
@@ -303,7 +332,7 @@ impl EventBroadcaster {
                 Claim::Pending => return Err(PublishError::IdempotencyInProgress),
             }
         }
-        let result = self.deliver_now(event_type, rooms, data, counted).await;
+        let result = publish().await;
         let stored = match &result {
             Ok(published) => {
                 let answer = serde_json::to_string(published).unwrap_or_default();

@@ -68,11 +68,12 @@ macro_rules! codes {
 }
 
 codes! {
-    TokenMissing = "token_missing", Some(S::UNAUTHORIZED), [ConnectError, HandshakeHttp];
-    TokenInvalid = "token_invalid", Some(S::UNAUTHORIZED), [ConnectError, HandshakeHttp, Command];
-    TokenExpired = "token_expired", Some(S::UNAUTHORIZED), [ConnectError, HandshakeHttp, Command, Event];
+    TokenMissing = "token_missing", Some(S::UNAUTHORIZED), [ConnectError, HandshakeHttp, Http];
+    TokenInvalid = "token_invalid", Some(S::UNAUTHORIZED), [ConnectError, HandshakeHttp, Command, Http];
+    TokenExpired = "token_expired", Some(S::UNAUTHORIZED), [ConnectError, HandshakeHttp, Command, Event, Http];
     TooManyPreauthSessions = "too_many_preauth_sessions", Some(S::TOO_MANY_REQUESTS), [HandshakeHttp];
-    TooManyConnections = "too_many_connections", None, [ConnectError];
+    /// `GET /api/v1/sse` answers it `429`; a socket gets it as its `connect_error`.
+    TooManyConnections = "too_many_connections", Some(S::TOO_MANY_REQUESTS), [ConnectError, Http];
     RateLimited = "rate_limited", Some(S::TOO_MANY_REQUESTS), [ConnectError, HandshakeHttp, Command, Http];
     RateLimitExceeded = "rate_limit_exceeded", None, [Event];
     InvalidPayload = "invalid_payload", Some(S::UNPROCESSABLE_ENTITY), [Command, Http];
@@ -228,6 +229,16 @@ messages! {
     AuthThrottled: RateLimited =
         "too many refused API keys from this address (limits.auth_failures_per_ip_per_sec); the key was not checked";
     Internal: Internal = "{message}";
+
+    // Server-Sent Events (`GET /api/v1/sse`), refused before the stream starts.
+    SseTokenMissing: TokenMissing =
+        "no token: send the client JWT in Authorization: Bearer <jwt> or ?token=<jwt>";
+    SseUserHandshakes: RateLimited =
+        "too many connections opened by this user (limits.handshakes_per_user_per_sec)";
+    SseConnections: TooManyConnections =
+        "the {which} connection limit ({limit}) is reached: close another connection or retry later";
+    SseRooms: TooManyRooms =
+        "an SSE connection may read at most {limit} rooms (limits.max_rooms_per_socket)";
 }
 
 impl Message {

@@ -29,8 +29,9 @@
 //!   closed lingering (no RST), severed at the end of a drain so clients see a dropped
 //!   transport.
 //! - [`stores`]: memory, disk (`[storage] path`) or Redis, chosen once: room history
-//!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]) and AI
-//!   streams ([`streams`]), each a module with one file per backend. The publish path and recovery call the store
+//!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]), AI
+//!   streams ([`streams`]) and task progress ([`tasks`]: the rate and ETA the broadcaster
+//!   adds to `task.progress`), each a module with one file per backend. The publish path and recovery call the store
 //!   (`HistoryStore::publish`, `HistoryStore::catch_up`) and know no backend: how each one
 //!   keeps a room's `seq` order (locks held through delivery on one node, a Lua script and
 //!   a delivery lock in a cluster) lives beside its data. [`disk`] is what the disk backends share (times on
@@ -39,6 +40,10 @@
 //! - [`delivery`]: the seams, a leaf: [`delivery::Deliver`] (the broadcaster hands an event
 //!   to the sockets of some rooms), [`delivery::Census`] / [`delivery::Hub`] (what HTTP,
 //!   stats and the heartbeat need of the Socket.IO server) and [`delivery::ClusterStatus`].
+//! - [`sse`]: Server-Sent Events: this node's SSE connections by room, each with a bounded
+//!   queue, handed every event the sockets are (`socket::Sockets` delivers to both; in a
+//!   cluster the adapter's broadcasts from other nodes through `cluster`'s driver); the
+//!   resume token. The endpoint is `http::sse`.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis, membership only: the adapter's driver,
 //!   heartbeats, reaping dead nodes.
@@ -151,8 +156,10 @@ pub mod redis_conn;
 pub mod rooms;
 pub mod services;
 pub mod socket;
+pub mod sse;
 pub mod stores;
 pub mod streams;
+pub mod tasks;
 pub mod tcp;
 pub mod workers;
 
@@ -187,6 +194,8 @@ pub struct Roomcast {
     broadcaster: EventBroadcaster,
     ready: Arc<AtomicBool>,
     hub: Arc<dyn Hub>,
+    /// This node's SSE connections, ended at the start of a drain.
+    sse: Arc<sse::SseHub>,
     cluster: Option<Arc<Cluster>>,
     services: Arc<Services>,
     /// Turned true at the start of a drain: the stream ingest stops taking entries.
@@ -296,7 +305,16 @@ impl Roomcast {
             init.spawn();
         }
         let sockets = io.clone();
-        let io = Arc::new(socket::Sockets::new(io, p.services.config.server.parser));
+        let sse = Arc::new(sse::SseHub::new(p.services.config.sse.buffer));
+        let io = Arc::new(socket::Sockets::new(
+            io,
+            p.services.config.server.parser,
+            sse.clone(),
+            p.cluster.is_some(),
+        ));
+        if let Some(cluster) = &p.cluster {
+            cluster.tap_sse(sse.clone());
+        }
         let status = p.cluster.as_ref().map(|c| c.status.clone());
         let broadcaster = EventBroadcaster::new(
             io.clone(),
@@ -306,7 +324,8 @@ impl Roomcast {
             p.services.history.clone(),
         )
         .with_max_rooms(p.services.config.limits.max_rooms_per_publish)
-        .with_streams(p.stores.streams.clone());
+        .with_streams(p.stores.streams.clone())
+        .with_tasks(p.stores.tasks.clone());
         // Weakly: the Socket.IO server's state holds the services.
         let weak: std::sync::Weak<dyn delivery::Deliver> = Arc::downgrade(&io) as _;
         let _ = p
@@ -377,6 +396,7 @@ impl Roomcast {
             api_keys: Arc::new(ApiKeys::from_config(&p.services.config.api_keys)),
             broadcaster: broadcaster.clone(),
             hub: io.clone(),
+            sse: sse.clone(),
             github: Arc::new(github::Github::from_config(&p.services.config.github)),
             cluster: p.cluster.clone(),
             rates,
@@ -424,6 +444,7 @@ impl Roomcast {
             broadcaster,
             ready,
             hub: io,
+            sse,
             cluster: p.cluster,
             services: p.services,
             stop_ingest,
@@ -490,6 +511,7 @@ impl Roomcast {
         self.broadcaster.install_global();
         self.ready.store(true, Ordering::Relaxed);
         let (ready, hub, cluster) = (self.ready.clone(), self.hub.clone(), self.cluster.clone());
+        let sse = self.sse.clone();
         let broadcaster = self.broadcaster.clone();
         let stop_ingest = self.stop_ingest.clone();
         let workers = self.workers.clone();
@@ -538,6 +560,9 @@ impl Roomcast {
                 &serde_json::json!({ "reconnect_after_ms": reconnect_after_ms }),
             )
             .await;
+            // An SSE connection is an HTTP request under way: ended now, its client
+            // reconnects (to another node) and recovers with its Last-Event-ID.
+            sse.close_all();
             broadcaster.idle(limit).await;
         };
         // The server keeps being polled meanwhile: that is what closes its listener and

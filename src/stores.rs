@@ -1,5 +1,5 @@
 //! Where a node keeps what outlives a request: room history, idempotency answers,
-//! presence and AI streams. The backend is chosen here, once, from the config:
+//! presence, AI streams and task progress. The backend is chosen here, once, from the config:
 //! - memory: a single node without `[storage] path` (lost on restart);
 //! - disk: a single node with `[storage] path`: history (room epochs, `seq`s, the events
 //!   within retention) and idempotency answers in one redb file, `<path>/roomcast.redb`,
@@ -9,7 +9,8 @@
 //!
 //! Presence is in memory on a single node either way: it describes live sockets, which a
 //! restart ends. So are streams ([`crate::streams`]): a stream lives for minutes, and a
-//! restart ends its producer's request anyway.
+//! restart ends its producer's request anyway. And so is task progress ([`crate::tasks`]):
+//! a restart loses a task's rate, which its next progress events rebuild.
 //!
 //! Why redb for the disk: one file, pure Rust, ACID write transactions whose commit is
 //! durable (fsynced) by default, so "a `202` means the event is on disk" is one commit per
@@ -34,6 +35,7 @@ use crate::idempotency::{DiskIdempotency, IdempotencyStore, MemoryIdempotency, R
 use crate::metrics::Counters;
 use crate::presence::{MemoryStore, PresenceStore};
 use crate::streams::Streams;
+use crate::tasks::{RedisTasks, Tasks};
 use crate::workers::Workers;
 
 /// The file inside `[storage] path`.
@@ -45,10 +47,15 @@ pub struct Stores {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub presence: Arc<dyn PresenceStore>,
     pub streams: Arc<Streams>,
+    /// Task progress, behind `task.progress`'s rate and ETA.
+    pub tasks: Arc<Tasks>,
     /// The history's background work, started by [`Self::start`].
     worker: Option<Worker>,
     /// The streams' background work, started by [`Self::start`].
     streams_worker: Option<StreamsWorker>,
+    /// Whether [`Self::start`] starts the tasks' sweeper (memory only: Redis expires idle
+    /// tasks itself).
+    tasks_sweeper: bool,
 }
 
 enum StreamsWorker {
@@ -83,11 +90,16 @@ impl Stores {
             let deltas = cluster.stream_messages(&streams);
             return Ok(Self {
                 history: HistoryStore::Redis(history.clone()),
-                idempotency: Arc::new(RedisIdempotency::new(conn, prefix, window)),
+                idempotency: Arc::new(RedisIdempotency::new(conn.clone(), prefix, window)),
                 presence: cluster.store.clone(),
                 streams: Arc::new(Streams::redis(streams, config.streams.clone())),
+                tasks: Arc::new(Tasks::redis(
+                    RedisTasks::new(conn, prefix),
+                    config.tasks.clone(),
+                )),
                 worker: Some(Worker::Numbered(history, numbered)),
                 streams_worker: Some(StreamsWorker::Deltas(deltas)),
+                tasks_sweeper: false,
             });
         }
         let (history, idempotency): (History, Arc<dyn IdempotencyStore>) =
@@ -119,12 +131,14 @@ impl Stores {
             idempotency,
             presence: Arc::new(MemoryStore::default()),
             streams: Arc::new(Streams::memory(config.streams.clone())),
+            tasks: Arc::new(Tasks::memory(config.tasks.clone())),
             worker: Some(Worker::Sweeper(history)),
             streams_worker: Some(StreamsWorker::Sweeper),
+            tasks_sweeper: true,
         })
     }
 
-    /// Starts the history's and the streams' background work (once; later calls do
+    /// Starts the history's, the streams' and the tasks' background work (once; later calls do
     /// nothing).
     pub fn start(&mut self, workers: &Workers, io: Arc<dyn Deliver>, counters: Arc<Counters>) {
         match self.streams_worker.take() {
@@ -139,6 +153,9 @@ impl Stores {
                 );
             }
             None => {}
+        }
+        if std::mem::take(&mut self.tasks_sweeper) {
+            workers.start("tasks_sweeper", self.tasks.clone().run_sweeper());
         }
         match self.worker.take() {
             Some(Worker::Sweeper(history)) => {

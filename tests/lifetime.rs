@@ -151,6 +151,68 @@ async fn a_drain_writes_what_a_slow_reader_has_queued() {
     assert_eq!(c.ending().await, "transport");
 }
 
+/// A polling client is between two requests for a moment only. A drain that begins in that
+/// moment still gets `server.shutdown` to it: its next poll, on the keep-alive connection it
+/// was using, is answered with the notice. The poll after that does not hold the drain
+/// (nothing more comes; it is answered with a noop at once), and the server stops promptly.
+#[tokio::test]
+async fn a_polling_client_between_two_polls_gets_the_notice() {
+    let mut server = TestServer::start().await;
+    // One connection, kept alive, as python-socketio's requests session keeps it.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = server.url("/socket.io/?EIO=4&transport=polling");
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let sid = open
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {open}"))
+        .to_owned();
+    let session = format!("{base}&sid={sid}");
+    let connect = format!("40{}", json!({ "token": token(&claims("alice")) }));
+    let posted = http.post(&session).body(connect).send().await.unwrap();
+    assert_eq!(posted.status(), 200);
+    // Poll until connected and greeted: the session's queue is empty after that.
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !seen.contains("connection.established") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not greeted: {seen}"
+        );
+        seen += &http
+            .get(&session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    // Between two polls: the drain begins, and the listener closes.
+    server.shutdown();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let next = http.get(&session).send().await;
+    let body = next
+        .expect("the next poll found its connection closed")
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("server.shutdown"), "{body}");
+    // The poll after the notice gets nothing but an end; the server does not wait for it.
+    let after = tokio::time::timeout(DEADLINE, http.get(&session).send()).await;
+    assert!(after.is_ok(), "the poll after the notice was held");
+    assert!(server.stopped_within(DEADLINE).await, "the drain was held");
+}
+
 #[tokio::test]
 async fn an_exp_near_2_pow_64_is_no_expiry() {
     let server = server().await;

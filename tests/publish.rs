@@ -90,6 +90,27 @@ fn every_event() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             json!({"title": "t", "message": "m", "severity": "warning"}),
             vec!["global"],
         ),
+        // Each its own task, none started: the server has nothing to add (tests/tasks.rs).
+        (
+            "task.started",
+            json!({"task_id": "t1", "project_id": "p1", "name": "index"}),
+            vec!["project:p1"],
+        ),
+        (
+            "task.progress",
+            json!({"task_id": "t2", "project_id": "p1", "current": 1.5, "step": "s", "message": "m"}),
+            vec!["project:p1"],
+        ),
+        (
+            "task.completed",
+            json!({"task_id": "t3", "project_id": "p1", "result": {"ok": true}, "message": "m"}),
+            vec!["project:p1"],
+        ),
+        (
+            "task.failed",
+            json!({"task_id": "t4", "project_id": "p1", "error": "e", "step": "s"}),
+            vec!["project:p1"],
+        ),
     ]
 }
 
@@ -371,7 +392,7 @@ async fn the_schema_endpoint_describes_every_event_type() {
     let (status, schema) = server.get("/api/v1/schema", None).await;
     assert_eq!(status, 200, "{schema}");
     let events = schema["events"].as_object().unwrap();
-    assert_eq!(events.len(), 18, "{:?}", events.keys());
+    assert_eq!(events.len(), 22, "{:?}", events.keys());
     let updated = &events["project.updated"];
     assert!(
         updated["required"]

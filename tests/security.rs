@@ -55,6 +55,32 @@ async fn every_endpoint_enforces_its_scope() {
                 assert_eq!(body["error"]["code"], "github_not_configured", "{what}");
                 continue;
             }
+            Guard::ClientToken => {
+                // An API key is no client token; a client token passes the guard (the
+                // request then lacks its rooms: the answer is a 422, not a stream).
+                let bearer = |key: Option<&str>| {
+                    let req = reqwest::Client::new().request(method.clone(), server.url(e.path));
+                    match key {
+                        Some(key) => req.bearer_auth(key),
+                        None => req,
+                    }
+                };
+                let jwt = token(&claims("alice"));
+                for (key, code) in [
+                    (None, "token_missing"),
+                    (Some(KEY), "token_invalid"),
+                    (Some("not-a-jwt"), "token_invalid"),
+                ] {
+                    let resp = bearer(key).send().await.expect("request");
+                    assert_eq!(resp.status(), 401, "{what} with {key:?}");
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    assert_eq!(body["error"]["code"], code, "{what}");
+                }
+                let resp = bearer(Some(&jwt)).send().await.expect("request");
+                let status = resp.status().as_u16();
+                assert!(status != 401 && status != 403, "{what}: {status}");
+                continue;
+            }
             Guard::Key(scope) => scope,
         };
         {

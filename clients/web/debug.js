@@ -1,5 +1,5 @@
-// The /debug page: connect with a token, subscribe to rooms, watch events, publish one
-// (over HTTP with an API key, or as a client event over the socket).
+// The /debug page: connect with a token, subscribe to rooms, watch events and AI streams,
+// publish one (over HTTP with an API key, or as a client event over the socket).
 import { RoomcastSocket, fill, h } from "/pages/roomcast.js";
 
 const $ = (id) => document.getElementById(id);
@@ -48,9 +48,112 @@ function addEvent(name, payload) {
   fill($("event-count"), `(${received})`);
 }
 
+// ---------------------------------------------------------------------------------------
+// AI streams (WEBSOCKET_API.md section 13): each stream seen in a joined room, its text
+// kept by the client rule (offsets count code points; a gap or a stream first seen
+// mid-way is caught up with `stream.resume`).
+
+const streams = new Map();
+
+function streamOf(id, room) {
+  let s = streams.get(id);
+  if (s) return s;
+  const cells = {
+    kind: h("td", { class: "mono" }, ""),
+    status: h("td", { class: "mono" }, "open"),
+    length: h("td", { class: "num" }, "0"),
+    text: h("td", { class: "mono data stream-text" }, ""),
+  };
+  const cancel = h("button", { type: "button", class: "secondary" }, "Cancel");
+  const row = h("tr", { "data-stream": id }, h("td", { class: "mono" }, id), cells.kind, h("td", { class: "mono" }, room), cells.status, cells.length, cells.text, h("td", {}, cancel));
+  s = { id, kind: "", chars: [], end: null, status: "open", resuming: false, cells, cancel };
+  cancel.addEventListener("click", () => cancelStream(s));
+  streams.set(id, s);
+  $("streams").tBodies[0].prepend(row);
+  $("streams-empty").hidden = true;
+  return s;
+}
+
+function showStream(s) {
+  if (s.status === "open" && s.end && s.chars.length >= s.end.length) s.status = s.end.status;
+  fill(s.cells.kind, s.kind);
+  fill(s.cells.status, s.status);
+  fill(s.cells.length, String(s.chars.length));
+  fill(s.cells.text, s.chars.join(""));
+  s.cancel.disabled = s.status !== "open";
+}
+
+/** The client rule: false when `offset` is past what the page has (a gap). */
+function applyText(s, offset, text) {
+  if (offset > s.chars.length) return false;
+  const chars = Array.from(text);
+  s.chars.push(...chars.slice(s.chars.length - offset));
+  return true;
+}
+
+async function resumeStream(s) {
+  if (!socket || s.resuming) return;
+  s.resuming = true;
+  try {
+    const ack = await socket.emitWithAck("stream.resume", { stream_id: s.id, offset: s.chars.length });
+    if (ack?.ok) {
+      s.kind = ack.kind;
+      applyText(s, ack.offset, ack.text);
+      if (ack.status !== "open") s.end = { status: ack.status, length: ack.length };
+    } else {
+      s.status = `resume refused: ${ack?.error?.code ?? "error"}`;
+    }
+  } catch (err) {
+    s.status = `resume failed: ${err.message}`;
+  } finally {
+    s.resuming = false;
+    showStream(s);
+  }
+}
+
+async function cancelStream(s) {
+  if (!socket) return;
+  try {
+    const ack = await socket.emitWithAck("stream.cancel", { stream_id: s.id, reason: "cancelled from /debug" });
+    if (!ack?.ok) s.status = `cancel refused: ${ack?.error?.code ?? "error"}`;
+  } catch (err) {
+    s.status = `cancel failed: ${err.message}`;
+  }
+  showStream(s);
+}
+
+const STREAM_ENDS = { "stream.finished": "finished", "stream.failed": "failed", "stream.cancelled": "cancelled" };
+
+function onStreamEvent(name, env) {
+  const d = env?.data;
+  if (!d || typeof d.stream_id !== "string") return;
+  const known = streams.has(d.stream_id);
+  const s = streamOf(d.stream_id, String(env.room ?? ""));
+  if (name === "stream.started") {
+    s.kind = d.kind;
+  } else if (name === "stream.delta") {
+    if (!applyText(s, d.offset, d.text)) resumeStream(s);
+  } else if (STREAM_ENDS[name]) {
+    s.end = { status: STREAM_ENDS[name], length: d.length };
+    // The last deltas may still be on their way, or lost: the resume of an ended stream
+    // brings its final text.
+    if (s.chars.length < d.length) resumeStream(s);
+  }
+  // First seen after its start (a page opened mid-stream): catch up from 0.
+  if (!known && name !== "stream.started") resumeStream(s);
+  showStream(s);
+}
+
+function clearStreams() {
+  streams.clear();
+  $("streams").tBodies[0].replaceChildren();
+  $("streams-empty").hidden = false;
+}
+
 function connect(e) {
   e.preventDefault();
   if (socket) socket.disconnect();
+  clearStreams();
   const token = $("token").value.trim();
   const namespace = $("namespace").value;
   socket = new RoomcastSocket({ path: $("path").value.trim() || "/socket.io/", namespace, auth: { token } });
@@ -75,7 +178,10 @@ function connect(e) {
     status(`Connected as ${info.user_id} (tenant ${info.tenant}, node ${info.node_id})`, "ok");
     showRooms(info.rooms ?? []);
   });
-  me.onAny((name, payload) => addEvent(name, payload));
+  me.onAny((name, payload) => {
+    addEvent(name, payload);
+    if (name.startsWith("stream.")) onStreamEvent(name, payload);
+  });
   me.connect();
 }
 

@@ -11,20 +11,32 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use std::borrow::Cow;
+
 use redis::{FromRedisValue, PushInfo, PushKind};
+use serde_json::value::RawValue;
+use socketioxide_core::Value;
+use socketioxide_core::adapter::remote_packet::{RequestIn, RequestTypeIn};
+use socketioxide_core::packet::PacketData;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
 use crate::config::ClusterMode;
 use crate::redis_conn::RedisConn;
+use crate::sse::SseHub;
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
+
+/// The adapter's broadcast channel of namespace `/`, and this node's SSE connections, which
+/// are handed every broadcast on it (see [`sse_broadcast`]).
+type Tap = RwLock<Option<(String, Arc<SseHub>)>>;
 
 #[derive(Clone)]
 pub struct ResilientDriver {
     conn: RedisConn,
     handlers: Arc<Handlers>,
     dropped: Arc<AtomicU64>,
+    tap: Arc<Tap>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +48,24 @@ impl ResilientDriver {
     pub fn new(mode: ClusterMode, urls: &str) -> redis::RedisResult<Self> {
         let handlers: Arc<Handlers> = Arc::default();
         let dropped = Arc::new(AtomicU64::new(0));
-        let (h, d) = (handlers.clone(), dropped.clone());
-        let conn = RedisConn::open(mode, urls, move |msg| route(msg, &h, &d))?;
+        let tap: Arc<Tap> = Arc::default();
+        let (h, d, t) = (handlers.clone(), dropped.clone(), tap.clone());
+        let conn = RedisConn::open(mode, urls, move |msg| route(msg, &h, &d, &t))?;
         Ok(Self {
             conn,
             handlers,
             dropped,
+            tap,
         })
+    }
+
+    /// Hands `hub` every broadcast the adapter receives on `chan` (its namespace `/`
+    /// request channel): volatile events published at other nodes reach this node's
+    /// sockets that way, not through Roomcast's own channels.
+    pub fn tap_sse(&self, chan: String, hub: Arc<SseHub>) {
+        if let Ok(mut tap) = self.tap.write() {
+            *tap = Some((chan, hub));
+        }
     }
 
     /// A connection for Roomcast's own commands (shares the multiplexed connection).
@@ -90,8 +113,9 @@ impl ResilientDriver {
     }
 }
 
-/// Hands a pushed message to the adapter stream that subscribed to its channel.
-fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
+/// Hands a pushed message to the adapter stream that subscribed to its channel (and a
+/// broadcast to the SSE connections, see [`ResilientDriver::tap_sse`]).
+fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
     if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) || msg.data.len() < 2 {
         return;
     }
@@ -106,6 +130,21 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
         tracing::warn!("unreadable pub/sub message from redis");
         return;
     };
+    if let Ok(tap) = tap.read()
+        && let Some((tapped, hub)) = tap.as_ref()
+        && *tapped == chan
+        && hub.connections() > 0
+    {
+        match sse_request(&payload) {
+            Some(SseRequest::Broadcast(rooms, event, payload)) => {
+                hub.deliver(&rooms, &event, &payload);
+            }
+            Some(SseRequest::Disconnect(rooms)) => {
+                hub.close_rooms(&rooms);
+            }
+            None => {}
+        }
+    }
     let Ok(handlers) = handlers.read() else {
         return;
     };
@@ -115,6 +154,41 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64) {
         let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(dropped = n, "cluster pub/sub buffer full: message dropped");
     }
+}
+
+/// What a request of the socketioxide-redis adapter asks of this node's SSE connections.
+enum SseRequest {
+    /// An event to the rooms: its name and payload.
+    Broadcast(Vec<Cow<'static, str>>, String, Box<RawValue>),
+    /// Disconnect whoever is in the rooms (a user's revocation, by identity room).
+    Disconnect(Vec<Cow<'static, str>>),
+}
+
+/// Reads a request of the socketioxide-redis adapter (`RequestIn`, msgpack; a broadcast's
+/// packet value as the JSON or the msgpack parser encoded `[event, payload]`); `None` for
+/// what concerns no SSE connection. Tests in `tests/sse.rs` (a volatile event, a revocation
+/// crossing nodes) fail should the format change.
+fn sse_request(bytes: &[u8]) -> Option<SseRequest> {
+    let request: RequestIn = rmp_serde::from_slice(bytes).ok()?;
+    let opts = request.opts?;
+    let rooms = opts.rooms.into_iter().collect();
+    let packet = match request.r#type {
+        RequestTypeIn::Broadcast(packet) => packet,
+        RequestTypeIn::DisconnectSockets => return Some(SseRequest::Disconnect(rooms)),
+        _ => return None,
+    };
+    let PacketData::Event(value, _) = packet.inner else {
+        return None;
+    };
+    let (event, payload) = match value {
+        Value::Str(text, _) => serde_json::from_str::<(String, Box<RawValue>)>(&text).ok()?,
+        Value::Bytes(bytes) => {
+            let (event, payload) =
+                rmp_serde::from_slice::<(String, serde_json::Value)>(&bytes).ok()?;
+            (event, serde_json::value::to_raw_value(&payload).ok()?)
+        }
+    };
+    Some(SseRequest::Broadcast(rooms, event, payload))
 }
 
 impl Driver for ResilientDriver {
@@ -141,5 +215,52 @@ impl Driver for ResilientDriver {
 
     async fn num_serv(&self, chan: &str) -> Result<u16, DriverError> {
         Ok(self.conn.clone().subscribers(chan).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socketioxide_core::Uid;
+    use socketioxide_core::adapter::BroadcastOptions;
+    use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
+    use socketioxide_core::packet::Packet;
+
+    fn options(rooms: &[&'static str]) -> BroadcastOptions {
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.extend(rooms.iter().map(|r| Cow::Borrowed(*r)));
+        opts
+    }
+
+    /// A broadcast as the adapter sends it, its value encoded as either parser does:
+    /// `["event", payload]` in JSON text, or the same array in msgpack.
+    #[test]
+    fn broadcasts_and_disconnects_are_read_for_the_sse_connections() {
+        let envelope = serde_json::json!({"type": "cursor", "room": "project:1", "data": {"x": 1}});
+        let json = Value::Str(format!("[\"cursor\",{envelope}]").into(), None);
+        let msgpack = Value::Bytes(rmp_serde::to_vec(&("cursor", &envelope)).unwrap().into());
+        let opts = options(&["default/project:1", "default/global"]);
+        for value in [json, msgpack] {
+            let packet = Packet::event("/", value);
+            let request = RequestOut::new(Uid::new(), RequestTypeOut::Broadcast(&packet), &opts);
+            let bytes = rmp_serde::to_vec(&request).unwrap();
+            let Some(SseRequest::Broadcast(rooms, event, payload)) = sse_request(&bytes) else {
+                panic!("not read as a broadcast");
+            };
+            assert_eq!(rooms, ["default/project:1", "default/global"]);
+            assert_eq!(event, "cursor");
+            let payload: serde_json::Value = serde_json::from_str(payload.get()).unwrap();
+            assert_eq!(payload, envelope);
+        }
+        let opts = options(&["#default/alice"]);
+        let request = RequestOut::new(Uid::new(), RequestTypeOut::DisconnectSockets, &opts);
+        let bytes = rmp_serde::to_vec(&request).unwrap();
+        assert!(matches!(
+            sse_request(&bytes),
+            Some(SseRequest::Disconnect(rooms)) if rooms == ["#default/alice"]
+        ));
+        let request = RequestOut::new(Uid::new(), RequestTypeOut::FetchSockets, &opts);
+        assert!(sse_request(&rmp_serde::to_vec(&request).unwrap()).is_none());
+        assert!(sse_request(b"not msgpack").is_none());
     }
 }

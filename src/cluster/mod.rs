@@ -92,6 +92,15 @@ impl Cluster {
         RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
     }
 
+    /// Hands this node's SSE connections the broadcasts other nodes send through the
+    /// adapter (volatile events): every other event reaches them where it reaches sockets.
+    pub fn tap_sse(&self, hub: Arc<crate::sse::SseHub>) {
+        // The adapter's request channel of namespace `/` (socketioxide-redis:
+        // `{prefix}-request#{namespace}#`); Roomcast broadcasts on `/` and `/ws` alike.
+        let chan = format!("{}-sio-request#/#", self.prefix.trim_matches(['{', '}']));
+        self.driver.tap_sse(chan, hub);
+    }
+
     /// A connection to the cluster's Redis and the prefix of every key, for the stores
     /// that keep their data there.
     pub fn redis(&self) -> (RedisConn, &str) {

@@ -26,8 +26,10 @@ mod publish;
 mod rpc;
 mod secret;
 mod server;
+mod sse;
 mod storage;
 mod streams;
+mod tasks;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -51,8 +53,10 @@ pub use publish::PublishConfig;
 pub use rpc::{MAX_METHOD_LEN, RpcConfig, method_char};
 pub use secret::Secret;
 pub use server::{Parser, ServerConfig, Transport};
+pub use sse::SseConfig;
 pub use storage::StorageConfig;
 pub use streams::{CancelPolicy, StreamsConfig};
+pub use tasks::TasksConfig;
 pub use webhooks::{HookKind, MIN_WEBHOOK_SECRET, RoomKind, WebhookConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +72,8 @@ pub struct Config {
     pub history: HistoryConfig,
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
+    pub tasks: TasksConfig,
+    pub sse: SseConfig,
     pub pages: PagesConfig,
     pub github: GithubConfig,
     pub ingest: IngestConfig,
@@ -91,6 +97,8 @@ impl Default for Config {
             history: HistoryConfig::default(),
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
+            tasks: TasksConfig::default(),
+            sse: SseConfig::default(),
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
             ingest: IngestConfig::default(),
@@ -189,6 +197,8 @@ impl Config {
         self.ingest.validate(&self.cluster)?;
         self.rpc.validate()?;
         self.streams.validate()?;
+        self.tasks.validate()?;
+        self.sse.validate()?;
         webhooks::validate(&self.webhooks)?;
         Ok(())
     }

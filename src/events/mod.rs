@@ -11,6 +11,7 @@ mod envelope;
 pub mod project;
 pub mod request;
 pub mod system;
+pub mod task;
 pub mod workflow;
 
 use std::fmt;
@@ -26,6 +27,7 @@ pub use code::{Issue, PullRequest};
 pub use envelope::{Envelope, EventName, Origin, Position, Sender, Timestamp};
 pub use project::{ProjectDeleted, ProjectUpdated};
 pub use system::{Severity, SystemNotification};
+pub use task::{TaskCompleted, TaskFailed, TaskProgress, TaskStarted};
 pub use workflow::{WorkflowCompleted, WorkflowFailed, WorkflowProgress, WorkflowStarted};
 
 use crate::rooms::RoomName;
@@ -54,6 +56,10 @@ macro_rules! for_each_event {
             (AiSuggestion, "ai.suggestion", AiSuggestion, broadcast_ai_suggestion),
             (AiAnalysisComplete, "ai.analysis_complete", AiAnalysisComplete, broadcast_ai_analysis_complete),
             (SystemNotification, "system.notification", SystemNotification, broadcast_system_notification),
+            (TaskStarted, "task.started", TaskStarted, broadcast_task_started),
+            (TaskProgress, "task.progress", TaskProgress, broadcast_task_progress),
+            (TaskCompleted, "task.completed", TaskCompleted, broadcast_task_completed),
+            (TaskFailed, "task.failed", TaskFailed, broadcast_task_failed),
         }
     };
 }
@@ -224,7 +230,7 @@ mod tests {
         for t in EventType::ALL {
             assert_eq!(EventType::parse(t.as_str()), Some(*t));
         }
-        assert_eq!(EventType::ALL.len(), 18);
+        assert_eq!(EventType::ALL.len(), 22);
     }
 
     #[test]

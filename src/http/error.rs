@@ -49,6 +49,13 @@ pub enum ApiError {
     },
     /// A stream operation refused (`stream_*`, or `cluster_unavailable`).
     Stream(crate::streams::StreamError),
+    /// A refusal whose message is rendered already (`GET /api/v1/sse`: its token, its
+    /// limits); `retry_after_ms` when waiting helps.
+    Refused {
+        template: Message,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
     Internal(String),
 }
 
@@ -78,6 +85,7 @@ impl ApiError {
             Self::ServerBusy => M::ServerBusy,
             Self::AuthThrottled { .. } => M::AuthThrottled,
             Self::Stream(e) => e.template(),
+            Self::Refused { template, .. } => *template,
             Self::Internal(_) => M::Internal,
         }
     }
@@ -99,6 +107,7 @@ impl ApiError {
             Self::Skipped(failed) => template.render(&[("failed", failed)]),
             Self::RateLimited { limit, .. } => template.render(&[("limit", limit)]),
             Self::Stream(e) => e.message(),
+            Self::Refused { message, .. } => message.clone(),
             Self::InBatch(i, inner) => {
                 let (code, message, field) = inner.parts();
                 let field = match field {
@@ -135,9 +144,13 @@ impl ApiError {
     /// A request refused for its credentials (or for too many refused ones): noise anyone
     /// can make without a key, kept apart from the real errors.
     pub fn refused_auth(&self) -> bool {
+        use crate::errors::Code;
         matches!(
             self,
             Self::Unauthorized | Self::InvalidSignature | Self::AuthThrottled { .. }
+        ) || matches!(
+            self.code(),
+            Code::TokenMissing | Code::TokenInvalid | Code::TokenExpired
         )
     }
 
@@ -146,6 +159,7 @@ impl ApiError {
             Self::RateLimited { retry_after_ms, .. } | Self::AuthThrottled { retry_after_ms } => {
                 Some(*retry_after_ms)
             }
+            Self::Refused { retry_after_ms, .. } => *retry_after_ms,
             _ => None,
         }
     }

@@ -46,6 +46,20 @@ pub(super) async fn metrics(
     );
     sample(
         &mut out,
+        "roomcast_sse_connections",
+        "gauge",
+        "SSE connections open on this node (GET /api/v1/sse)",
+        state.sse.connections(),
+    );
+    sample(
+        &mut out,
+        "roomcast_sse_overflows_total",
+        "counter",
+        "SSE connections closed because their reader fell sse.buffer events behind",
+        state.sse.overflowed(),
+    );
+    sample(
+        &mut out,
         "roomcast_rooms",
         "gauge",
         "Distinct (tenant, room) pairs with a member on this node",

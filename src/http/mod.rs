@@ -15,6 +15,7 @@ mod metrics;
 mod pages;
 mod presence;
 mod schema;
+mod sse;
 mod stats;
 mod streams;
 mod users;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     pub broadcaster: EventBroadcaster,
     pub hub: Arc<dyn Hub>,
+    /// This node's SSE connections.
+    pub sse: Arc<crate::sse::SseHub>,
     pub github: Arc<Github>,
     /// Cluster mode only.
     pub cluster: Option<Arc<Cluster>>,
@@ -78,6 +81,8 @@ pub enum Guard {
     Key(Scope),
     /// GitHub's `X-Hub-Signature-256` over the body (`[github] webhook_secret`).
     GithubSignature,
+    /// A client's JWT (`Authorization: Bearer` or `?token=`), as sockets present it.
+    ClientToken,
 }
 
 /// One endpoint: method, path and how it is guarded. The router is built from this table,
@@ -89,7 +94,7 @@ pub struct Endpoint {
 }
 
 fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
-    use Guard::{GithubSignature, Key, Open};
+    use Guard::{ClientToken, GithubSignature, Key, Open};
     let e = |method, path, guard| Endpoint {
         method,
         path,
@@ -131,6 +136,7 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             e(Method::GET, "/api/v1/streams/{stream_id}", read),
             get(streams::read),
         ),
+        (e(Method::GET, "/api/v1/sse", ClientToken), get(sse::sse)),
         (
             e(Method::POST, "/webhooks/github", GithubSignature),
             post(webhooks::github),

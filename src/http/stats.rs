@@ -29,6 +29,9 @@ pub(super) struct Stats {
     /// Node-wide only: `null` for a tenant-bound key.
     auth_failures: Option<u64>,
     delivery_failures: Option<u64>,
+    /// SSE connections open on this node (node-wide: `null` for a tenant-bound key). They
+    /// count against the connection limits with the sockets, not in `connections`.
+    sse_connections: Option<u64>,
     top_rooms: Vec<RoomMembers>,
     cluster: ClusterStats,
 }
@@ -150,6 +153,7 @@ async fn gather_tenant(state: &AppState, tenant: &Tenant, top: usize) -> Result<
         events_published: state.services.counters.published_in(tenant.as_str()),
         auth_failures: None,
         delivery_failures: None,
+        sse_connections: None,
         top_rooms: snapshot.top_rooms,
         cluster,
     })
@@ -206,6 +210,7 @@ pub(super) async fn gather(state: &AppState, top: usize) -> Stats {
         events_published: Some(Counters::get(&c.events_published)),
         auth_failures: Some(Counters::get(&c.auth_failures)),
         delivery_failures: Some(Counters::get(&c.delivery_failures)),
+        sse_connections: Some(state.sse.connections()),
         top_rooms: snapshot.top_rooms,
         cluster,
     }

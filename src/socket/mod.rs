@@ -45,6 +45,7 @@ use crate::limits::Slot;
 use crate::presence::Share;
 use crate::rooms::{Id, RoomName, Tenant, identity_room, is_identity_room};
 use crate::services::Services;
+use crate::sse::SseHub;
 
 pub use reply::CommandError;
 
@@ -279,14 +280,24 @@ impl Serialize for Payload<'_> {
 
 /// The Socket.IO server as the broadcaster and the HTTP side see it: delivery, census and
 /// the cluster-wide operations, with the parser that decides how raw payloads are handed on.
+/// This node's SSE connections are handed every event its sockets are, at the same point.
 pub struct Sockets<A: Adapter> {
     io: SocketIo<A>,
     parser: Parser,
+    sse: Arc<SseHub>,
+    /// In a cluster a broadcast to every node comes back to this one through Redis, where
+    /// the driver hands it to the SSE connections (`Cluster::tap_sse`): not here too.
+    cluster: bool,
 }
 
 impl<A: Adapter> Sockets<A> {
-    pub fn new(io: SocketIo<A>, parser: Parser) -> Self {
-        Self { io, parser }
+    pub fn new(io: SocketIo<A>, parser: Parser, sse: Arc<SseHub>, cluster: bool) -> Self {
+        Self {
+            io,
+            parser,
+            sse,
+            cluster,
+        }
     }
 }
 
@@ -301,6 +312,11 @@ impl<A: Adapter> Deliver for Sockets<A> {
     ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let mut failed = 0;
+            // Here, under the same history and stream delivery locks as the sockets: an SSE
+            // connection gets a room's events in the same order, after its backlog.
+            if local_only || !self.cluster {
+                self.sse.deliver(&rooms, event, payload);
+            }
             let payload = Payload::new(self.parser, payload);
             // The sender is a socket of this node (it published here): a broadcast from it
             // skips it, on every node the broadcast reaches.
@@ -333,7 +349,9 @@ impl<A: Adapter> Hub for Sockets<A> {
     ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let room = identity_room(tenant, user);
-            let mut count = 0;
+            // This node's SSE connections of the user; in a cluster the other nodes' hear of
+            // it through the adapter's request, as their sockets do (`Cluster::tap_sse`).
+            let mut count = self.sse.close_rooms(std::slice::from_ref(&room));
             for ns in NAMESPACES {
                 let Some(op) = self.io.of(ns) else { continue };
                 let sockets = op

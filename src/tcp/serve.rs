@@ -31,6 +31,21 @@ use crate::metrics::Counters;
 /// How long a connection on the descriptor reserve may take to send its one request.
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a connection stays open once the drain has begun before hyper's graceful
+/// shutdown ends it (after the request under way, if any). A polling client is between two
+/// requests for a moment only; closing its idle keep-alive connection at once left
+/// `server.shutdown` in its session's queue, and its next poll found the connection closed
+/// and the listener gone: it never heard the notice.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a long poll may wait once the drain has begun. `server.shutdown` ends the polls
+/// waiting when it is sent; a poll that comes after (the client fetched the notice and polls
+/// again) would wait for a packet that never comes, holding the drain until the ping
+/// timeout. It is answered with an Engine.IO noop and `Connection: close` instead: the
+/// client polls again, finds the listener closed, and reconnects as after a dropped
+/// transport.
+const DRAIN_POLL_CUT: Duration = Duration::from_millis(500);
+
 /// The per-connection settings, from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -130,6 +145,7 @@ impl Server {
                 activity: activity.clone(),
                 health_only,
                 counters: self.counters.clone(),
+                draining: stop.clone(),
             };
             tasks.spawn(serve_connection(
                 conn,
@@ -166,6 +182,11 @@ async fn serve_connection(
         .with_upgrades();
     tokio::pin!(conn);
     let mut stopping = false;
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::pin!(grace_over);
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -174,7 +195,7 @@ async fn serve_connection(
                 }
                 break;
             }
-            _ = stop.cancelled(), if !stopping => {
+            _ = &mut grace_over, if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -196,6 +217,8 @@ struct Service {
     /// On the descriptor reserve: `/health` and `/ready` only.
     health_only: bool,
     counters: Arc<Counters>,
+    /// Cancelled when the drain begins.
+    draining: CancellationToken,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -211,11 +234,21 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             return Box::pin(async move { Ok(Tracked::wrap(response, in_flight)) });
         }
         let has_body = !http_body::Body::is_end_stream(req.body());
+        let long_poll = long_poll_noop(&req);
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let app = self.app.clone();
+        let draining = self.draining.clone();
         Box::pin(async move {
-            let mut response = tower::ServiceExt::oneshot(app, req).await?;
+            let answer = tower::ServiceExt::oneshot(app, req);
+            let mut response = if let Some(noop) = long_poll {
+                tokio::select! {
+                    response = answer => response?,
+                    () = cut_in_drain(draining) => drain_noop(noop),
+                }
+            } else {
+                answer.await?
+            };
             // A refusal (401, 429, …) is often answered before the body is read; hyper then
             // closes the connection once the response is written, when the rest of the body
             // has not arrived yet, without saying so. A keep-alive client that reuses it in
@@ -232,6 +265,46 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             Ok(Tracked::wrap(response, in_flight))
         })
     }
+}
+
+/// An Engine.IO polling `GET` of an open session, which waits until the session has packets:
+/// the noop packet that ends it in its protocol version (v3 payloads are length-prefixed).
+fn long_poll_noop<B>(req: &Request<B>) -> Option<&'static str> {
+    let query = req.uri().query().unwrap_or_default();
+    let is_poll = *req.method() == Method::GET
+        && req.uri().path().starts_with("/socket.io")
+        && query_field(query, "sid").is_some()
+        && query_field(query, "transport") == Some("polling");
+    match query_field(query, "EIO") {
+        _ if !is_poll => None,
+        Some("3") => Some("1:6"),
+        _ => Some("6"),
+    }
+}
+
+/// A query field read as engineioxide reads it (the first `name=` segment, not decoded).
+fn query_field<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|s| s.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Resolves [`DRAIN_POLL_CUT`] after the drain began.
+async fn cut_in_drain(draining: CancellationToken) {
+    draining.cancelled().await;
+    tokio::time::sleep(DRAIN_POLL_CUT).await;
+}
+
+/// A long poll's answer during the drain: an Engine.IO noop packet, and no keep-alive.
+fn drain_noop(body: &'static str) -> axum::response::Response {
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/plain; charset=UTF-8"),
+            (http::header::CONNECTION, "close"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn is_health_check<B>(req: &Request<B>) -> bool {

@@ -31,6 +31,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub broadcaster: EventBroadcaster,
     stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestServer {
@@ -144,13 +145,14 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server.serve(listener, async move {
+        let served = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
         Self {
             addr,
             broadcaster,
             stop: Some(stop),
+            served: Some(served),
         }
     }
 
@@ -254,6 +256,23 @@ impl TestServer {
     pub fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+impl TestServer {
+    /// Whether `serve` returned (its drain over) within `limit` after [`Self::shutdown`].
+    pub async fn stopped_within(&mut self, limit: Duration) -> bool {
+        let Some(served) = self.served.as_mut() else {
+            return true;
+        };
+        match tokio::time::timeout(limit, served).await {
+            Ok(result) => {
+                self.served = None;
+                result.expect("serve panicked").expect("serve failed");
+                true
+            }
+            Err(_) => false,
         }
     }
 }

@@ -268,6 +268,10 @@ REQUIRED = {
     "ai.suggestion": {"suggestion_id": "s", "content": "c", "user_id": "u"},
     "ai.analysis_complete": {"analysis_id": "an", "project_id": "1", "summary": "s"},
     "system.notification": {"title": "t", "message": "m"},
+    "task.started": {"task_id": "t", "project_id": "1", "name": "n"},
+    "task.progress": {"task_id": "t", "project_id": "1", "current": 1},
+    "task.completed": {"task_id": "t", "project_id": "1"},
+    "task.failed": {"task_id": "t", "project_id": "1", "error": "e"},
 }
 
 

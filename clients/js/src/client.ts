@@ -2,6 +2,7 @@ import { io, type ManagerOptions, type Socket, type SocketOptions } from "socket
 
 import { Emitter } from "./emitter.js";
 import { RoomcastError } from "./errors.js";
+import { RoomcastStream, type StreamHost, type StreamOptions } from "./stream.js";
 import type {
   Ack,
   AuthExpired,
@@ -142,6 +143,8 @@ export class RoomcastClient {
   private toRestore: Set<string>;
   /** The fixed token (without getToken): the last one the server accepted in `auth.refresh`. */
   private staticToken: string | undefined;
+  /** The streams followed through `stream()`, by stream id. */
+  private readonly streams = new Map<string, Set<RoomcastStream>>();
 
   constructor(options: ClientOptions) {
     if (!options.token && !options.getToken) throw new TypeError("createClient needs token or getToken");
@@ -345,6 +348,42 @@ export class RoomcastClient {
   }
 
   // ---------------------------------------------------------------------------------------
+  // AI streams
+
+  /**
+   * Follows one AI stream (WEBSOCKET_API.md section 13): the returned stream keeps its exact
+   * text, resumes by itself (now, after every reconnect, on a gap) and reports its status.
+   * The socket must be in the stream's room: give `room` to have the stream hold it, or
+   * subscribe it yourself. Call `close()` on the stream when done.
+   */
+  stream(streamId: string, options: StreamOptions = {}): RoomcastStream {
+    const client = this;
+    const host: StreamHost = {
+      get connected() {
+        return client._state === "connected" && client.socket.connected;
+      },
+      send: (name, payload, done) => this.send(name, payload, done),
+      retain: (room) => this.retain(room),
+      afterRoom: (room, op) => {
+        void this.enqueue(room === undefined ? [] : [room], op).catch(() => undefined);
+      },
+      detach: (s) => {
+        const set = this.streams.get(s.id);
+        set?.delete(s);
+        if (set?.size === 0) this.streams.delete(s.id);
+      },
+    };
+    const stream = new RoomcastStream(host, streamId, options);
+    let set = this.streams.get(streamId);
+    if (!set) {
+      set = new Set();
+      this.streams.set(streamId, set);
+    }
+    set.add(stream);
+    return stream;
+  }
+
+  // ---------------------------------------------------------------------------------------
   // Other commands
 
   ping(): Promise<{ pong: true; server_time: string }> {
@@ -437,6 +476,19 @@ export class RoomcastClient {
     return ack as T;
   }
 
+  /**
+   * A command whose ack is handed to `done` as the packet is read, in order with the events
+   * around it (a promise would let events that follow the ack run first).
+   */
+  private send(name: string, payload: unknown, done: (err: RoomcastError | null, ack?: unknown) => void): void {
+    this.socket.timeout(this.ackTimeout).emit(name, payload, (err: Error | null, ack: Ack<unknown>) => {
+      if (err) done(new RoomcastError("timeout", `no ack for "${name}" within ${this.ackTimeout} ms`));
+      else if (!ack || typeof ack !== "object") done(new RoomcastError("invalid_reply", `bad ack for "${name}"`));
+      else if (!ack.ok) done(toError(ack.error, "error"));
+      else done(null, ack);
+    });
+  }
+
   /** Runs `op` after the previous commands on any of `rooms` settled. */
   private enqueue<T>(rooms: string[], op: () => Promise<T>): Promise<T> {
     const before = rooms.map((r) => this.roomQueue.get(r)).filter((p) => p !== undefined);
@@ -488,9 +540,17 @@ export class RoomcastClient {
       if (c && c.epoch === p.epoch && p.seq <= c.seq) return; // already processed
     }
     for (const p of mine) this.cursors.set(p.room, { epoch: p.epoch, seq: p.seq });
+    if (env.type.startsWith("stream.")) this.toStreams(env);
     const untyped = this.emitter as unknown as Emitter<Record<string, unknown>>;
     if (untyped.count(env.type) > 0) untyped.emit(env.type, env);
     this.emitter.emit("*", env);
+  }
+
+  /** Hands a `stream.*` envelope to the streams followed with its id. */
+  private toStreams(env: Envelope | CustomEnvelope): void {
+    const data = env.data as Record<string, unknown> | null;
+    if (!data || typeof data !== "object" || typeof data.stream_id !== "string") return;
+    for (const s of this.streams.get(data.stream_id) ?? []) s.handle(env.type, data);
   }
 
   private onEstablished(info: ConnectionEstablished): void {
@@ -520,6 +580,8 @@ export class RoomcastClient {
     this.setState("connected");
     this.emitter.emit("established", info);
     if (missing.length > 0) void this.resubscribe(missing);
+    // After the re-subscribes just queued: each stream catches up from what it has.
+    for (const set of this.streams.values()) for (const s of set) s.reconnected();
   }
 
   /** Re-joins rooms of an earlier connection that `auth.since` did not cover. */
@@ -558,6 +620,7 @@ export class RoomcastClient {
 
   private onDisconnect(reason: string): void {
     this.toRestore = new Set(this.subscribed);
+    for (const set of this.streams.values()) for (const s of set) s.disconnected();
     if (this.closed) {
       this.setState("disconnected");
       return;

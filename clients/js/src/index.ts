@@ -10,4 +10,6 @@ export type {
   TokenSource,
 } from "./client.js";
 export { RoomcastError } from "./errors.js";
+export { RoomcastStream } from "./stream.js";
+export type { StreamCancelAck, StreamEventMap, StreamOptions, StreamResumeAck, StreamStatus, StreamText } from "./stream.js";
 export * from "./types.js";

@@ -62,6 +62,53 @@ export interface WorkflowFailed {
   step?: string;
 }
 
+export interface TaskStarted {
+  task_id: Id;
+  project_id: Id;
+  name: string;
+  /** Units of `current` in the whole task (> 0), when known. */
+  total?: number;
+}
+
+/**
+ * `task.progress`. `percent`, `rate_per_sec` and `eta_ms` are set by the server (a publisher
+ * may not send them), each absent while unknown (WEBSOCKET_API.md 5.15c).
+ */
+export interface TaskProgress {
+  task_id: Id;
+  project_id: Id;
+  /** Units done so far, ≥ 0. */
+  current: number;
+  /** The publisher's, or the last one given for this task (filled in by the server). */
+  total?: number;
+  step?: string;
+  message?: string;
+  /** 100 × current / total, at most 100; absent without a total. */
+  percent?: number;
+  /** Units of `current` per second (exponentially weighted, 10 s half-life); absent until the task has a rate. */
+  rate_per_sec?: number;
+  /** (total − current) / rate_per_sec, in ms; 0 once current ≥ total; absent without a total or a rate above 0. */
+  eta_ms?: number;
+}
+
+export interface TaskCompleted {
+  task_id: Id;
+  project_id: Id;
+  result?: unknown;
+  message?: string;
+  /** Set by the server: the time since `task.started`, when it saw it. */
+  duration_ms?: number;
+}
+
+export interface TaskFailed {
+  task_id: Id;
+  project_id: Id;
+  error: string;
+  step?: string;
+  /** Set by the server, as in `task.completed`. */
+  duration_ms?: number;
+}
+
 /** `pr.created`, `pr.updated` and `pr.closed`. */
 export interface PullRequest {
   project_id: Id;
@@ -136,6 +183,10 @@ export interface EventPayloads {
   "ai.suggestion": AiSuggestion;
   "ai.analysis_complete": AiAnalysisComplete;
   "system.notification": SystemNotification;
+  "task.started": TaskStarted;
+  "task.progress": TaskProgress;
+  "task.completed": TaskCompleted;
+  "task.failed": TaskFailed;
   "presence.joined": Presence;
   "presence.left": Presence;
 }
@@ -161,6 +212,10 @@ export const EVENT_TYPES: readonly EventType[] = [
   "ai.suggestion",
   "ai.analysis_complete",
   "system.notification",
+  "task.started",
+  "task.progress",
+  "task.completed",
+  "task.failed",
   "presence.joined",
   "presence.left",
 ];

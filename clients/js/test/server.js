@@ -3,7 +3,7 @@
 // secret, and waits on a RoomcastClient's events and states.
 import * as harness from "../../../tests/harness/js/index.mjs";
 
-export { delay } from "../../../tests/harness/js/index.mjs";
+export { delay, STREAM_TEXT, streamPieces } from "../../../tests/harness/js/index.mjs";
 
 const JWT_SECRET = "client-test-secret-0123456789abcdef";
 const API_KEY = "client-test-key";
@@ -15,10 +15,11 @@ export function eventually(probe, { timeout = 5000, what = "condition" } = {}) {
 
 /**
  * Starts a server. Options: historySize ([history] size), expiryWarningSecs
- * (auth.expiry_warning_secs), leewaySecs (default 0), extraToml (more sections, verbatim).
- * Returns {url, mintToken, publish, stop}.
+ * (auth.expiry_warning_secs), leewaySecs (default 0), extraToml (more sections, verbatim),
+ * nodeId and cluster ({redisUrl, keyPrefix}: a node of that cluster).
+ * Returns {url, mintToken, publish, streams, stop}.
  */
-export async function startServer({ historySize, expiryWarningSecs, leewaySecs = 0, extraToml } = {}) {
+export async function startServer({ historySize, expiryWarningSecs, leewaySecs = 0, extraToml, nodeId, cluster } = {}) {
   const srv = await harness.startServer({
     config: (port) =>
       harness.configToml({
@@ -29,6 +30,8 @@ export async function startServer({ historySize, expiryWarningSecs, leewaySecs =
         apiKeys: [{ name: "tests", key: API_KEY, scopes: ["publish", "read"] }],
         historySize,
         extraToml,
+        nodeId,
+        cluster,
       }),
     tmpPrefix: "roomcast-client-test-",
   });
@@ -36,6 +39,8 @@ export async function startServer({ historySize, expiryWarningSecs, leewaySecs =
     url: srv.url,
     stop: srv.stop,
     mintToken,
+    /** The AI streams API (create, append, finish, fail, get), with the test key. */
+    streams: harness.streamProducer(srv.url, API_KEY),
     /** POST /api/v1/events; resolves with the 202 body or throws. */
     async publish(type, data) {
       const res = await harness.publish(srv.url, API_KEY, { type, data });
@@ -81,4 +86,31 @@ export function waitForState(client, state, timeout = 5000) {
       resolve();
     });
   });
+}
+
+/**
+ * A redis-server and two nodes of one cluster on it: {a, b, stop}. The tests produce at one
+ * node and follow at the other.
+ */
+export async function startCluster() {
+  const redis = await harness.startRedis();
+  const keyPrefix = `rc-client-${process.pid}-${Date.now()}`;
+  const nodes = [];
+  try {
+    for (const nodeId of ["client-a", "client-b"]) {
+      nodes.push(await startServer({ nodeId, cluster: { redisUrl: redis.url, keyPrefix } }));
+    }
+  } catch (err) {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await redis.stop();
+    throw err;
+  }
+  return {
+    a: nodes[0],
+    b: nodes[1],
+    async stop() {
+      await Promise.all(nodes.map((n) => n.stop()));
+      await redis.stop();
+    },
+  };
 }

@@ -1,6 +1,6 @@
 // Compile-only checks of the public types (npm test runs `tsc -p test/tsconfig.json`).
 import { createClient, type Envelope, type RoomcastError } from "../dist/index.js";
-import { usePublish, useEvent, useRoom, useTyping } from "../dist/react/index.js";
+import { usePublish, useEvent, useRoom, useStream, useTyping } from "../dist/react/index.js";
 
 const client = createClient({ url: "http://127.0.0.1:1", token: "t", autoConnect: false });
 
@@ -10,6 +10,13 @@ client.on("workflow.progress", (env) => {
   // @ts-expect-error workflow.progress has no `title`
   void env.data.title;
   void progress, type;
+});
+client.on("task.progress", (env) => {
+  // The server's fields: optional, absent while unknown.
+  const eta: number | undefined = env.data.eta_ms;
+  const rate: number | undefined = env.data.rate_per_sec;
+  const current: number = env.data.current;
+  void eta, rate, current;
 });
 client.on("pr.created", (env) => {
   const merged: boolean | undefined = env.data.merged;
@@ -47,5 +54,23 @@ export function Component() {
   void send("chat.message", { text: "hi" }).then((ack) => void ack.seq);
   const { others, typing, stop }: { others: string[]; typing: () => void; stop: () => void } = useTyping("project:1");
   void [others, typing, stop];
+  return null;
+}
+
+// AI streams: the follower and the hook.
+const followed = client.stream("s1", { room: "project:1" });
+followed.on("text", ({ offset, appended, text }) => void [offset + 1, appended.length, text.length]);
+followed.on("status", (s) => {
+  const st: "open" | "finished" | "failed" | "cancelled" = s;
+  void st;
+});
+void followed.cancel("stop").then((ack) => void ack.length);
+void followed.done.then((s) => void s);
+// @ts-expect-error not a stream event
+followed.on("delta", () => undefined);
+
+export function Viewer() {
+  const { text, status, cancel } = useStream("s1");
+  void [text.length, status === "finished", cancel()];
   return null;
 }

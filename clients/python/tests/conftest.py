@@ -34,11 +34,14 @@ API_KEY = "py-client-key"
 def render_config(port: int, *, history_size: Optional[int] = None,
                   expiry_warning_secs: Optional[int] = None, max_rooms: int = 100,
                   client_events: Optional[Dict[str, Any]] = None,
-                  extra_toml: str = "") -> str:
-    """The test config; `extra_toml` (more sections) comes first, verbatim."""
+                  extra_toml: str = "", node_id: str = "py-client",
+                  cluster: Optional[Dict[str, Any]] = None) -> str:
+    """The test config; `extra_toml` (more sections) comes first, verbatim; `cluster`
+    ({"redis_url", "key_prefix"}) makes the server a node of that cluster."""
     return extra_toml + "\n" + harness.config_toml(
         port,
-        node_id="py-client",
+        node_id=node_id,
+        cluster=cluster,
         jwt_secret=JWT_SECRET,
         leeway_secs=0,
         expiry_warning_secs=expiry_warning_secs,
@@ -73,6 +76,28 @@ class Server(harness.ServerProcess):
         """POST /api/v1/broadcast (a custom event)."""
         return await self._post("/api/v1/broadcast", {"event": event, "room": room, "data": data})
 
+    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Any API call with the test key: (status, JSON body or None)."""
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.url + path, json=body,
+                                    headers={"Authorization": f"Bearer {API_KEY}"},
+                                    timeout=aiohttp.ClientTimeout(total=10)) as r:
+                text = await r.text()
+                return r.status, (await r.json() if text else None)
+
+    async def create_stream(self, room: str, **body: Any) -> str:
+        """POST /api/v1/streams; returns the stream id."""
+        status, answer = await self.api("POST", "/api/v1/streams", {"room": room, **body})
+        assert status == 201, answer
+        return answer["stream_id"]
+
+    async def append(self, stream_id: str, *pieces: str) -> None:
+        """POST …/append, one request per piece, each answered 202."""
+        for piece in pieces:
+            status, answer = await self.api("POST", f"/api/v1/streams/{stream_id}/append",
+                                            {"text": piece})
+            assert status == 202, answer
+
     async def get_json(self, path: str) -> Any:
         async with aiohttp.ClientSession() as http:
             async with http.get(self.url + path, timeout=aiohttp.ClientTimeout(total=10)) as r:
@@ -94,6 +119,23 @@ def server():
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_nodes():
+    """A redis-server and two nodes of one cluster on it: (node A, node B)."""
+    redis = harness.start_redis()
+    prefix = f"rc-pyclient-{uuid.uuid4().hex[:8]}"
+    nodes: List[Server] = []
+    try:
+        for node_id in ("py-client-a", "py-client-b"):
+            nodes.append(start_server(node_id=node_id,
+                                      cluster={"redis_url": redis.url, "key_prefix": prefix}))
+        yield nodes[0], nodes[1]
+    finally:
+        for srv in nodes:
+            srv.stop()
+        redis.stop()
 
 
 @pytest.fixture

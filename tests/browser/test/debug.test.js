@@ -3,6 +3,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { WAIT_MS, launchChromium, mintToken, openPage, publish, screenshot, startServer, API_KEY } from "../lib/helpers.js";
+import { STREAM_TEXT, streamPieces, streamProducer } from "../../harness/js/index.mjs";
 
 let server;
 let browser;
@@ -130,4 +131,62 @@ test("the debug page shows a refused handshake's code, and the /ws namespace wor
   const res = await publish(server.url, { type: "system.notification", data: { title: "hello", message: "to /ws" } });
   assert.equal(res.status, 202);
   await page.locator("#events tbody tr").filter({ hasText: "to /ws" }).waitFor({ timeout: WAIT_MS });
+});
+
+test("the debug page shows live streams of its rooms: text growing, length, status; one seen mid-stream too", async () => {
+  const producer = streamProducer(server.url, API_KEY);
+  const pieces = streamPieces(STREAM_TEXT);
+  const append = async (id, list) => {
+    for (const piece of list) assert.equal((await producer.append(id, piece)).status, 202);
+  };
+  // One stream begun before the page joins its room: the page resumes it from 0.
+  const early = await producer.create({ room: "project:42", kind: "log" });
+  assert.equal(early.status, 201, early.text);
+  await append(early.body.stream_id, pieces.slice(0, 10));
+
+  const page = await openPage(browser, server.url);
+  await page.goto(`${server.url}/debug`);
+  await page.getByLabel("Token").fill(mintToken({ sub: "carol", projects: ["42"] }));
+  await page.getByRole("button", { name: "Connect", exact: true }).click();
+  await shows(page, "#status", "Connected as carol");
+  await page.getByLabel("Room", { exact: true }).fill("project:42");
+  await page.getByRole("button", { name: "Subscribe", exact: true }).click();
+  await shows(page, "#ack", "subscribe project:42: ok");
+
+  const created = await producer.create({ room: "project:42", kind: "llm" });
+  assert.equal(created.status, 201, created.text);
+  const id = created.body.stream_id;
+  const row = page.locator(`#streams tr[data-stream="${id}"]`);
+  await row.waitFor({ timeout: WAIT_MS });
+  await append(id, pieces.slice(0, 20));
+  await shows(page, `#streams tr[data-stream="${id}"] td:nth-child(4)`, "open");
+  // The text grows as it is appended.
+  await page.waitForFunction(
+    ([sel, want]) => document.querySelector(sel)?.textContent === want,
+    [`#streams tr[data-stream="${id}"] .stream-text`, pieces.slice(0, 20).join("")],
+    { timeout: WAIT_MS },
+  );
+  await append(id, pieces.slice(20));
+  assert.equal((await producer.finish(id)).status, 200);
+  await shows(page, `#streams tr[data-stream="${id}"] td:nth-child(4)`, "finished");
+  const cells = await row.locator("td").allTextContents();
+  assert.deepEqual(cells.slice(1, 6), ["llm", "project:42", "finished", String(Array.from(STREAM_TEXT).length), STREAM_TEXT]);
+
+  // The early stream shows up with its next append, caught up from its start.
+  await append(early.body.stream_id, pieces.slice(10));
+  const earlyText = `#streams tr[data-stream="${early.body.stream_id}"] .stream-text`;
+  await page.waitForFunction(([sel, want]) => document.querySelector(sel)?.textContent === want, [earlyText, STREAM_TEXT], {
+    timeout: WAIT_MS,
+  });
+  // Its Cancel button stops the producer.
+  await page.locator(`#streams tr[data-stream="${early.body.stream_id}"]`).getByRole("button", { name: "Cancel" }).click();
+  await shows(page, `#streams tr[data-stream="${early.body.stream_id}"] td:nth-child(4)`, "cancelled");
+  const refused = await producer.append(early.body.stream_id, "more");
+  assert.equal(refused.status, 409);
+  assert.equal(refused.body.error.code, "stream_cancelled");
+  await shows(page, "#status", "Connected as carol");
+
+  const file = await screenshot(page, "debug-streams.png");
+  console.log(`screenshot: ${file}`);
+  assert.deepEqual(page.consoleErrors, [], "no script errors");
 });

@@ -482,3 +482,35 @@ export async function startRedis() {
   }
   return { port, url: `redis://127.0.0.1:${port}`, start, kill, stop, alive, logTail };
 }
+
+// ---------------------------------------------------------------------------------------------
+// AI streams (WEBSOCKET_API.md section 13)
+
+/**
+ * An emoji-heavy text for stream tests: ASCII, astral-plane emoji and ZWJ sequences (👩‍💻,
+ * 👨‍👩‍👧‍👦), skin tones, flags, combining characters (e + U+0301), CJK and Hangul. Offsets
+ * count code points, so a client that counts UTF-16 units or bytes rebuilds it wrong.
+ */
+export const STREAM_TEXT =
+  "Hello, wörld! 👩‍💻 writes code 🎉🎉 — e\u0301te\u0301 n\u0303 (combining); 漢字とかな, 한국어; " +
+  "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 👋🏽 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵 done ✅\n";
+
+/** `text` cut into pieces of 1 to `max` code points (ZWJ sequences and pairs are split too). */
+export function streamPieces(text, max = 4) {
+  const chars = Array.from(text);
+  const pieces = [];
+  for (let i = 0, n = 1; i < chars.length; i += n, n = (n % max) + 1) pieces.push(chars.slice(i, i + n).join(""));
+  return pieces;
+}
+
+/** A producer over HTTP: create, append (asserting 202 unless told), finish, fail, get. */
+export function streamProducer(url, key) {
+  const api = (path, body, method = "POST") => http(`${url}/api/v1/streams${path}`, { method, key, body });
+  return {
+    create: (body) => api("", body),
+    append: (id, text) => api(`/${encodeURIComponent(id)}/append`, { text }),
+    finish: (id, body = {}) => api(`/${encodeURIComponent(id)}/finish`, body),
+    fail: (id, error) => api(`/${encodeURIComponent(id)}/fail`, { error }),
+    get: (id, offset = 0) => api(`/${encodeURIComponent(id)}?offset=${offset}`, undefined, "GET"),
+  };
+}

@@ -263,3 +263,24 @@ def start_redis() -> RedisServer:
                         f"{(workdir / 'redis.log').read_text(errors='replace')[-2000:]}")
         time.sleep(0.05)
     return redis
+
+
+# --------------------------------------------------------------------------- AI streams
+
+#: An emoji-heavy text for stream tests (the same as the JS harness's STREAM_TEXT): ASCII,
+#: astral-plane emoji and ZWJ sequences, skin tones, flags, combining characters, CJK and
+#: Hangul. Offsets count code points, which is what `len` and slicing count in Python.
+STREAM_TEXT = (
+    "Hello, wörld! 👩\u200d💻 writes code 🎉🎉 — e\u0301te\u0301 n\u0303 (combining); 漢字とかな, 한국어; "
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 👋🏽 family 👨\u200d👩\u200d👧\u200d👦 flags 🇫🇷🇯🇵 done ✅\n"
+)
+
+
+def stream_pieces(text: str, max_len: int = 4) -> list[str]:
+    """`text` cut into pieces of 1 to `max_len` code points (ZWJ sequences split too)."""
+    pieces, i, n = [], 0, 1
+    while i < len(text):
+        pieces.append(text[i:i + n])
+        i += n
+        n = n % max_len + 1
+    return pieces

@@ -9,7 +9,10 @@
 //   with `roomcast token --sub alice --projects 42`, as the README does; the address
 //   `http://127.0.0.1:8000` in a snippet is replaced by the server's. Nothing else is changed.
 // - Each snippet runs until its output shows a `project.updated` published meanwhile (with a
-//   fresh status), then is stopped. The React one renders into jsdom with the app's React.
+//   fresh status), then is stopped. The React ones render into jsdom with the app's React.
+// - A snippet that follows an AI stream (`useStream(`) gets `STREAM_ID`: a stream in
+//   project:42 begun before it starts (it opens mid-stream) and finished while it runs; it
+//   must render the stream's exact text and `(finished)`.
 // - Fragments that need the reader's own code (getFreshToken, handle, refetch...) are in SKIP.
 
 import { after, before, test } from "node:test";
@@ -21,7 +24,7 @@ import os from "node:os";
 import path from "node:path";
 
 import { REPO_ROOT, ROOMCAST_BIN, eventually, freePort, trackChild } from "../lib/helpers.js";
-import { startServer } from "../../harness/js/index.mjs";
+import { STREAM_TEXT, startServer, streamPieces, streamProducer } from "../../harness/js/index.mjs";
 
 const DOCS = ["README.md", "WEBSOCKET_API.md"];
 const DEV_KEY = "roomcast-dev-key";
@@ -33,6 +36,8 @@ const SKIP = {
   "function roomcastSigned(": "a backend's signature check, not a client: clients/js/test/rpc.test.js checks the server's calls with it",
   "function apply(offset, piece) {":
     "a fragment: the client rule for stream offsets, needs an existing socket and a stream id; tests/streams.rs checks the same rule against a real server",
+  "function follow(token) {":
+    "a browser page (EventSource, location): tests/browser/test/sse.test.js runs it as written in Chromium",
   'socket.on("typing.start", (e) => showTyping(e.from.user_id));':
     "a fragment: needs an existing socket, a server with [client_events] and the app's show/showTyping; test/client_events.test.js runs the same commands",
 };
@@ -130,24 +135,29 @@ test("the docs have the snippets this harness knows", () => {
   }
 });
 
-/** Runs `file` in the app until its output contains `status` (published meanwhile), then stops it. */
-async function runUntilShown(file, args, status) {
-  const child = trackChild(spawn(process.execPath, [...args, file], { cwd: app, env: { ...process.env, TOKEN: token } }));
+/**
+ * Runs `file` in the app until its output contains `status`, then stops it. `step()` runs
+ * between looks at the output (by default it publishes a `project.updated` with `status`).
+ */
+async function runUntilShown(file, args, status, { env = {}, step } = {}) {
+  const child = trackChild(spawn(process.execPath, [...args, file], { cwd: app, env: { ...process.env, TOKEN: token, ...env } }));
   let output = "";
   child.stdout.on("data", (d) => (output += d));
   child.stderr.on("data", (d) => (output += d));
   let exited = null;
   child.on("exit", (code) => (exited = code));
+  const publishStatus = () =>
+    fetch(`${url}/api/v1/events`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${DEV_KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ type: "project.updated", data: { project_id: "42", status } }),
+    });
   try {
     await eventually(
       async () => {
         if (output.includes(status)) return true;
         assert.equal(exited, null, `the snippet exited (${exited}) without showing the event:\n${output}`);
-        await fetch(`${url}/api/v1/events`, {
-          method: "POST",
-          headers: { Authorization: `Bearer ${DEV_KEY}`, "Content-Type": "application/json" },
-          body: JSON.stringify({ type: "project.updated", data: { project_id: "42", status } }),
-        });
+        await (step ?? publishStatus)(output);
         return false;
       },
       { timeout: RUN_DEADLINE_MS, interval: 300, what: `output showing ${status}` },
@@ -160,13 +170,41 @@ async function runUntilShown(file, args, status) {
   return output;
 }
 
+/**
+ * Runs a snippet following an AI stream: half of the stream is there before it starts, the
+ * rest is appended once it shows that half; it must end showing the whole text, finished.
+ */
+async function runStreamSnippet(file, args) {
+  const producer = streamProducer(url, DEV_KEY);
+  const created = await producer.create({ room: "project:42", kind: "llm" });
+  assert.equal(created.status, 201, created.text);
+  const id = created.body.stream_id;
+  const pieces = streamPieces(STREAM_TEXT);
+  const half = Math.floor(pieces.length / 2);
+  const append = async (list) => {
+    for (const piece of list) assert.equal((await producer.append(id, piece)).status, 202);
+  };
+  await append(pieces.slice(0, half));
+  let finished = false;
+  const want = `rendered: ${STREAM_TEXT}(finished)`;
+  return runUntilShown(file, args, want, {
+    env: { STREAM_ID: id },
+    step: async (output) => {
+      if (finished || !output.includes(`rendered: ${pieces.slice(0, half).join("")}`)) return;
+      finished = true;
+      await append(pieces.slice(half));
+      assert.equal((await producer.finish(id)).status, 200);
+    },
+  });
+}
+
 for (const s of snippets) {
   const skip = Object.entries(SKIP).find(([marker]) => s.code.includes(marker));
   test(`${s.file}:${s.line} (${s.heading}) runs as written`, { skip: skip && skip[1] }, async () => {
     const status = `snippet-${randomUUID().slice(0, 8)}`;
     const code = s.code.replaceAll("http://127.0.0.1:8000", url);
     assert.notEqual(code, s.code, "the snippet connects to the documented address");
-    const preamble = "const TOKEN = process.env.TOKEN; const token = TOKEN;\n";
+    const preamble = "const TOKEN = process.env.TOKEN; const token = TOKEN; const STREAM_ID = process.env.STREAM_ID;\n";
     const file = path.join(app, `snippet-${s.line}.mjs`);
     if (s.lang === "jsx") {
       const ts = (await import(path.join(tmp, "roomcast", "clients", "js", "node_modules", "typescript", "lib", "typescript.js"))).default;
@@ -176,7 +214,13 @@ for (const s of snippets) {
         `${preamble}document.body.innerHTML = '<div id="root"></div>';\n${js}\n` +
           `setInterval(() => console.log("rendered:", document.getElementById("root").textContent), 100);\n`,
       );
-      const out = await runUntilShown(file, ["--import", "global-jsdom/register"], status);
+      const args = ["--import", "global-jsdom/register"];
+      if (code.includes("useStream(")) {
+        const out = await runStreamSnippet(file, args);
+        assert.doesNotMatch(out, /Invalid hook call/, out);
+        return;
+      }
+      const out = await runUntilShown(file, args, status);
       assert.match(out, new RegExp(`rendered: project 42 is ${status}`), out);
       assert.doesNotMatch(out, /Invalid hook call/, out);
     } else {

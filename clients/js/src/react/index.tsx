@@ -11,6 +11,7 @@ import {
 
 import type { ClientEventMap, ConnectionState, RoomcastClient } from "../client.js";
 import type { RoomcastError } from "../errors.js";
+import type { StreamCancelAck, StreamOptions, StreamStatus } from "../stream.js";
 import type { CustomEnvelope, Envelope, EventType, PublishAck, PublishOptions } from "../types.js";
 
 const RoomcastContext = createContext<RoomcastClient | null>(null);
@@ -196,4 +197,60 @@ export function useTyping(room: string, { idleMs = 3000 }: TypingOptions = {}): 
   }, [send, stop, idleMs]);
 
   return { others, typing, stop };
+}
+
+export interface StreamView {
+  /** The stream's exact text so far. */
+  text: string;
+  /** `open`, then `finished`, `failed` or `cancelled` once the text is complete. */
+  status: StreamStatus;
+  /** The last refusal of a resume or a cancel (e.g. `stream_not_found`, `not_subscribed`). */
+  error?: RoomcastError;
+  /** Stops the stream (`stream.cancel`); rejects with a RoomcastError. */
+  cancel: (reason?: string) => Promise<StreamCancelAck>;
+}
+
+/**
+ * Follows the AI stream `streamId` while mounted (`client.stream`): its exact text, resumed
+ * by itself on mount, after every reconnect and on a gap; `status`; and `cancel()`. With
+ * `room` the hook also holds a subscription to the stream's room (reference-counted, as
+ * `useRoom`); otherwise the component must be in the room already. No id: nothing followed.
+ */
+export function useStream(streamId: string | null | undefined, { room }: StreamOptions = {}): StreamView {
+  const client = useRoomcast();
+  const [view, setView] = useState<{ id: string | null | undefined; text: string; status: StreamStatus; error?: RoomcastError }>(
+    { id: streamId, text: "", status: "open" },
+  );
+  const current = useRef<ReturnType<RoomcastClient["stream"]> | null>(null);
+
+  useEffect(() => {
+    if (!streamId) return undefined;
+    const stream = client.stream(streamId, room === undefined ? {} : { room });
+    current.current = stream;
+    const show = () => setView((v) => ({ id: streamId, text: stream.text, status: stream.status, error: v.id === streamId ? v.error : undefined }));
+    show();
+    const offs = [
+      stream.on("text", show),
+      stream.on("status", show),
+      stream.on("error", (error) => setView({ id: streamId, text: stream.text, status: stream.status, error })),
+    ];
+    return () => {
+      for (const off of offs) off();
+      stream.close();
+      if (current.current === stream) current.current = null;
+    };
+  }, [client, streamId, room]);
+
+  const cancel = useCallback(
+    (reason?: string) => {
+      const stream = current.current;
+      if (!stream) return Promise.reject(new Error("useStream: no stream followed"));
+      return stream.cancel(reason);
+    },
+    [],
+  );
+
+  // A new id shows nothing of the previous stream, even before the effect ran.
+  if (view.id !== streamId) return { text: "", status: "open", cancel };
+  return view.error ? { text: view.text, status: view.status, error: view.error, cancel } : { text: view.text, status: view.status, cancel };
 }

@@ -4,10 +4,12 @@ Layout:
 - `client`  RoomcastClient: connection, state, rooms, recovery, token refresh
 - `models`  pydantic models of the envelope, every event payload, control events and replies
 - `errors`  RoomcastError, carrying the server's stable error code
+- `stream`  RoomcastStream: one AI stream's exact text, as an async iterator
 """
 
 from .client import META_EVENTS, ConnectionState, Cursor, RoomcastClient
 from .errors import RoomcastError
+from .stream import RoomcastStream, StreamStatus
 from .models import (
     EVENT_MODELS,
     EVENT_TYPES,
@@ -40,6 +42,10 @@ from .models import (
     ServerShutdown,
     Severity,
     SystemNotification,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowProgress,
@@ -53,6 +59,8 @@ __all__ = [
     "Cursor",
     "RoomcastClient",
     "RoomcastError",
+    "RoomcastStream",
+    "StreamStatus",
     "EVENT_MODELS",
     "EVENT_TYPES",
     "AgentConnection",
@@ -84,6 +92,10 @@ __all__ = [
     "ServerShutdown",
     "Severity",
     "SystemNotification",
+    "TaskCompleted",
+    "TaskFailed",
+    "TaskProgress",
+    "TaskStarted",
     "WorkflowCompleted",
     "WorkflowFailed",
     "WorkflowProgress",

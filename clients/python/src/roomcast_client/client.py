@@ -38,6 +38,7 @@ import socketio
 from pydantic import ValidationError
 
 from .errors import RoomcastError
+from .stream import RoomcastStream
 from .models import (
     EVENT_MODELS,
     AuthExpired,
@@ -193,6 +194,8 @@ class RoomcastClient:
         self._down.set()
         self._restore_task: Optional["asyncio.Task[None]"] = None
         self._tasks: Set["asyncio.Task[Any]"] = set()
+        #: The streams followed through `stream()`, by stream id.
+        self._streams: Dict[str, List[RoomcastStream]] = {}
         self._queue: "Optional[asyncio.Queue[Optional[Tuple[List[Callable[[Any], Any]], Any]]]]" = None
         self._dispatcher: Optional["asyncio.Task[None]"] = None
 
@@ -460,6 +463,69 @@ class RoomcastClient:
         self._emit("refreshed", reply)
         return reply
 
+    # ------------------------------------------------------------------------- AI streams
+
+    def stream(self, stream_id: str, *, room: Optional[str] = None) -> RoomcastStream:
+        """Follows one AI stream (WEBSOCKET_API.md section 13): an async iterator over its
+        text as it grows, exact, resumed by itself (now, after every reconnect, on a gap);
+        `cancel()` stops it. The socket must be in the stream's room: give `room` to have the
+        stream subscribe it (and leave it when done), or subscribe it yourself. Call from a
+        running event loop."""
+        stream = RoomcastStream(self, stream_id, room)
+        self._streams.setdefault(stream_id, []).append(stream)
+        return stream
+
+    def _detach_stream(self, stream: RoomcastStream) -> None:
+        followers = self._streams.get(stream.id, [])
+        if stream in followers:
+            followers.remove(stream)
+        if not followers:
+            self._streams.pop(stream.id, None)
+
+    def _all_streams(self) -> List[RoomcastStream]:
+        return [s for followers in self._streams.values() for s in followers]
+
+    def _send(self, name: str, payload: Any,
+              done: Callable[[Optional[RoomcastError], Optional[Dict[str, Any]]], None]) -> None:
+        """Sends a command whose ack `done` gets as its packet is read, in order with the
+        events around it (an awaited `call` would let the events that follow run first).
+        Without an ack within `ack_timeout` (e.g. the connection dropped meanwhile), `done`
+        gets `timeout`, and a late ack is ignored."""
+        answered = False
+
+        def expire() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                done(RoomcastError("timeout", f"no ack for {name!r} within {self._ack_timeout} s"), None)
+
+        timer = asyncio.get_running_loop().call_later(self._ack_timeout, expire)
+
+        def on_ack(ack: Any = None, *_rest: Any) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            timer.cancel()
+            if not isinstance(ack, dict):
+                done(RoomcastError("invalid_reply", f"bad ack for {name!r}: {ack!r}"), None)
+            elif ack.get("ok") is False:
+                done(RoomcastError.from_wire(ack.get("error")), None)
+            else:
+                done(None, ack)
+
+        async def emit() -> None:
+            nonlocal answered
+            try:
+                await self._sio.emit(name, payload, namespace=self._namespace, callback=on_ack)
+            except socketio.exceptions.SocketIOError as exc:
+                if not answered:
+                    answered = True
+                    timer.cancel()
+                    done(RoomcastError("not_connected", f"cannot send {name!r}: {exc}"), None)
+
+        self._spawn(emit())
+
     async def _command(self, name: str, payload: Any) -> Dict[str, Any]:
         if not self._sio.connected or self._namespace not in self._sio.namespaces:
             raise RoomcastError("not_connected", f"cannot send {name!r}: not connected")
@@ -596,6 +662,9 @@ class RoomcastClient:
                 return  # already processed
         for p in mine:
             self._cursors[p.room] = Cursor(epoch=p.epoch, seq=p.seq)
+        if env.type.startswith("stream.") and isinstance(env.data, dict):
+            for stream in list(self._streams.get(str(env.data.get("stream_id")), [])):
+                stream._handle(env.type, env.data)
         if typed:
             self._emit(env.type, env)
         elif env.type not in EVENT_MODELS and env.type in self._custom:
@@ -641,6 +710,9 @@ class RoomcastClient:
         self._set_state("connected")
         self._emit("established", info)
         self._restore_task = self._spawn(self._resubscribe(missing)) if missing else None
+        # After the re-subscribes just started: each stream catches up from what it has.
+        for stream in self._all_streams():
+            stream._reconnected()
         self._established.set()
 
     async def _resubscribe(self, rooms: List[str]) -> None:
@@ -697,6 +769,8 @@ class RoomcastClient:
 
     def _on_disconnect(self, reason: Any = None) -> None:
         self._to_restore = set(self._subscribed)
+        for stream in self._all_streams():
+            stream._disconnected()
         if self._closed or reason == socketio.AsyncClient.reason.CLIENT_DISCONNECT:
             self._set_state("disconnected")
         elif reason == socketio.AsyncClient.reason.SERVER_DISCONNECT:

@@ -85,6 +85,52 @@ class WorkflowFailed(Model):
     step: Optional[str] = None
 
 
+class TaskStarted(Model):
+    task_id: Id
+    project_id: Id
+    name: str
+    #: Units of `current` in the whole task, when known.
+    total: Optional[float] = Field(default=None, gt=0)
+
+
+class TaskProgress(Model):
+    """`task.progress`. `percent`, `rate_per_sec` and `eta_ms` are set by the server (a
+    publisher may not send them), each `None` while unknown (WEBSOCKET_API.md 5.15c)."""
+
+    task_id: Id
+    project_id: Id
+    #: Units done so far.
+    current: float = Field(ge=0)
+    #: The publisher's, or the last one given for this task (filled in by the server).
+    total: Optional[float] = Field(default=None, gt=0)
+    step: Optional[str] = None
+    message: Optional[str] = None
+    #: 100 * current / total, at most 100; `None` without a total.
+    percent: Optional[float] = Field(default=None, ge=0, le=100)
+    #: Units of `current` per second (exponentially weighted, 10 s half-life).
+    rate_per_sec: Optional[float] = Field(default=None, ge=0)
+    #: (total - current) / rate_per_sec, in ms; 0 once current >= total.
+    eta_ms: Optional[int] = Field(default=None, ge=0)
+
+
+class TaskCompleted(Model):
+    task_id: Id
+    project_id: Id
+    result: Any = None
+    message: Optional[str] = None
+    #: Set by the server: the time since `task.started`, when it saw it.
+    duration_ms: Optional[int] = Field(default=None, ge=0)
+
+
+class TaskFailed(Model):
+    task_id: Id
+    project_id: Id
+    error: str
+    step: Optional[str] = None
+    #: Set by the server, as in `task.completed`.
+    duration_ms: Optional[int] = Field(default=None, ge=0)
+
+
 class PullRequest(Model):
     """`pr.created`, `pr.updated` and `pr.closed`."""
 
@@ -163,6 +209,10 @@ EVENT_MODELS: Dict[str, Type[Model]] = {
     "ai.suggestion": AiSuggestion,
     "ai.analysis_complete": AiAnalysisComplete,
     "system.notification": SystemNotification,
+    "task.started": TaskStarted,
+    "task.progress": TaskProgress,
+    "task.completed": TaskCompleted,
+    "task.failed": TaskFailed,
     "presence.joined": Presence,
     "presence.left": Presence,
 }

@@ -1,0 +1,476 @@
+//! Server-Sent Events: the same rooms as sockets, read with a plain `EventSource`
+//! (`GET /api/v1/sse`, in [`crate::http`]). This module is the delivery side: the
+//! [`SseHub`] holds this node's SSE connections by room, and the socket side's
+//! [`crate::delivery::Deliver`] hands it every event it hands its own sockets, at the same
+//! point (under the same history and stream delivery locks), so an SSE connection gets a
+//! room's events in the order sockets do, and a catch-up's backlog before any live event.
+//!
+//! Each connection has a bounded queue (`sse.buffer` events): a live event that finds it
+//! full closes the connection (the client reconnects with its `Last-Event-ID` and recovers
+//! what it missed), so a slow reader costs a bounded amount of memory. A catch-up's backlog
+//! (bounded by history) and the connection's own notices are queued regardless.
+//!
+//! The resume token ([`ResumeToken`], each event's `id:`) covers every room of the
+//! connection: each room's epoch and last `seq`. Its format is not part of the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One event as an SSE connection writes it: `event:` its type, `data:` the envelope, and
+/// where it puts the connection in its rooms (none for a volatile event or a notice).
+#[derive(Debug)]
+pub struct Frame {
+    pub event: String,
+    pub data: Arc<str>,
+    /// `(public room, epoch, seq)` for each room the event is numbered in.
+    pub positions: Vec<(String, String, u64)>,
+    /// Whether the frame carries the connection's resume token (`id:`). Numbered events do;
+    /// `connection.established` does too (the starting point).
+    pub with_id: bool,
+}
+
+impl Frame {
+    /// A live or replayed event: its positions read from the envelope.
+    pub fn event(event: &str, payload: &RawValue) -> Self {
+        let positions = positions_of(payload);
+        Self {
+            event: event.to_owned(),
+            data: payload.get().into(),
+            with_id: !positions.is_empty(),
+            positions,
+        }
+    }
+
+    /// A notice of the connection itself (`connection.established`, `gap`,
+    /// `stream.snapshot`).
+    pub fn notice(event: &str, data: &serde_json::Value, with_id: bool) -> Self {
+        Self {
+            event: event.to_owned(),
+            data: data.to_string().into(),
+            positions: Vec::new(),
+            with_id,
+        }
+    }
+}
+
+/// The envelope's numbering: `room`, `seq`, `epoch` and `also` (section 5.1).
+fn positions_of(payload: &RawValue) -> Vec<(String, String, u64)> {
+    #[derive(Deserialize)]
+    struct Also {
+        room: String,
+        seq: u64,
+        epoch: String,
+    }
+    #[derive(Deserialize)]
+    struct Head {
+        room: Option<String>,
+        seq: Option<u64>,
+        epoch: Option<String>,
+        #[serde(default)]
+        also: Vec<Also>,
+    }
+    let Ok(head) = serde_json::from_str::<Head>(payload.get()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(1 + head.also.len());
+    if let (Some(room), Some(seq), Some(epoch)) = (head.room, head.seq, head.epoch) {
+        out.push((room, epoch, seq));
+    }
+    out.extend(head.also.into_iter().map(|a| (a.room, a.epoch, a.seq)));
+    out
+}
+
+/// One SSE connection as the hub sees it.
+pub struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Arc<Frame>>,
+    /// Frames queued and not yet written.
+    queued: AtomicUsize,
+    /// Cancelled to end the connection: its queue overflowed, or the server drains.
+    pub closed: CancellationToken,
+    /// Live events held until the connection's first event is queued ([`Conn::first`]), so
+    /// `connection.established` comes first even when its rooms are live before it is
+    /// written; `None` from then on.
+    held: Mutex<Option<Vec<Arc<Frame>>>>,
+}
+
+impl Conn {
+    /// Queues `frame`; a live one (`bounded`) that finds the queue full closes the
+    /// connection instead.
+    pub fn push(&self, frame: Arc<Frame>, bounded: bool, buffer: usize) -> Pushed {
+        if self.closed.is_cancelled() {
+            return Pushed::Closed;
+        }
+        if bounded {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let waiting = held.as_ref().map_or(0, Vec::len);
+            if self.queued.load(Ordering::Relaxed) + waiting >= buffer {
+                tracing::debug!(conn = self.id, "sse buffer full: closing the connection");
+                self.closed.cancel();
+                return Pushed::Overflowed;
+            }
+            if let Some(held) = held.as_mut() {
+                held.push(frame);
+                return Pushed::Queued;
+            }
+        }
+        self.send(frame)
+    }
+
+    fn send(&self, frame: Arc<Frame>) -> Pushed {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.send(frame) {
+            Ok(()) => Pushed::Queued,
+            Err(_) => Pushed::Closed,
+        }
+    }
+
+    /// Queues the connection's first event, then the live events held meanwhile.
+    pub fn first(&self, frame: Arc<Frame>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.send(frame);
+        for frame in held.take().unwrap_or_default() {
+            self.send(frame);
+        }
+    }
+}
+
+/// What became of a frame handed to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The queue was full: the connection is closed now.
+    Overflowed,
+    /// The connection was closed already.
+    Closed,
+}
+
+/// The reading end of a connection's queue, for the response stream.
+pub struct Queue {
+    pub conn: Arc<Conn>,
+    rx: mpsc::UnboundedReceiver<Arc<Frame>>,
+    hub: Arc<SseHub>,
+}
+
+impl Queue {
+    /// The next frame; `None` once the connection is closed.
+    pub async fn next(&mut self) -> Option<Arc<Frame>> {
+        let frame = tokio::select! {
+            biased;
+            _ = self.conn.closed.cancelled() => None,
+            frame = self.rx.recv() => frame,
+        }?;
+        self.conn.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(frame)
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.hub.remove(&self.conn);
+    }
+}
+
+/// This node's SSE connections, by scoped room name.
+pub struct SseHub {
+    rooms: RwLock<HashMap<String, Vec<Arc<Conn>>>>,
+    next_id: AtomicU64,
+    connections: AtomicU64,
+    /// Connections closed because their queue was full.
+    overflowed: AtomicU64,
+    buffer: usize,
+    /// Cancelled when the server drains: every connection ends, new ones end at once.
+    draining: CancellationToken,
+}
+
+impl SseHub {
+    /// A hub whose connections queue at most `buffer` live events.
+    pub fn new(buffer: usize) -> Self {
+        Self {
+            rooms: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            buffer: buffer.max(1),
+            draining: CancellationToken::new(),
+        }
+    }
+
+    /// A new connection, in no room yet; it leaves the hub when its queue is dropped.
+    pub fn open(self: &Arc<Self>) -> Queue {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            queued: AtomicUsize::new(0),
+            closed: self.draining.child_token(),
+            held: Mutex::new(Some(Vec::new())),
+        });
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Queue {
+            conn,
+            rx,
+            hub: self.clone(),
+        }
+    }
+
+    /// Puts `conn` in `scoped` rooms: every event delivered to them from now on is queued.
+    pub fn join(&self, conn: &Arc<Conn>, scoped: impl IntoIterator<Item = String>) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        for room in scoped {
+            let members = rooms.entry(room).or_default();
+            if !members.iter().any(|c| c.id == conn.id) {
+                members.push(conn.clone());
+            }
+        }
+    }
+
+    fn remove(&self, conn: &Conn) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        rooms.retain(|_, members| {
+            members.retain(|c| c.id != conn.id);
+            !members.is_empty()
+        });
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Queues `payload` as `event` on every connection in any of `rooms` (scoped names),
+    /// once per connection. Called where sockets are handed the same event.
+    pub fn deliver(
+        &self,
+        rooms: &[std::borrow::Cow<'static, str>],
+        event: &str,
+        payload: &RawValue,
+    ) {
+        let targets: Vec<Arc<Conn>> = {
+            let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+            if map.is_empty() {
+                return;
+            }
+            let mut targets: Vec<Arc<Conn>> = Vec::new();
+            for room in rooms {
+                for conn in map.get(room.as_ref()).into_iter().flatten() {
+                    if !targets.iter().any(|c| c.id == conn.id) {
+                        targets.push(conn.clone());
+                    }
+                }
+            }
+            targets
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let frame = Arc::new(Frame::event(event, payload));
+        for conn in targets {
+            if conn.push(frame.clone(), true, self.buffer) == Pushed::Overflowed {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ends every connection in any of `rooms` (an identity room: a user's revocation);
+    /// returns how many were open.
+    pub fn close_rooms(&self, rooms: &[std::borrow::Cow<'static, str>]) -> u64 {
+        let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for conn in rooms.iter().filter_map(|r| map.get(r.as_ref())).flatten() {
+            if !conn.closed.is_cancelled() {
+                conn.closed.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// The most live events a connection may have queued.
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
+    /// SSE connections open on this node.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed so far because they read too slowly.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Ends every connection (the server drains); the clients reconnect elsewhere.
+    pub fn close_all(&self) {
+        self.draining.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+}
+
+/// Where a connection is in each of its rooms: the `id:` of its events. Written
+/// `v1,<room>/<epoch>/<seq>,...`; clients treat it as opaque.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeToken(pub BTreeMap<String, (String, u64)>);
+
+impl ResumeToken {
+    const VERSION: &str = "v1";
+
+    pub fn encode(&self) -> String {
+        let mut out = String::from(Self::VERSION);
+        for (room, (epoch, seq)) in &self.0 {
+            out.push(',');
+            out.push_str(room);
+            out.push('/');
+            out.push_str(epoch);
+            out.push('/');
+            out.push_str(&seq.to_string());
+        }
+        out
+    }
+
+    /// `None` for anything this server did not write.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(',');
+        if parts.next()? != Self::VERSION {
+            return None;
+        }
+        let mut rooms = BTreeMap::new();
+        for part in parts {
+            let mut fields = part.split('/');
+            let (room, epoch, seq) = (fields.next()?, fields.next()?, fields.next()?);
+            // What this server writes only: the token goes back out as an `id:` line.
+            let safe = |s: &str, extra: &[char]| {
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+            };
+            if fields.next().is_some()
+                || room.is_empty()
+                || !safe(room, &[':', '_', '.', '-'])
+                || !safe(epoch, &['_', '-'])
+            {
+                return None;
+            }
+            rooms.insert(room.to_owned(), (epoch.to_owned(), seq.parse().ok()?));
+        }
+        Some(Self(rooms))
+    }
+
+    /// Moves the rooms of this connection that `frame` is numbered in (never back within
+    /// an epoch: a live event the starting positions already counted changes nothing).
+    pub fn advance(&mut self, frame: &Frame) {
+        for (room, epoch, seq) in &frame.positions {
+            if let Some(at) = self.0.get_mut(room)
+                && (at.0 != *epoch || at.1 < *seq)
+            {
+                *at = (epoch.clone(), *seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_token_round_trips_and_refuses_what_it_did_not_write() {
+        let token = ResumeToken(BTreeMap::from([
+            ("project:42".to_owned(), ("00ab".to_owned(), 7)),
+            ("user:a.b-c_d".to_owned(), ("ff".to_owned(), 0)),
+        ]));
+        let text = token.encode();
+        assert_eq!(text, "v1,project:42/00ab/7,user:a.b-c_d/ff/0");
+        assert_eq!(ResumeToken::decode(&text), Some(token));
+        assert_eq!(ResumeToken::decode("v1"), Some(ResumeToken::default()));
+        for bad in [
+            "",
+            "v2,global/a/1",
+            "v1,global/a",
+            "v1,global/a/x",
+            "v1,/a/1",
+            "v1,g/a/1/2",
+            "v1,g/a\nb/1",
+        ] {
+            assert_eq!(ResumeToken::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn frames_read_their_positions_from_the_envelope() {
+        let payload = RawValue::from_string(
+            r#"{"id":"x","type":"t","room":"project:1","seq":4,"epoch":"e","also":[{"room":"user:u","seq":9,"epoch":"f"}],"data":{"room":"no"}}"#.into(),
+        )
+        .unwrap();
+        let frame = Frame::event("t", &payload);
+        assert!(frame.with_id);
+        assert_eq!(
+            frame.positions,
+            vec![
+                ("project:1".to_owned(), "e".to_owned(), 4),
+                ("user:u".to_owned(), "f".to_owned(), 9)
+            ]
+        );
+        let mut token = ResumeToken(BTreeMap::from([("user:u".to_owned(), ("f".to_owned(), 1))]));
+        token.advance(&frame);
+        assert_eq!(token.encode(), "v1,user:u/f/9");
+        let volatile = RawValue::from_string(
+            r#"{"id":"x","type":"stream.delta","room":"global","data":{}}"#.into(),
+        )
+        .unwrap();
+        assert!(!Frame::event("stream.delta", &volatile).with_id);
+    }
+
+    #[tokio::test]
+    async fn live_events_wait_for_the_first_event() {
+        let hub = Arc::new(SseHub::new(8));
+        let mut queue = hub.open();
+        hub.join(&queue.conn, ["t/global".to_owned()]);
+        let payload = RawValue::from_string(r#"{"room":"global","data":1}"#.into()).unwrap();
+        hub.deliver(&[std::borrow::Cow::Borrowed("t/global")], "live", &payload);
+        let first = Frame::notice("connection.established", &serde_json::json!({}), true);
+        queue.conn.first(Arc::new(first));
+        let backlog = Frame::notice("backlog", &serde_json::json!({}), false);
+        queue.conn.push(Arc::new(backlog), false, 8);
+        let order: Vec<String> = [
+            queue.next().await.unwrap(),
+            queue.next().await.unwrap(),
+            queue.next().await.unwrap(),
+        ]
+        .iter()
+        .map(|f| f.event.clone())
+        .collect();
+        assert_eq!(order, ["connection.established", "live", "backlog"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_connection() {
+        let hub = Arc::new(SseHub::new(2));
+        let mut queue = hub.open();
+        queue.conn.first(Arc::new(Frame::notice(
+            "first",
+            &serde_json::json!({}),
+            true,
+        )));
+        assert_eq!(queue.next().await.unwrap().event, "first");
+        hub.join(&queue.conn, ["t/global".to_owned()]);
+        let payload = RawValue::from_string(r#"{"room":"global","data":1}"#.into()).unwrap();
+        let rooms = [std::borrow::Cow::Borrowed("t/global")];
+        hub.deliver(&rooms, "a", &payload);
+        hub.deliver(&rooms, "a", &payload);
+        assert!(!queue.conn.closed.is_cancelled());
+        hub.deliver(&rooms, "a", &payload);
+        assert!(queue.conn.closed.is_cancelled());
+        assert_eq!(hub.overflowed(), 1);
+        assert!(queue.next().await.is_none());
+        assert_eq!(hub.connections(), 1);
+        drop(queue);
+        assert_eq!(hub.connections(), 0);
+        assert!(hub.rooms.read().unwrap().is_empty());
+    }
+}
