@@ -17,7 +17,20 @@
 #   CLUSTER_SOCKETS=1000 CLUSTER_RATE=50 CLUSTER_SECS=10  cluster, cluster-flat and cluster-storm:
 #                                                      two nodes on a private redis-server,
 #                                                      publishing at the first
-#   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm"
+#   STREAMS_SOCKETS=1000 STREAMS=10 STREAMS_RATE=50 STREAMS_SECS=10  streams: STREAMS_SOCKETS
+#                                                      viewers of STREAMS AI streams, each appended
+#                                                      at STREAMS_RATE appends/s over HTTP
+#                                                      (cluster-streams: the same on two nodes,
+#                                                      Roomcast only: the reference keeps a
+#                                                      stream in one process)
+#   STREAMS_WINDOW_MS=50                               streams-window: streams with Roomcast's
+#                                                      [streams] coalesce_ms at this (the
+#                                                      reference has no window)
+#   RESUME_SOCKETS=1000 RESUME_CHARS=20000             resume: viewers resuming a stream of
+#                                                      RESUME_CHARS code points from 0 at once
+#   (streams, cluster-streams and resume run with --users 1: no presence storm at connect)
+#   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm
+#              streams streams-window resume cluster-streams"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
 # In the cluster scenarios the reference runs two socket.io processes on socket.io's own
@@ -40,7 +53,9 @@ source "$root/bench/lib.sh"
 : "${STORM_SOCKETS:=1000}" "${STORM_RATE:=50}" "${STORM_SECS:=10}"
 : "${CHAT_SOCKETS:=1000}" "${CHAT_ROOMS:=100}" "${CHAT_RATE:=1}" "${CHAT_SECS:=10}"
 : "${CLUSTER_SOCKETS:=1000}" "${CLUSTER_RATE:=50}" "${CLUSTER_SECS:=10}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm}" "${BENCH_ARGS:=}"
+: "${STREAMS_SOCKETS:=1000}" "${STREAMS:=10}" "${STREAMS_RATE:=50}" "${STREAMS_SECS:=10}"
+: "${STREAMS_WINDOW_MS:=50}" "${RESUME_SOCKETS:=1000}" "${RESUME_CHARS:=20000}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams streams-window resume cluster-streams}" "${BENCH_ARGS:=}"
 
 # The roomcast-bench arguments of a scenario (without --url and --pids).
 scenario_args() {
@@ -55,6 +70,8 @@ scenario_args() {
     cluster) echo "cluster --sockets $CLUSTER_SOCKETS --rate $CLUSTER_RATE --duration $CLUSTER_SECS" ;;
     cluster-flat) echo "cluster --sockets $CLUSTER_SOCKETS --rate 0 --duration $FLAT_SECS" ;;
     cluster-storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
+    streams|streams-window|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
+    resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
@@ -70,7 +87,9 @@ run_one() {
   [ "$scenario" = cluster-storm ] && adapter=streams
   for i in $(seq 1 "$nodes"); do
     port=$(free_port)
-    if [ "$server" = roomcast ]; then start_roomcast "compare-$scenario-$i" "$port" "$redis"
+    local extra=${EXTRA_CONFIG:-}
+    [ "$scenario" = streams-window ] && extra=$(printf '%s\n[streams]\ncoalesce_ms = %s' "$extra" "$STREAMS_WINDOW_MS")
+    if [ "$server" = roomcast ]; then EXTRA_CONFIG=$extra start_roomcast "compare-$scenario-$i" "$port" "$redis"
     else start_reference "$port" "$redis" "$adapter"; fi
     urls+=("http://127.0.0.1:$port"); node_pids+=("$server_pid")
   done
@@ -98,7 +117,8 @@ reference_installed || { echo "the Node reference needs node and npm" >&2; exit 
 for scenario in $SCENARIOS; do
   scenario_args "$scenario" > /dev/null
   run_one "$scenario" roomcast
-  run_one "$scenario" node
+  # The reference keeps a stream in the process that created it: no cluster streams.
+  [ "$scenario" = cluster-streams ] || run_one "$scenario" node
 done
 
 echo "# Roomcast vs Node socket.io 4.8.4 reference — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, node $(node --version)"

@@ -18,7 +18,7 @@ report() {
   python3 - "$1" "$work/out.json" <<'EOF'
 import json, sys
 label, r = sys.argv[1], json.load(open(sys.argv[2]))
-keys = ["sockets", "failed_sockets", "expected_deliveries", "lost", "duplicated", "reconnects", "recovered"]
+keys = ["sockets", "failed_sockets", "expected_deliveries", "appends", "deltas_received", "resumes", "resumed", "lost", "duplicated", "reconnects", "recovered"]
 print(f"{label}: " + ", ".join(f"{k} {r[k]}" for k in keys if k in r))
 sys.exit(1 if r["failed_sockets"] else 0)
 EOF
@@ -55,6 +55,8 @@ every_scenario() {
   run "$1 soak" soak "${url[@]}" --sockets 40 --rate 50 --duration 2 --drop-fraction 1 \
     --drop-every 0.3 --settle 0 --warmup 1
   run "$1 chat" chat "${url[@]}" --sockets 40 --rooms 4 --rate 5 --duration 1
+  run "$1 streams" streams "${url[@]}" --sockets 20 --late 4 --streams 2 --rate 20 --duration 2
+  run "$1 resume" resume "${url[@]}" --sockets 20 --chars 2000
 }
 
 p=$(free_port); start_roomcast single "$p"
@@ -71,6 +73,11 @@ run "roomcast cluster storm" storm --url "$both" --publish-url "http://127.0.0.1
   --sockets 40 --rate 50 --duration 2 --drop-every 0.3
 # An odd number of rooms puts each room's sockets at both nodes: client events cross.
 run "roomcast cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 --duration 1
+# Streams appended at A, viewed (and resumed) at both nodes: deltas cross through Redis.
+run "roomcast cluster streams" streams --url "$both" --publish-url "http://127.0.0.1:$pa" \
+  --sockets 20 --late 4 --streams 2 --rate 20 --duration 2
+run "roomcast cluster resume" resume --url "$both" --publish-url "http://127.0.0.1:$pa" \
+  --sockets 20 --chars 2000
 
 if reference_installed; then
   p=$(free_port); start_reference "$p"

@@ -60,6 +60,36 @@ FIGURES = {
     ],
 }
 FIGURES["cluster-storm"] = FIGURES["storm"]
+FIGURES["streams"] = [
+    ("appends/s", "appends_per_sec"),
+    ("deltas (frames) received/s", "deltas_per_sec"),
+    ("appends per delta (coalescing)", "appends_per_delta"),
+    ("characters delivered", "chars_delivered"),
+    ("server CPU (s)", "server_cpu_secs"),
+    ("server CPU per delivered character (ns)", "server_cpu_ns_per_char"),
+    ("latency p50 (ms)", "latency_ms.p50"),
+    ("latency p99 (ms)", "latency_ms.p99"),
+    ("latency max (ms)", "latency_ms.max"),
+    ("resumes (gaps)", "resumes"),
+    ("overlapping characters dropped", "overlap_chars"),
+    ("viewer streams lost", "lost"),
+    ("viewer streams duplicated", "duplicated"),
+    ("viewer streams corrupted", "corrupted"),
+    ("appends refused", "publish_failed"),
+]
+FIGURES["cluster-streams"] = FIGURES["streams"]
+FIGURES["streams-window"] = FIGURES["streams"]
+FIGURES["resume"] = [
+    ("all viewers hold the whole text (ms)", "all_resumed_ms"),
+    ("resume p50 (ms)", "resume_ms.p50"),
+    ("resume p99 (ms)", "resume_ms.p99"),
+    ("resume max (ms)", "resume_ms.max"),
+    ("server CPU (s)", "server_cpu_secs"),
+    ("resumes per server CPU-second", "resumes_per_server_cpu_sec"),
+    ("not resumed whole", "lost"),
+]
+# The reference keeps a stream in one process: no cluster streams there.
+ROOMCAST_ONLY = {"cluster-streams"}
 TITLES = {
     "hold": "hold: idle sockets, each subscribed to project:bench",
     "connect": "connect: idle sockets, handshake only (hold --no-subscribe)",
@@ -71,6 +101,10 @@ TITLES = {
     "cluster": "cluster: two nodes on Redis, one room, fixed rate, publishing at node A",
     "cluster-flat": "cluster: two nodes on Redis, one room, flat out, publishing at node A",
     "cluster-storm": "cluster storm: drops, coming back at either node, with recovery",
+    "streams": "streams: viewers of concurrent AI streams appended over HTTP (append-to-delivery latency)",
+    "streams-window": "streams with Roomcast's [streams] coalesce_ms = STREAMS_WINDOW_MS (the reference has no window)",
+    "cluster-streams": "streams on two nodes on Redis, appended at node A (Roomcast only)",
+    "resume": "resume: viewers resuming one long AI stream from offset 0 at once",
 }
 
 
@@ -107,7 +141,7 @@ def ratio(a, b):
 
 
 def params(run):
-    keys = ("sockets", "rooms", "rate", "published", "dropping_sockets")
+    keys = ("sockets", "rooms", "streams", "rate", "published", "appends", "chars", "dropping_sockets")
     return ", ".join(f"{k} {fmt(run[k])}" for k in keys if k in run)
 
 
@@ -133,7 +167,7 @@ def table(runs_dirs, scenario):
     print(f"\n## {TITLES.get(scenario, scenario)}\n")
     runs = f" ({len(runs_dirs)} runs)" if len(runs_dirs) > 1 else ""
     rc_params = params(rcs[0]) if rcs else "run failed"
-    node_params = params(nodes[0]) if nodes else "run failed"
+    node_params = params(nodes[0]) if nodes else "not run (Roomcast only)" if scenario in ROOMCAST_ONLY else "run failed"
     print(f"Roomcast: {rc_params}{runs}  \nNode: {node_params}\n")
     print("| figure | Roomcast | Node | Roomcast / Node |")
     print("|---|---:|---:|---:|")

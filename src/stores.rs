@@ -143,6 +143,7 @@ impl Stores {
     pub fn start(&mut self, workers: &Workers, io: Arc<dyn Deliver>, counters: Arc<Counters>) {
         match self.streams_worker.take() {
             Some(StreamsWorker::Sweeper) => {
+                self.streams.deliver_later_through(&io);
                 workers.start("streams_sweeper", self.streams.clone().run_sweeper());
             }
             Some(StreamsWorker::Deltas(messages)) => {

@@ -692,3 +692,174 @@ impl Answers {
         self.0.is_empty() && self.chunk(read).await.is_none()
     }
 }
+
+/// Producers appending to one stream at once, as under load: appends that pile up while a
+/// delta of the stream is being delivered go out coalesced (one delta, `offset` the first
+/// one's). A viewer there from the start and one resuming again and again while the
+/// appends go on both end with the exact text, and every append's answer says where its
+/// text is.
+async fn concurrent_appends_end_exact(
+    start: &TestServer,
+    viewing: &TestServer,
+    producers: Vec<std::net::SocketAddr>,
+    strict: bool,
+) {
+    let stream_id = "s-coalesce";
+    let mut from_start = viewer(viewing).await;
+    let mut again_and_again = viewer(viewing).await;
+    let (status, body) = create(start, json!({"room": ROOM, "stream_id": stream_id})).await;
+    assert_eq!(status, 201, "{body}");
+
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let addr = producers[w % producers.len()];
+        writers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut mine = Vec::new();
+            for i in 0..40 {
+                let piece = PIECES[(w + i) % PIECES.len()];
+                let resp = http
+                    .post(format!("http://{addr}/api/v1/streams/{stream_id}/append"))
+                    .bearer_auth(KEY)
+                    .json(&json!({"text": piece}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 202);
+                let body: Value = resp.json().await.unwrap();
+                mine.push((body["offset"].as_u64().unwrap(), piece));
+            }
+            mine
+        }));
+    }
+
+    let whole = tokio::spawn(async move {
+        let mut view = View::new(stream_id, true);
+        view.caught_up = true;
+        let mut longest = 0;
+        while view.finished != Some(view.len) {
+            let (name, payload) = from_start.next_event().await.expect("the stream's events");
+            if name == "stream.delta" {
+                longest = longest.max(payload["data"]["text"].as_str().unwrap().chars().count());
+            }
+            view.event(&name, &payload);
+        }
+        (view.text, longest)
+    });
+
+    let mut often = View::new(stream_id, strict);
+    let mut resumes = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        often.caught_up = false;
+        let ack = often.resume(&mut again_and_again).await;
+        resumes += u32::from(ack["status"] == "open");
+        // Deltas after the answer, for 150 ms (within the socket's event budget).
+        let until = tokio::time::Instant::now() + Duration::from_millis(150);
+        while let Ok(Some((name, payload))) =
+            tokio::time::timeout_at(until, again_and_again.next_event()).await
+        {
+            often.event(&name, &payload);
+        }
+    }
+    let mut appends = Vec::new();
+    for w in writers {
+        appends.extend(w.await.unwrap());
+    }
+    let (status, finished) = start
+        .post(&format!("/api/v1/streams/{stream_id}/finish"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{finished}");
+    let (_, read) = start
+        .get(&format!("/api/v1/streams/{stream_id}"), Some(KEY))
+        .await;
+    let text = read["text"].as_str().unwrap().to_owned();
+    assert_eq!(appends.len(), 320);
+    for (offset, piece) in &appends {
+        let at: String = text
+            .chars()
+            .skip(*offset as usize)
+            .take(piece.chars().count())
+            .collect();
+        assert_eq!(at, *piece, "the append answered offset {offset}");
+    }
+    assert_eq!(
+        text.chars().count(),
+        finished["length"].as_u64().unwrap() as usize
+    );
+
+    often.follow(&mut again_and_again).await;
+    assert_eq!(often.text, text, "resumed again and again");
+    let (seen, longest) = whole.await.unwrap();
+    assert_eq!(seen, text, "there from the start");
+    assert!(resumes > 0, "the resumes raced with the appends");
+    // Whether appends piled up depends on timing; the unit tests force it.
+    eprintln!("longest delta: {longest} code points (one append is at most 6)");
+}
+
+#[tokio::test]
+async fn one_node_concurrent_appends_coalesce_and_end_exact() {
+    let server = TestServer::start().await;
+    concurrent_appends_end_exact(&server, &server, vec![server.addr], true).await;
+}
+
+#[tokio::test]
+async fn cluster_concurrent_appends_coalesce_and_end_exact() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node("a", &redis, "streams-coalesce").await;
+    let b = TestServer::start_cluster_node("b", &redis, "streams-coalesce").await;
+    // Appended at both nodes at once, viewed and resumed at B.
+    concurrent_appends_end_exact(&a, &b, vec![a.addr, b.addr], false).await;
+}
+
+/// With `streams.coalesce_ms`, a producer appending one piece at a time (each answered at
+/// once) is seen by the viewers in fewer deltas than appends, the first at once, and a
+/// viewer there from the start and one resuming mid-stream end with the exact text.
+async fn a_window_joins_appends(start: &TestServer, viewing: &TestServer, strict: bool) {
+    let stream_id = "s-window";
+    let mut from_start = viewer(viewing).await;
+    let mut late = viewer(viewing).await;
+    let (status, _) = create(start, json!({"room": ROOM, "stream_id": stream_id})).await;
+    assert_eq!(status, 201);
+    let producer = tokio::spawn(produce(vec![start.addr], stream_id.to_owned(), 61));
+    let delta = from_start.event("stream.delta").await;
+    assert_eq!(
+        delta["data"]["text"], PIECES[0],
+        "the first append goes out alone"
+    );
+    let mut view = View::new(stream_id, true);
+    view.caught_up = true;
+    view.event("stream.delta", &delta);
+    let mut resumed = View::new(stream_id, strict);
+    resumed.resume(&mut late).await;
+    let whole = producer.await.unwrap();
+    let (status, _) = start
+        .post(&format!("/api/v1/streams/{stream_id}/finish"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let mut deltas = 1;
+    while view.finished != Some(view.len) {
+        let (name, payload) = from_start.next_event().await.expect("the stream's events");
+        deltas += u32::from(name == "stream.delta");
+        view.event(&name, &payload);
+    }
+    assert_eq!(view.text, whole, "there from the start");
+    assert!(deltas < 61 / 2, "61 appends went out as {deltas} deltas");
+    resumed.follow(&mut late).await;
+    assert_eq!(resumed.text, whole, "resumed mid-stream");
+}
+
+const WINDOW: &str = "[streams]\ncoalesce_ms = 100\n";
+
+#[tokio::test]
+async fn one_node_a_window_joins_appends() {
+    let server = TestServer::start_with(WINDOW).await;
+    a_window_joins_appends(&server, &server, true).await;
+}
+
+#[tokio::test]
+async fn cluster_a_window_joins_appends() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::start_cluster_node_with("a", &redis, "streams-window", WINDOW).await;
+    let b = TestServer::start_cluster_node_with("b", &redis, "streams-window", WINDOW).await;
+    a_window_joins_appends(&a, &b, false).await;
+}

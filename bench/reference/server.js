@@ -10,6 +10,15 @@
 //              room's other sockets (the sender too with echo) as the envelope plus `from`
 //   HTTP       POST /api/v1/broadcast {event, room | rooms, data?, tenant?} -> 202
 //              GET /health, GET /ready
+//   streams    a naive equivalent of Roomcast's AI streams, for bench `streams` / `resume`:
+//              POST /api/v1/streams {room, stream_id?, kind?, tenant?} -> 201 (emits
+//              stream.started), POST /api/v1/streams/<id>/append {text} -> 202 {offset,
+//              length} (emits stream.delta {stream_id, offset, text}: every append its own
+//              broadcast, nothing coalesced), POST /api/v1/streams/<id>/finish -> 200 (emits
+//              stream.finished {stream_id, length}); command stream.resume {stream_id,
+//              offset?} -> {ok, stream_id, status, offset, length, text}. The text is kept
+//              in this process only (no cluster), no cancel, no limits, no expiry. One
+//              thread: an ack is written before any later delta, so nothing overtakes it.
 //
 // Recovery: socket.io's own connection state recovery (RECOVERY=1, the default) stands in
 // for Roomcast's auth.since. The server appends an offset to every broadcast packet and
@@ -219,6 +228,7 @@ const commands = {
     return { pong: true, server_time: new Date().toISOString() };
   },
   publish,
+  "stream.resume": streamResume,
 };
 
 /** Roomcast's `publish`, checked in its order: room, grant, subscription, event name, size. */
@@ -253,6 +263,62 @@ function publish(socket, payload) {
   return { ok: true, id: envelope.id };
 }
 
+// ---- AI streams (naive) ----------------------------------------------------------------
+
+/** `<tenant>/<id>` -> {id, room (scoped), status, text, length (code points)}. */
+const streams = new Map();
+const STREAM_PATH = new RegExp(`^/api/v1/streams/(${ID})/(append|finish)$`);
+
+function streamResume(socket, payload) {
+  const user = socket.data.user;
+  const offset = Number.isInteger(payload?.offset) && payload.offset >= 0 ? payload.offset : 0;
+  const stream = typeof payload?.stream_id === "string" && streams.get(`${user.tenant}/${payload.stream_id}`);
+  if (!stream) return { ok: false, error: { code: "stream_not_found", message: "no such stream" } };
+  if (!socket.rooms.has(stream.room)) return { ok: false, error: { code: "not_subscribed", message: "subscribe to the room first" } };
+  const from = Math.min(offset, stream.length);
+  const text = Array.from(stream.text).slice(from).join("");
+  return { ok: true, stream_id: stream.id, status: stream.status, offset: from, length: stream.length, text };
+}
+
+/** POST /api/v1/streams and /api/v1/streams/<id>/(append|finish). */
+async function streamRequest(req, res, path) {
+  if (apiKey(req) !== API_KEY) return fail(res, 401, "unauthorized", "a valid API key is required");
+  const raw = await readBody(req);
+  let body;
+  try {
+    body = JSON.parse(raw ?? "");
+  } catch {
+    return fail(res, 400, "malformed_json", "the body is not valid JSON");
+  }
+  const tenant = body?.tenant ?? "default";
+  const envelope = (type, room, data) => ({ id: uuidv7(), type, room, timestamp: new Date().toISOString(), data });
+  if (path === null) {
+    const id = body?.stream_id ?? uuidv7();
+    if (typeof body?.room !== "string" || !ROOM.test(body.room)) return fail(res, 422, "invalid_room", "invalid room");
+    if (streams.has(`${tenant}/${id}`)) return fail(res, 409, "stream_exists", "the stream exists");
+    const stream = { id, public: body.room, room: scoped(tenant, body.room), status: "open", text: "", length: 0 };
+    streams.set(`${tenant}/${id}`, stream);
+    io.to(stream.room).emit("stream.started", envelope("stream.started", body.room, { stream_id: id, kind: body.kind ?? "llm", meta: {} }));
+    return reply(res, 201, { stream_id: id, room: body.room });
+  }
+  const [, id, action] = path;
+  const stream = streams.get(`${tenant}/${id}`);
+  if (!stream) return fail(res, 404, "stream_not_found", "no such stream");
+  if (stream.status !== "open") return fail(res, 409, "stream_ended", "the stream ended");
+  if (action === "finish") {
+    stream.status = "finished";
+    const data = { stream_id: id, length: stream.length };
+    io.to(stream.room).emit("stream.finished", envelope("stream.finished", stream.public, data));
+    return reply(res, 200, data);
+  }
+  if (typeof body?.text !== "string") return fail(res, 422, "invalid_payload", "expected {\"text\"}");
+  const offset = stream.length;
+  stream.text += body.text;
+  stream.length += Array.from(body.text).length;
+  io.to(stream.room).emit("stream.delta", envelope("stream.delta", stream.public, { stream_id: id, offset, text: body.text }));
+  reply(res, 202, { offset, length: stream.length });
+}
+
 // ---- HTTP ---------------------------------------------------------------------------------
 
 function handleHttp(req, res) {
@@ -261,6 +327,9 @@ function handleHttp(req, res) {
     return reply(res, 200, { status: "ok" });
   }
   if (req.method === "POST" && req.url === "/api/v1/broadcast") return broadcast(req, res);
+  if (req.method === "POST" && req.url === "/api/v1/streams") return streamRequest(req, res, null);
+  const streamPath = req.method === "POST" ? STREAM_PATH.exec(req.url) : null;
+  if (streamPath) return streamRequest(req, res, streamPath);
   reply(res, 404, { error: { code: "not_found", message: "no such endpoint" } });
 }
 

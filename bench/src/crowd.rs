@@ -24,7 +24,7 @@ pub fn room_names(rooms: usize) -> Vec<String> {
 }
 
 /// A token for `sub` granting exactly the project of `room` (`project:<id>`).
-fn token(secret: &str, sub: String, room: &str) -> anyhow::Result<String> {
+pub(crate) fn token(secret: &str, sub: String, room: &str) -> anyhow::Result<String> {
     let project = room.strip_prefix("project:").unwrap_or("bench");
     let claims = TokenClaims {
         projects: Grant::Some(vec![Id::parse(project).context("room id")?].into()),

@@ -15,6 +15,9 @@
 //!   file descriptors before, at peak and after, which must come back to where they were.
 //! - `chat`: N sockets over R `project:` rooms, each publishing into its room with the
 //!   `publish` socket command; the room's other sockets receive it.
+//! - `streams`: N viewers of S AI streams appended over HTTP; append-to-delivery latency,
+//!   deltas (frames) and characters received, server CPU per character; every viewer must
+//!   end with each stream's exact text. `resume`: V viewers resuming a long stream at once.
 //!
 //! Layout: [`proto`] frames packets, [`socket`] runs one socket, [`inbox`] records what it
 //! received, [`crowd`] runs all of them, [`publish`] sends events over HTTP, [`talk`] has
@@ -53,6 +56,11 @@ enum Cli {
     Soak(scenario::soak::SoakArgs),
     /// N sockets over R project rooms, each publishing into its room (`publish` command).
     Chat(scenario::chat::Args),
+    /// N viewers of S AI streams appended over HTTP at R appends/s each: latency, frames,
+    /// server CPU per character, and every viewer ends with each stream's exact text.
+    Streams(scenario::streams::Args),
+    /// V viewers resuming one long AI stream from offset 0 at once: time and server CPU.
+    Resume(scenario::streams::ResumeArgs),
 }
 
 /// Where the sockets connect and how they authenticate; every scenario takes these.
@@ -108,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
         Cli::Storm(args) => scenario::storm::run(args).await?,
         Cli::Soak(args) => scenario::soak::run(args).await?,
         Cli::Chat(args) => scenario::chat::run(args).await?,
+        Cli::Streams(args) => scenario::streams::run(args).await?,
+        Cli::Resume(args) => scenario::streams::run_resume(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Err(problems) = check(&report) {
@@ -123,6 +133,7 @@ fn check(report: &Value) -> Result<(), String> {
     let problems: Vec<String> = [
         "lost",
         "duplicated",
+        "corrupted",
         "out_of_order",
         "failed_sockets",
         "publish_failed",

@@ -20,6 +20,11 @@ pub struct StreamsConfig {
     /// Who may `stream.cancel`: any socket subscribed to the stream's room (`room`), or
     /// only the user named `requested_by` when the stream was created (`requester`).
     pub cancel: CancelPolicy,
+    /// Milliseconds a stream's deltas are at least apart under a steady flow: an append
+    /// within this time of the stream's last delta waits (at most this long) and goes out
+    /// with the appends that join it. 0 (the default) waits for nothing: only what piles
+    /// up while a delta is being delivered is coalesced.
+    pub coalesce_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +41,7 @@ impl Default for StreamsConfig {
             idle_secs: 3600,
             max_bytes: 1024 * 1024,
             cancel: CancelPolicy::Room,
+            coalesce_ms: 0,
         }
     }
 }
@@ -46,6 +52,11 @@ impl StreamsConfig {
             return Err(ConfigError::Invalid(
                 "streams.keep_secs, streams.idle_secs and streams.max_bytes must be at least 1"
                     .into(),
+            ));
+        }
+        if self.coalesce_ms > 1000 {
+            return Err(ConfigError::Invalid(
+                "streams.coalesce_ms must be at most 1000".into(),
             ));
         }
         Ok(())

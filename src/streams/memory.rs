@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{
     Cancelled, End, Info, NewStream, Snapshot, Status, StreamError, StreamId, from_offset,
@@ -13,6 +16,15 @@ use crate::rooms::RoomName;
 struct Record {
     info: Info,
     text: String,
+    /// How much of `text` was handed to the sockets (code points, and bytes): the rest was
+    /// appended while an earlier delta of the stream was being delivered, and goes out as
+    /// one coalesced delta.
+    delivered: u64,
+    delivered_bytes: usize,
+    /// When the last delta went out, and whether a later one is waiting for its turn
+    /// (`streams.coalesce_ms`).
+    sent_at: Option<Instant>,
+    flush_due: bool,
     /// Unix milliseconds of the creation or the last append.
     touched_ms: u64,
     cancel: Option<Cancelled>,
@@ -50,6 +62,10 @@ impl MemoryStreams {
             Record {
                 info: info.clone(),
                 text: String::new(),
+                delivered: 0,
+                delivered_bytes: 0,
+                sent_at: None,
+                flush_due: false,
                 touched_ms: started_ms,
                 cancel: None,
             },
@@ -80,6 +96,46 @@ impl MemoryStreams {
         Ok((offset, record.info.room.clone()))
     }
 
+    /// What was appended but not yet handed to the sockets, as one delta `(offset, text,
+    /// room)`, now counted as handed over; `None` when there is nothing (another append
+    /// delivered this one's text with its own). Called holding the stream's delivery lock.
+    pub fn take_undelivered(&self, key: &str) -> Option<(u64, String, RoomName)> {
+        let mut records = self.records();
+        let record = records.get_mut(key)?;
+        record.flush_due = false;
+        if record.delivered_bytes == record.text.len() {
+            return None;
+        }
+        record.sent_at = Some(Instant::now());
+        let piece = record.text[record.delivered_bytes..].to_owned();
+        let offset = record.delivered;
+        record.delivered = record.info.length;
+        record.delivered_bytes = record.text.len();
+        Some((offset, piece, record.info.room.clone()))
+    }
+
+    /// When what was appended to `key` may go out, with deltas at least `window` apart:
+    /// now, at `Later(due)` (the caller arranges it), or `Scheduled` (already arranged).
+    pub fn pace(&self, key: &str, window: Duration) -> Pace {
+        if window.is_zero() {
+            return Pace::Now;
+        }
+        let mut records = self.records();
+        let Some(record) = records.get_mut(key) else {
+            return Pace::Now;
+        };
+        if record.flush_due {
+            return Pace::Scheduled;
+        }
+        match record.sent_at.map(|at| at + window) {
+            Some(due) if due > Instant::now() => {
+                record.flush_due = true;
+                Pace::Later(due)
+            }
+            _ => Pace::Now,
+        }
+    }
+
     pub fn end(
         &self,
         key: &str,
@@ -107,14 +163,44 @@ impl MemoryStreams {
             .ok_or_else(|| StreamError::NotFound(id.to_string()))
     }
 
+    /// The whole text from `offset` on (`GET /api/v1/streams/{id}`).
     pub fn read(&self, key: &str, id: &StreamId, offset: u64) -> Result<Snapshot, StreamError> {
+        self.read_upto(key, id, offset, false)
+    }
+
+    /// The text from `offset` on as far as it was handed to the sockets, with `length`
+    /// saying as much (a resume, holding the stream's delivery lock: the next delta starts
+    /// exactly where this ends, never inside it).
+    pub fn read_delivered(
+        &self,
+        key: &str,
+        id: &StreamId,
+        offset: u64,
+    ) -> Result<Snapshot, StreamError> {
+        self.read_upto(key, id, offset, true)
+    }
+
+    fn read_upto(
+        &self,
+        key: &str,
+        id: &StreamId,
+        offset: u64,
+        delivered: bool,
+    ) -> Result<Snapshot, StreamError> {
         let records = self.records();
         let record = records
             .get(key)
             .ok_or_else(|| StreamError::NotFound(id.to_string()))?;
-        let (offset, text) = from_offset(&record.text, offset);
+        let mut info = record.info.clone();
+        let text = if delivered {
+            info.length = record.delivered;
+            &record.text[..record.delivered_bytes]
+        } else {
+            &record.text
+        };
+        let (offset, text) = from_offset(text, offset);
         Ok(Snapshot {
-            info: record.info.clone(),
+            info,
             offset,
             text: text.to_owned(),
         })
@@ -129,6 +215,14 @@ impl MemoryStreams {
             None => now_ms.saturating_sub(r.touched_ms) <= idle,
         });
     }
+}
+
+/// When an append's text goes out ([`MemoryStreams::pace`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pace {
+    Now,
+    Later(Instant),
+    Scheduled,
 }
 
 /// `Ok` for an open stream; the refusal an append or end of an ended one gets.

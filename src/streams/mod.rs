@@ -3,6 +3,12 @@
 //!
 //! - Every append is sent live to the room as a volatile `stream.delta {stream_id, offset,
 //!   text}` (no `seq`, not in room history: the stream's own text is the record).
+//! - Under load, deltas are coalesced: appends of a stream that come while an earlier delta
+//!   of it is still being handed to the sockets go out together, as one delta whose `text`
+//!   is theirs joined and whose `offset` is the first one's. Nothing waits for company: an
+//!   append with no delivery of its stream under way goes out alone, at once. On one node
+//!   the appends queue on the stream's delivery lock ([`Streams::append`]); in a cluster
+//!   [`redis::deliver_loop`] joins what piled up on the channel.
 //! - Offsets count Unicode code points (not bytes, not UTF-16 units): a delta's `offset` is
 //!   where its first character sits in the whole text. JavaScript counts them with
 //!   `Array.from(text).length`, Python with `len(text)`, Rust with `text.chars().count()`.
@@ -272,13 +278,17 @@ const SHARDS: usize = 64;
 pub struct Streams {
     backend: Backend,
     config: StreamsConfig,
+    /// Where a delta held back by `streams.coalesce_ms` is delivered when its turn comes
+    /// (one node; set once the Socket.IO server exists). Without it nothing is held back.
+    /// Weak: the server's state holds these streams (through the services).
+    later: std::sync::OnceLock<std::sync::Weak<dyn Deliver>>,
     shards: Vec<Arc<tokio::sync::Mutex<()>>>,
     /// Writers on this node waiting for a cancel, by stream key.
     watchers: Mutex<HashMap<String, watch::Sender<Option<Cancelled>>>>,
 }
 
 enum Backend {
-    Memory(MemoryStreams),
+    Memory(Arc<MemoryStreams>),
     Redis(Arc<RedisStreams>),
 }
 
@@ -290,7 +300,7 @@ pub fn key(tenant: &Tenant, id: &StreamId) -> String {
 impl Streams {
     /// A single node's streams, in memory.
     pub fn memory(config: StreamsConfig) -> Self {
-        Self::with(Backend::Memory(MemoryStreams::default()), config)
+        Self::with(Backend::Memory(Arc::default()), config)
     }
 
     /// The cluster's streams, in Redis; [`redis::deliver_loop`] delivers their deltas here.
@@ -302,6 +312,7 @@ impl Streams {
         Self {
             backend,
             config,
+            later: std::sync::OnceLock::new(),
             shards: (0..SHARDS).map(|_| Arc::default()).collect(),
             watchers: Mutex::default(),
         }
@@ -309,6 +320,16 @@ impl Streams {
 
     pub fn config(&self) -> &StreamsConfig {
         &self.config
+    }
+
+    /// Lets deltas be held back by `streams.coalesce_ms` and delivered through `io` later
+    /// (one node; the cluster's deliver loop paces its own).
+    pub fn deliver_later_through(&self, io: &Arc<dyn Deliver>) {
+        let _ = self.later.set(Arc::downgrade(io));
+    }
+
+    pub(crate) fn window(&self) -> Duration {
+        Duration::from_millis(self.config.coalesce_ms)
     }
 
     /// The delivery lock of the stream `key` on this node.
@@ -339,22 +360,34 @@ impl Streams {
         let key = key(tenant, id);
         let appended = match &self.backend {
             Backend::Memory(m) => {
-                // Held from the append to the delivery: a resume on this node reads the
-                // text either before the append or after its delta was handed over.
-                let _order = self.shard(&key).lock_owned().await;
-                let (offset, room) = m.append(&key, id, text, self.config.max_bytes)?;
-                if !text.is_empty() {
-                    deliver_delta(
-                        io,
-                        uuid::Uuid::now_v7(),
-                        tenant,
-                        &room,
-                        id,
-                        offset,
-                        text,
-                        false,
-                    )
-                    .await;
+                let (offset, _) = m.append(&key, id, text, self.config.max_bytes)?;
+                // Coalescing: appends of this stream that come while one of its deltas is
+                // being delivered wait here with their text stored; the first to get the
+                // lock hands all of it over as one delta, the others find theirs sent. No
+                // append waits for a later one, so nothing is delayed without load.
+                let order = self.shard(&key).lock_owned().await;
+                let pace = match self.later.get() {
+                    Some(_) => m.pace(&key, self.window()),
+                    None => memory::Pace::Now,
+                };
+                match (pace, self.later.get()) {
+                    (memory::Pace::Later(due), Some(later)) => {
+                        // `streams.coalesce_ms`: the stream's last delta is too recent;
+                        // what comes until `due` goes out with this text then.
+                        drop(order);
+                        let (m, io, lock) = (m.clone(), later.clone(), self.shard(&key));
+                        let (key, tenant) = (key.clone(), tenant.clone());
+                        let id = id.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(due).await;
+                            let _order = lock.lock_owned().await;
+                            if let Some(io) = io.upgrade() {
+                                flush(&m, &*io, &key, &tenant, &id).await;
+                            }
+                        });
+                    }
+                    (memory::Pace::Scheduled, _) => {}
+                    _ => flush(m, io, &key, tenant, id).await,
                 }
                 Ok(offset)
             }
@@ -373,7 +406,16 @@ impl Streams {
     pub async fn end(&self, tenant: &Tenant, id: &StreamId, end: End) -> Result<Info, StreamError> {
         let key = key(tenant, id);
         let info = match &self.backend {
-            Backend::Memory(m) => m.end(&key, id, &end, now_ms())?,
+            Backend::Memory(m) => {
+                let info = m.end(&key, id, &end, now_ms())?;
+                // A delta held back by `streams.coalesce_ms` goes out before the end is
+                // announced.
+                if let Some(later) = self.later.get().and_then(std::sync::Weak::upgrade) {
+                    let _order = self.shard(&key).lock_owned().await;
+                    flush(m, &*later, &key, tenant, id).await;
+                }
+                info
+            }
             Backend::Redis(r) => r.end(&key, id, &end, now_ms(), &self.config).await?,
         };
         if let End::Cancelled(cancel) = end {
@@ -417,7 +459,8 @@ impl Streams {
         let key = key(tenant, id);
         let order = self.shard(&key).lock_owned().await;
         let snapshot = match &self.backend {
-            Backend::Memory(m) => m.read(&key, id, offset),
+            // What was handed to the sockets: a coalesced delta still to come starts there.
+            Backend::Memory(m) => m.read_delivered(&key, id, offset),
             Backend::Redis(r) => r.read(&key, id, offset).await,
         }?;
         Ok((snapshot, order))
@@ -507,6 +550,24 @@ impl Drop for Watch {
     }
 }
 
+/// Hands what was appended to `key` and not yet sent to the sockets, as one delta; called
+/// holding the stream's delivery lock.
+async fn flush(m: &MemoryStreams, io: &dyn Deliver, key: &str, tenant: &Tenant, id: &StreamId) {
+    if let Some((from, piece, room)) = m.take_undelivered(key) {
+        deliver_delta(
+            io,
+            uuid::Uuid::now_v7(),
+            tenant,
+            &room,
+            id,
+            from,
+            &piece,
+            false,
+        )
+        .await;
+    }
+}
+
 /// Hands one delta to the sockets of the stream's room (this node's only with
 /// `local_only`). A socket that cannot take it misses it: a delta is volatile, and a
 /// resume gives the text back.
@@ -569,6 +630,7 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use futures_util::future::BoxFuture;
 
     /// What a socket would be handed, in order: deltas `(offset, end)` and resume answers
@@ -648,6 +710,203 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// A room of sockets that takes `delay` to hand each delta over, recording what it was
+    /// handed (`("delta", offset, text)`) and the resume answers the test interleaves.
+    struct Slow {
+        delay: Duration,
+        log: Mutex<Vec<(&'static str, u64, String)>>,
+    }
+
+    impl Deliver for Slow {
+        fn deliver<'a>(
+            &'a self,
+            _rooms: Vec<std::borrow::Cow<'static, str>>,
+            _event: &'a str,
+            payload: &'a serde_json::value::RawValue,
+            _local_only: bool,
+            _except: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<u64, String>> {
+            let envelope: Value = serde_json::from_str(payload.get()).unwrap();
+            let offset = envelope["data"]["offset"].as_u64().unwrap();
+            let text = envelope["data"]["text"].as_str().unwrap().to_owned();
+            self.log.lock().unwrap().push(("delta", offset, text));
+            Box::pin(tokio::time::sleep(self.delay).map(|()| Ok(0)))
+        }
+    }
+
+    /// Several producers append to one stream while each delivery is slow: the appends
+    /// that pile up go out coalesced, the deltas rebuild the exact text, and a resume racing
+    /// with them is followed by a delta starting exactly where its text ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn coalesced_deltas_rebuild_the_exact_text_and_never_overtake_a_resume() {
+        let streams = Arc::new(Streams::memory(StreamsConfig::default()));
+        let socket = Arc::new(Slow {
+            delay: Duration::from_millis(3),
+            log: Mutex::default(),
+        });
+        let new = NewStream {
+            tenant: Tenant::default_tenant(),
+            id: Id::parse("s").unwrap(),
+            room: RoomName::Global,
+            kind: "llm".into(),
+            meta: Value::Null,
+            requested_by: None,
+        };
+        streams.create(&new).await.unwrap();
+        let pieces = ["é", "👋🏽", "世界 ", "🧑‍💻", "x"];
+        let mut writers = Vec::new();
+        for w in 0..6 {
+            let (streams, socket, new) = (streams.clone(), socket.clone(), new.clone());
+            writers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    let piece = pieces[(w + i) % pieces.len()];
+                    let offset = streams
+                        .append(&*socket, &new.tenant, &new.id, piece)
+                        .await
+                        .unwrap();
+                    mine.push((offset, piece));
+                }
+                mine
+            }));
+        }
+        let mut answers = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(
+                snapshot.info.length,
+                snapshot.text.chars().count() as u64,
+                "the length a resume reports is that of its text"
+            );
+            socket
+                .log
+                .lock()
+                .unwrap()
+                .push(("answer", 0, snapshot.text.clone()));
+            drop(order);
+            answers += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut appends = Vec::new();
+        for w in writers {
+            appends.extend(w.await.unwrap());
+        }
+        let whole = streams.read(&new.tenant, &new.id, 0).await.unwrap().text;
+        // Every append's answer says where its text is.
+        for (offset, piece) in &appends {
+            assert_eq!(
+                from_offset(&whole, *offset)
+                    .1
+                    .chars()
+                    .take(piece.chars().count())
+                    .collect::<String>(),
+                *piece
+            );
+        }
+        let log = socket.log.lock().unwrap();
+        let deltas: Vec<_> = log.iter().filter(|(what, ..)| *what == "delta").collect();
+        let (mut rebuilt, mut have) = (String::new(), 0u64);
+        for (_, offset, text) in &deltas {
+            assert_eq!(*offset, have, "deltas follow on from each other");
+            rebuilt.push_str(text);
+            have += text.chars().count() as u64;
+        }
+        assert_eq!(rebuilt, whole, "the deltas rebuild the exact text");
+        assert!(
+            deltas.len() < appends.len(),
+            "{} appends went out as {} deltas: none coalesced",
+            appends.len(),
+            deltas.len()
+        );
+        let mut answered: Option<u64> = None;
+        for (what, offset, text) in log.iter() {
+            match (*what, answered.take()) {
+                ("answer", _) => answered = Some(text.chars().count() as u64),
+                ("delta", Some(end)) => assert_eq!(*offset, end, "the first delta after an answer"),
+                _ => {}
+            }
+        }
+        assert!(answers > 5, "the resumes raced with the appends");
+    }
+
+    /// With `streams.coalesce_ms`, a stream's first append goes out at once; those within
+    /// the window after it wait and go out together when it ends; ending the stream sends
+    /// what still waits before the end is announced.
+    #[tokio::test]
+    async fn a_window_spaces_deltas_and_the_end_sends_what_waits() {
+        let config = StreamsConfig {
+            coalesce_ms: 200,
+            ..StreamsConfig::default()
+        };
+        let streams = Arc::new(Streams::memory(config));
+        let socket = Arc::new(Slow {
+            delay: Duration::ZERO,
+            log: Mutex::default(),
+        });
+        let io: Arc<dyn Deliver> = socket.clone();
+        streams.deliver_later_through(&io);
+        let new = NewStream {
+            tenant: Tenant::default_tenant(),
+            id: Id::parse("w").unwrap(),
+            room: RoomName::Global,
+            kind: "llm".into(),
+            meta: Value::Null,
+            requested_by: None,
+        };
+        streams.create(&new).await.unwrap();
+        let append = |text: &'static str| {
+            let (streams, socket, new) = (streams.clone(), socket.clone(), new.clone());
+            async move {
+                streams
+                    .append(&*socket, &new.tenant, &new.id, text)
+                    .await
+                    .unwrap()
+            }
+        };
+        let deltas = || {
+            socket
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, offset, text)| (*offset, text.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(append("a").await, 0);
+        assert_eq!(
+            deltas(),
+            [(0, "a".to_owned())],
+            "the first goes out at once"
+        );
+        for (text, offset) in [("é", 1), ("👋🏽", 2), ("b", 4)] {
+            assert_eq!(append(text).await, offset, "answered at once");
+        }
+        assert_eq!(deltas().len(), 1, "the rest waits for the window");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while deltas().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(deltas()[1..], [(1, "é👋🏽b".to_owned())]);
+        // A resume now ends where the deltas sent so far end.
+        let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+        drop(order);
+        assert_eq!(snapshot.text, "aé👋🏽b");
+
+        assert_eq!(append("z").await, 5);
+        assert_eq!(deltas().len(), 2, "within the window of the last delta");
+        let (snapshot, order) = streams.resume(&new.tenant, &new.id, 0).await.unwrap();
+        drop(order);
+        assert_eq!(snapshot.text, "aé👋🏽b", "what waits is not in a resume yet");
+        streams
+            .end(&new.tenant, &new.id, End::Finished)
+            .await
+            .unwrap();
+        assert_eq!(deltas()[2..], [(5, "z".to_owned())], "sent by the end");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(deltas().len(), 3, "and only once");
     }
 
     #[test]

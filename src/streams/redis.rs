@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::Script;
 
 use super::{
@@ -300,64 +300,201 @@ fn parse_info(id: &StreamId, fields: &HashMap<String, String>) -> Result<Info, S
     })
 }
 
+/// The most stream messages [`deliver_loop`] takes off the channel before delivering them.
+const BATCH: usize = 256;
+/// Consecutive deltas of a stream are coalesced up to this many bytes of text.
+const MAX_COALESCED: usize = 64 * 1024;
+
+/// A delta on its way to this node's sockets: one append's, or several consecutive ones'.
+struct Pending {
+    event_id: uuid::Uuid,
+    key: String,
+    tenant: Id,
+    id: Id,
+    room: RoomName,
+    offset: u64,
+    /// The offset just past `text`.
+    end: u64,
+    text: String,
+}
+
 /// Receives every stream message of the cluster in the order Redis ran the scripts and
 /// hands each delta to this node's sockets under its stream's delivery lock; a cancel is
-/// told to the writer waiting on this node. A message lost on the way (the pub/sub buffer
-/// full, Redis gone for a moment) is a delta some viewers miss: they see a gap in offsets
-/// and resume.
+/// told to the writer waiting on this node. What piled up on the channel while earlier
+/// deltas were being delivered is taken at once, and consecutive deltas of one stream go out
+/// as one (coalesced: `offset` the first one's, `text` theirs joined); without load every
+/// delta goes out alone and at once. A message lost on the way (the pub/sub buffer full,
+/// Redis gone for a moment) is a delta some viewers miss: they see a gap in offsets and
+/// resume.
 pub async fn deliver_loop(
     streams: Arc<Streams>,
     mut messages: socketioxide_redis::drivers::MessageStream<(String, Vec<u8>)>,
     io: Arc<dyn Deliver>,
 ) {
-    while let Some((_, bytes)) = messages.next().await {
-        let Ok(message) = std::str::from_utf8(&bytes) else {
-            continue;
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut open = true;
+    let window = streams.window();
+    let mut sent_at: Option<tokio::time::Instant> = None;
+    while open {
+        let Some((_, first)) = messages.next().await else {
+            break;
         };
-        match message.split_once('\n') {
-            Some(("d", rest)) => {
-                let mut parts = rest.splitn(5, '\n');
-                let (Some(event_id), Some(key), Some(scoped), Some(offset), Some(text)) = (
-                    parts.next(),
-                    parts.next(),
-                    parts.next(),
-                    parts.next(),
-                    parts.next(),
-                ) else {
-                    continue;
-                };
-                let Some((tenant, id)) = key
-                    .split_once('/')
-                    .and_then(|(t, i)| Some((Id::parse(t)?, Id::parse(i)?)))
-                else {
-                    continue;
-                };
-                let Some(room) = RoomName::unscope(scoped).and_then(|(_, r)| RoomName::parse(r))
-                else {
-                    continue;
-                };
-                let (Ok(event_id), Ok(offset)) = (event_id.parse(), offset.parse()) else {
-                    continue;
-                };
-                let _order = streams.shard(key).lock_owned().await;
-                deliver_delta(&*io, event_id, &tenant, &room, &id, offset, text, true).await;
-            }
-            Some(("c", rest)) => {
-                let mut parts = rest.splitn(3, '\n');
-                let (Some(key), Some(by), reason) = (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
-                streams.cancelled(
-                    key,
-                    Cancelled {
-                        by: by.to_owned(),
-                        reason,
+        take(&streams, &first, &mut batch);
+        // `streams.coalesce_ms`: within the window after the last deltas went out, what
+        // comes joins them until it ends.
+        if let Some(due) = sent_at
+            .map(|at| at + window)
+            .filter(|due| *due > tokio::time::Instant::now())
+        {
+            let sleep = tokio::time::sleep_until(due);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    next = messages.next() => match next {
+                        Some((_, bytes)) => take(&streams, &bytes, &mut batch),
+                        None => {
+                            open = false;
+                            break;
+                        }
                     },
-                );
+                }
             }
-            _ => tracing::warn!("unreadable message on the streams channel"),
         }
+        for _ in 1..BATCH {
+            match messages.next().now_or_never() {
+                Some(Some((_, bytes))) => take(&streams, &bytes, &mut batch),
+                Some(None) => {
+                    open = false;
+                    break;
+                }
+                None => break,
+            }
+        }
+        for p in batch.drain(..) {
+            let _order = streams.shard(&p.key).lock_owned().await;
+            deliver_delta(
+                &*io, p.event_id, &p.tenant, &p.room, &p.id, p.offset, &p.text, true,
+            )
+            .await;
+        }
+        if !window.is_zero() {
+            sent_at = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// Reads one message of the streams channel: a delta joins `batch` (coalesced with the
+/// stream's last pending delta when it follows on from it), a cancel is told at once.
+fn take(streams: &Streams, bytes: &[u8], batch: &mut Vec<Pending>) {
+    let Ok(message) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    match message.split_once('\n') {
+        Some(("d", rest)) => {
+            let mut parts = rest.splitn(5, '\n');
+            let (Some(event_id), Some(key), Some(scoped), Some(offset), Some(text)) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
+                return;
+            };
+            let (Ok(event_id), Ok(offset)) = (event_id.parse(), offset.parse::<u64>()) else {
+                return;
+            };
+            let end = offset + text.chars().count() as u64;
+            if let Some(last) = batch.iter_mut().rev().find(|p| p.key == key)
+                && last.end == offset
+                && last.text.len() + text.len() <= MAX_COALESCED
+            {
+                last.text.push_str(text);
+                last.end = end;
+                return;
+            }
+            let Some((tenant, id)) = key
+                .split_once('/')
+                .and_then(|(t, i)| Some((Id::parse(t)?, Id::parse(i)?)))
+            else {
+                return;
+            };
+            let Some(room) = RoomName::unscope(scoped).and_then(|(_, r)| RoomName::parse(r)) else {
+                return;
+            };
+            batch.push(Pending {
+                event_id,
+                key: key.to_owned(),
+                tenant,
+                id,
+                room,
+                offset,
+                end,
+                text: text.to_owned(),
+            });
+        }
+        Some(("c", rest)) => {
+            let mut parts = rest.splitn(3, '\n');
+            let (Some(key), Some(by), reason) = (parts.next(), parts.next(), parts.next()) else {
+                return;
+            };
+            let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
+            streams.cancelled(
+                key,
+                Cancelled {
+                    by: by.to_owned(),
+                    reason,
+                },
+            );
+        }
+        _ => tracing::warn!("unreadable message on the streams channel"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StreamsConfig;
+
+    fn delta(key: &str, offset: u64, text: &str) -> Vec<u8> {
+        let id = uuid::Uuid::now_v7();
+        format!(
+            "d\n{id}\n{key}\n{}/project:1\n{offset}\n{text}",
+            key.split('/').next().unwrap()
+        )
+        .into_bytes()
+    }
+
+    /// What piled up on the channel: consecutive deltas of a stream join into one (its
+    /// first offset, the texts in order), other streams' stay apart, and a delta that does
+    /// not follow on (one was lost) is not joined across the gap.
+    #[test]
+    fn what_piled_up_is_coalesced_per_stream_without_crossing_a_gap() {
+        let streams = Streams::memory(StreamsConfig::default());
+        let mut batch = Vec::new();
+        for message in [
+            delta("default/a", 0, "hé"),
+            delta("default/a", 2, "👋🏽"),
+            delta("default/b", 0, "x"),
+            delta("default/a", 4, "\n"),
+            delta("default/a", 9, "after a gap"),
+            delta("default/a", 20, "!"),
+        ] {
+            take(&streams, &message, &mut batch);
+        }
+        let got: Vec<_> = batch
+            .iter()
+            .map(|p| (p.id.as_str(), p.offset, p.text.as_str(), p.end))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", 0, "hé👋🏽\n", 5),
+                ("b", 0, "x", 1),
+                ("a", 9, "after a gap!", 21),
+            ]
+        );
+        assert_eq!(batch[0].room.to_string(), "project:1");
     }
 }

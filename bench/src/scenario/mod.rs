@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod hold;
 pub mod soak;
 pub mod storm;
+pub mod streams;
 
 use std::time::{Duration, Instant};
 
