@@ -103,7 +103,7 @@ impl PollingBinding {
 
 /// The query fields engineioxide routes by, parsed as it parses them (first `sid=` and
 /// `transport=` segment, no percent-decoding), so this sees the session it will see.
-fn query_field<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+pub(crate) fn query_field<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
         .find_map(|s| s.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))

@@ -26,6 +26,7 @@ use super::activity::InFlight;
 use super::{Activity, Admission, Admitted, Connections};
 use crate::config::Config;
 use crate::http::ApiError;
+use crate::limits::polling_binding::query_field;
 use crate::metrics::Counters;
 
 /// How long a connection on the descriptor reserve may take to send its one request.
@@ -280,13 +281,6 @@ fn long_poll_noop<B>(req: &Request<B>) -> Option<&'static str> {
         Some("3") => Some("1:6"),
         _ => Some("6"),
     }
-}
-
-/// A query field read as engineioxide reads it (the first `name=` segment, not decoded).
-fn query_field<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .find_map(|s| s.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Resolves [`DRAIN_POLL_CUT`] after the drain began.
