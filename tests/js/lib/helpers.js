@@ -184,7 +184,11 @@ export function connect(url, opts = {}, { timeout = DEFAULT_WAIT_MS } = {}) {
       socket.disconnect();
       const e = new Error(err?.message ?? String(err));
       e.data = err?.data;
-      e.socket = socket;
+      // A transport failure ("xhr poll error", "websocket error") says why in `description`
+      // (an HTTP status or the network error): kept, so that a failure report shows it.
+      const why = err?.description;
+      if (why !== undefined) e.description = why instanceof Error ? `${why.name}: ${why.message}${why.code ? ` (${why.code})` : ""}` : why;
+      Object.defineProperty(e, "socket", { value: socket, enumerable: false }); // not dumped
       reject(e);
     };
     function cleanup() {

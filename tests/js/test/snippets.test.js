@@ -23,6 +23,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
+import { blocks } from "../lib/docs.js";
 import { REPO_ROOT, ROOMCAST_BIN, eventually, freePort, trackChild } from "../lib/helpers.js";
 import { STREAM_TEXT, startServer, streamPieces, streamProducer } from "../../harness/js/index.mjs";
 
@@ -40,26 +41,10 @@ const SKIP = {
     "a browser page (EventSource, location): tests/browser/test/sse.test.js runs it as written in Chromium",
   'socket.on("typing.start", (e) => showTyping(e.from.user_id));':
     "a fragment: needs an existing socket, a server with [client_events] and the app's show/showTyping; test/client_events.test.js runs the same commands",
+  "// late-join.mjs: ROOMCAST_URL=": "needs yjs and y-socket.io and a document written before it starts: test/late_join.test.js runs it as written",
 };
 const RUN_DEADLINE_MS = 30_000;
 
-/** The fenced blocks of `file` in one of `langs`, with the heading they are under. */
-export function blocks(file, langs) {
-  const lines = fs.readFileSync(path.join(REPO_ROOT, file), "utf8").split("\n");
-  const found = [];
-  let heading = "";
-  for (let i = 0; i < lines.length; i++) {
-    if (/^#{1,4} /.test(lines[i])) heading = lines[i].replace(/^#+ /, "");
-    const open = /^```(\w+)\s*$/.exec(lines[i]);
-    if (!open) continue;
-    const end = lines.indexOf("```", i + 1);
-    if (langs.includes(open[1])) {
-      found.push({ file, line: i + 1, lang: open[1], heading, code: lines.slice(i + 1, end).join("\n") });
-    }
-    i = end;
-  }
-  return found;
-}
 
 const snippets = DOCS.flatMap((f) => blocks(f, ["js", "jsx"]));
 let tmp, app, url, token, server;
