@@ -17,7 +17,9 @@ struct Lock {
     expires_ms: u64,
 }
 
-/// The fencing counter: the next token, floored at the time in microseconds.
+/// The fencing counter: the next token. Without a disk it is floored at the time in
+/// microseconds (so it grows across restarts unless the clock goes back); with one, the
+/// reservations on disk carry it across restarts and it counts from 1.
 struct Fence {
     next: u64,
     /// With a disk: the first token not reserved on it.
@@ -27,7 +29,10 @@ struct Fence {
 
 impl Fence {
     fn take(&mut self, now_ms: u64) -> Result<u64, LockError> {
-        let token = self.next.max(now_ms.saturating_mul(1000));
+        let token = match &self.disk {
+            Some(_) => self.next.max(1),
+            None => self.next.max(now_ms.saturating_mul(1000)),
+        };
         if let Some(disk) = &self.disk
             && token >= self.reserved
         {
@@ -62,8 +67,8 @@ pub struct MemoryLocks {
 }
 
 impl MemoryLocks {
-    /// Locks whose fencing count starts at `next` (at least the time), reserved on `disk`
-    /// when given.
+    /// Locks whose fencing count starts at `next`, reserved on `disk` when given (and
+    /// floored at the time without one).
     pub fn new(next: u64, disk: Option<DiskFence>) -> Self {
         Self {
             state: Mutex::default(),

@@ -4,13 +4,19 @@
 //!
 //! - Every grant gets a **fencing token** larger than every token granted before it, of any
 //!   resource of the node (a single node) or the cluster: a resource's tokens strictly
-//!   increase. The count starts from the time (microseconds since the Unix epoch) and each
-//!   grant takes the next number, or the time when that is larger: so tokens keep growing
-//!   across restarts even without a disk, unless the clock goes back. With `[storage] path`
-//!   the counter is also reserved on disk ([`disk`], blocks of [`disk::BLOCK`]), so a
-//!   restart never reuses a token whatever the clock does. In a cluster it is a Redis
-//!   counter (`INCR` in the acquire script, floored at Redis's `TIME`). Tokens stay below
-//!   2^53 (JavaScript's safe integers) until the year 2255.
+//!   increase, across restarts too.
+//!   - With `[storage] path` the counter is kept in the redb file ([`disk`]): tokens count
+//!     from 1, and before one past the reserved count is granted the next [`disk::BLOCK`]
+//!     are reserved with one durable commit (a restart starts past the reservation: no
+//!     token is granted twice, whatever the clock does).
+//!   - In memory only, the count is floored at the time in microseconds since the Unix
+//!     epoch: a restart starts above every token granted before unless the clock went back
+//!     (or the node granted more than a million locks a second on average).
+//!   - In a cluster it is a Redis counter (`INCR` in the acquire script), floored at Redis's
+//!     `TIME` in microseconds the same way, so a Redis that lost its data still grants
+//!     larger tokens.
+//!
+//!   Tokens stay below 2^53 (JavaScript's safe integers) until the year 2255.
 //! - A lock ends exactly once: by a release, by its holder's disconnect, or by its expiry.
 //!   Each store operation is atomic (one mutex on a single node, one Lua script in Redis) and
 //!   first claims the resource's lock if it has expired (`reaped`), so whoever claims an
