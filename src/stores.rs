@@ -131,7 +131,10 @@ impl Stores {
                         })?;
                     let locks = Locks::on_disk(config.locks.clone(), DiskFence::new(db))
                         .with_context(|| {
-                            format!("storage.path {}: reading the locks' fencing counter", path.display())
+                            format!(
+                                "storage.path {}: reading the locks' fencing counter",
+                                path.display()
+                            )
                         })?;
                     tracing::info!(
                         file = %path.join(FILE).display(),

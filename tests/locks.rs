@@ -102,7 +102,9 @@ async fn acquire_locked_renew_release_and_wrong_tokens() {
     let ack = bob.emit_with_ack("lock.release", release(token)).await;
     assert_eq!(code(&ack), "not_holder");
     assert_eq!(ack["error"]["resource"], RESOURCE);
-    let ack = alice.emit_with_ack("lock.release", release(token - 1)).await;
+    let ack = alice
+        .emit_with_ack("lock.release", release(token - 1))
+        .await;
     assert_eq!(code(&ack), "not_holder");
     let ack = bob
         .emit_with_ack("lock.renew", json!({"resource": RESOURCE, "token": token}))
@@ -119,7 +121,10 @@ async fn acquire_locked_renew_release_and_wrong_tokens() {
         .await;
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["token"], token);
-    assert!(ack["expires_at"].as_str().unwrap() > expires_at.as_str(), "{ack}");
+    assert!(
+        ack["expires_at"].as_str().unwrap() > expires_at.as_str(),
+        "{ack}"
+    );
 
     let ack = alice.emit_with_ack("lock.release", release(token)).await;
     assert_eq!(ack, json!({"ok": true, "resource": RESOURCE}));
@@ -137,7 +142,13 @@ async fn acquire_locked_renew_release_and_wrong_tokens() {
     assert!(next > token, "{next} after {token}");
 
     // Malformed requests.
-    for bad in ["project:1", "project:1/", "nope:1/x", "project:1/a/b", "project:1/a b"] {
+    for bad in [
+        "project:1",
+        "project:1/",
+        "nope:1/x",
+        "project:1/a/b",
+        "project:1/a b",
+    ] {
         let ack = acquire(&mut alice, bad, 5000).await;
         assert_eq!(code(&ack), "invalid_resource", "{bad}: {ack}");
     }
@@ -162,11 +173,17 @@ async fn the_room_hears_each_lock_taken_and_released() {
     let (name, data) = lock_event(&mut watcher, RESOURCE).await;
     assert_eq!(name, "lock.acquired");
     assert_eq!(data["token"], token);
-    assert_eq!(data["holder"], json!({"user_id": "alice", "kind": "socket"}));
+    assert_eq!(
+        data["holder"],
+        json!({"user_id": "alice", "kind": "socket"})
+    );
     assert!(data["expires_at"].is_string(), "{data}");
 
     let ack = alice
-        .emit_with_ack("lock.release", json!({"resource": RESOURCE, "token": token}))
+        .emit_with_ack(
+            "lock.release",
+            json!({"resource": RESOURCE, "token": token}),
+        )
         .await;
     assert_eq!(ack["ok"], true);
     let (name, data) = lock_event(&mut watcher, RESOURCE).await;
@@ -179,7 +196,9 @@ async fn the_room_hears_each_lock_taken_and_released() {
     // A lock of another room is not this room's business.
     token_of(&acquire(&mut alice, "project:2/deploy", 5000).await);
     server.publish_marker().await;
-    watcher.assert_not_before("lock.acquired", "system.notification").await;
+    watcher
+        .assert_not_before("lock.acquired", "system.notification")
+        .await;
 }
 
 #[tokio::test]
@@ -212,10 +231,15 @@ async fn a_lock_expires_once_after_its_ttl() {
     let next = token_of(&acquire(&mut bob, RESOURCE, 5000).await);
     assert!(next > token);
     let (name, data) = lock_event(&mut watcher, RESOURCE).await;
-    assert_eq!((name.as_str(), &data["token"]), ("lock.acquired", &json!(next)));
+    assert_eq!(
+        (name.as_str(), &data["token"]),
+        ("lock.acquired", &json!(next))
+    );
     // Announced once: nothing more of the old lock (the release is a later `seq`).
     server.publish_marker().await;
-    watcher.assert_not_before("lock.released", "system.notification").await;
+    watcher
+        .assert_not_before("lock.released", "system.notification")
+        .await;
 
     // A renewal keeps a lock past its first TTL.
     let ack = bob
@@ -267,9 +291,7 @@ async fn a_disconnect_releases_the_sockets_locks() {
 #[tokio::test]
 async fn a_room_the_token_does_not_grant_is_forbidden() {
     let server = TestServer::start_with("[locks]\nmax_per_socket = 2").await;
-    let mut dave = server
-        .connect(&token_for("dave", "default", &["2"]))
-        .await;
+    let mut dave = server.connect(&token_for("dave", "default", &["2"])).await;
     let ack = acquire(&mut dave, RESOURCE, 5000).await;
     assert_eq!(code(&ack), "forbidden");
     assert_eq!(ack["error"]["room"], "project:1");
@@ -304,7 +326,10 @@ async fn backends_lock_over_http() {
     .await;
     assert_eq!(status, 200, "{body}");
     let token = body["token"].as_u64().unwrap();
-    assert_eq!((&body["ok"], &body["resource"]), (&json!(true), &json!(RESOURCE)));
+    assert_eq!(
+        (&body["ok"], &body["resource"]),
+        (&json!(true), &json!(RESOURCE))
+    );
     let (name, data) = lock_event(&mut watcher, RESOURCE).await;
     assert_eq!(name, "lock.acquired");
     assert_eq!(data["holder"], json!({"user_id": "agent-7", "kind": "api"}));
@@ -316,11 +341,17 @@ async fn backends_lock_over_http() {
     let (status, body) = http(&server, Method::POST, &path, KEY, Some(json!({}))).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "locked");
-    assert_eq!(body["error"]["holder"], json!({"user_id": "agent-7", "kind": "api"}));
+    assert_eq!(
+        body["error"]["holder"],
+        json!({"user_id": "agent-7", "kind": "api"})
+    );
 
     let (status, body) = http(&server, Method::GET, &path, KEY, None).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((&body["token"], &body["holder"]["kind"]), (&json!(token), &json!("api")));
+    assert_eq!(
+        (&body["token"], &body["holder"]["kind"]),
+        (&json!(token), &json!("api"))
+    );
 
     let (status, body) = http(
         &server,
@@ -349,10 +380,16 @@ async fn backends_lock_over_http() {
         None,
     )
     .await;
-    assert_eq!((status, &body["error"]["code"]), (409, &json!("not_holder")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("not_holder"))
+    );
     // A socket may not end a caller's lock, even with its token.
     let ack = alice
-        .emit_with_ack("lock.release", json!({"resource": RESOURCE, "token": token}))
+        .emit_with_ack(
+            "lock.release",
+            json!({"resource": RESOURCE, "token": token}),
+        )
         .await;
     assert_eq!(code(&ack), "not_holder");
     let (status, body) = http(
@@ -365,9 +402,15 @@ async fn backends_lock_over_http() {
     .await;
     assert_eq!(status, 200, "{body}");
     let (name, data) = lock_event(&mut watcher, RESOURCE).await;
-    assert_eq!((name.as_str(), &data["reason"]), ("lock.released", &json!("released")));
+    assert_eq!(
+        (name.as_str(), &data["reason"]),
+        ("lock.released", &json!("released"))
+    );
     let (status, body) = http(&server, Method::GET, &path, KEY, None).await;
-    assert_eq!((status, &body["error"]["code"]), (404, &json!("lock_not_found")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("lock_not_found"))
+    );
 
     // Tenants: a key bound to `acme` locks in acme only; the same name elsewhere is free.
     let (status, body) = http(
@@ -392,7 +435,10 @@ async fn backends_lock_over_http() {
         Some(json!({})),
     )
     .await;
-    assert_eq!((status, &body["error"]["code"]), (422, &json!("invalid_resource")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (422, &json!("invalid_resource"))
+    );
     let (status, body) = http(
         &server,
         Method::POST,
@@ -569,7 +615,10 @@ async fn racing_sockets_on_two_nodes_hold_one_at_a_time() {
         last = token;
         let ack = clients[winners[0]]
             .1
-            .emit_with_ack("lock.release", json!({"resource": resource, "token": token}))
+            .emit_with_ack(
+                "lock.release",
+                json!({"resource": resource, "token": token}),
+            )
             .await;
         assert_eq!(ack["ok"], true, "{ack}");
     }
@@ -593,7 +642,10 @@ async fn racing_sockets_on_two_nodes_hold_one_at_a_time() {
                 tokio::time::sleep(Duration::from_millis(3)).await;
                 let until = Instant::now();
                 let ack = client
-                    .emit_with_ack("lock.release", json!({"resource": resource, "token": token}))
+                    .emit_with_ack(
+                        "lock.release",
+                        json!({"resource": resource, "token": token}),
+                    )
                     .await;
                 assert_eq!(ack["ok"], true, "{ack}");
                 grants.lock().unwrap().push(Grant {
@@ -622,7 +674,10 @@ async fn racing_sockets_on_two_nodes_hold_one_at_a_time() {
             pair[1].from >= pair[0].until,
             "two holders at once: {pair:?}"
         );
-        assert!(pair[1].token > pair[0].token, "tokens out of order: {pair:?}");
+        assert!(
+            pair[1].token > pair[0].token,
+            "tokens out of order: {pair:?}"
+        );
     }
     assert!(grants[0].token > last);
 
@@ -636,10 +691,16 @@ async fn racing_sockets_on_two_nodes_hold_one_at_a_time() {
     let token = token_of(&acquire(&mut clients[1], resource, 300).await);
     for w in &mut watchers {
         let (name, data) = lock_event(w, resource).await;
-        assert_eq!((name.as_str(), &data["token"]), ("lock.acquired", &json!(token)));
+        assert_eq!(
+            (name.as_str(), &data["token"]),
+            ("lock.acquired", &json!(token))
+        );
         let (name, data) = lock_event(w, resource).await;
         assert_eq!(name, "lock.released");
-        assert_eq!(data, json!({"resource": resource, "token": token, "reason": "expired"}));
+        assert_eq!(
+            data,
+            json!({"resource": resource, "token": token, "reason": "expired"})
+        );
     }
     // Every node has swept at least once more since (sweep_ms = 100): a second claim of
     // the expiry would have been announced by now.
@@ -649,7 +710,11 @@ async fn racing_sockets_on_two_nodes_hold_one_at_a_time() {
     nodes[0].publish_marker().await;
     for w in &mut watchers {
         let (name, data) = lock_event(w, resource).await;
-        assert_eq!((name.as_str(), &data["token"]), ("lock.acquired", &json!(next)));
-        w.assert_not_before("lock.released", "system.notification").await;
+        assert_eq!(
+            (name.as_str(), &data["token"]),
+            ("lock.acquired", &json!(next))
+        );
+        w.assert_not_before("lock.released", "system.notification")
+            .await;
     }
 }

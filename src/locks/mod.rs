@@ -37,8 +37,8 @@ pub mod redis;
 pub use memory::MemoryLocks;
 pub use redis::RedisLocks;
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -170,7 +170,9 @@ pub enum Acquired {
 /// The answer to a release or a renew (`expires_ms` for a renew).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Done { expires_ms: u64 },
+    Done {
+        expires_ms: u64,
+    },
     /// A release with a token that is not the lock's (an old one, or none is held), or a
     /// release or renew of another socket's lock: nothing changed.
     NotHolder,
@@ -432,7 +434,11 @@ impl Locks {
     }
 
     /// The lock of `resource`, if one is held.
-    pub async fn get(&self, tenant: &Tenant, resource: &Resource) -> Result<Option<Held>, LockError> {
+    pub async fn get(
+        &self,
+        tenant: &Tenant,
+        resource: &Resource,
+    ) -> Result<Option<Held>, LockError> {
         let key = resource.key(tenant);
         match &self.backend {
             Backend::Memory(m) => Ok(m.get(&key)),
