@@ -2,7 +2,7 @@
 //! expiry is judged by this node's clock. The fencing counter lives here too, reserved on
 //! disk with `[storage] path` ([`super::disk`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::disk::{BLOCK, DiskFence};
@@ -49,6 +49,8 @@ impl Fence {
 #[derive(Default)]
 struct State {
     locks: HashMap<String, Lock>,
+    /// `(expires_ms, key)` of every lock: what has expired, earliest first, without a scan.
+    by_expiry: BTreeSet<(u64, String)>,
 }
 
 impl State {
@@ -57,7 +59,28 @@ impl State {
         if self.locks.get(key)?.expires_ms > now {
             return None;
         }
-        self.locks.remove(key).map(|lock| lock.token)
+        self.remove(key).map(|lock| lock.token)
+    }
+
+    fn insert(&mut self, key: &str, lock: Lock) {
+        self.by_expiry.insert((lock.expires_ms, key.to_owned()));
+        if let Some(old) = self.locks.insert(key.to_owned(), lock) {
+            self.by_expiry.remove(&(old.expires_ms, key.to_owned()));
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Lock> {
+        let lock = self.locks.remove(key)?;
+        self.by_expiry.remove(&(lock.expires_ms, key.to_owned()));
+        Some(lock)
+    }
+
+    fn set_expiry(&mut self, key: &str, expires_ms: u64) {
+        if let Some(lock) = self.locks.get_mut(key) {
+            self.by_expiry.remove(&(lock.expires_ms, key.to_owned()));
+            lock.expires_ms = expires_ms;
+            self.by_expiry.insert((expires_ms, key.to_owned()));
+        }
     }
 }
 
@@ -122,8 +145,8 @@ impl MemoryLocks {
             }
         };
         let expires_ms = now + ttl_ms;
-        state.locks.insert(
-            key.to_owned(),
+        state.insert(
+            key,
             Lock {
                 token,
                 holder: Holder {
@@ -142,7 +165,7 @@ impl MemoryLocks {
 
     pub fn release(&self, key: &str, token: u64, owner: &Owner) -> Answer<Outcome> {
         self.change(key, token, owner, Outcome::NotHolder, |state, key| {
-            state.locks.remove(key);
+            state.remove(key);
             Outcome::Done { expires_ms: 0 }
         })
     }
@@ -150,9 +173,7 @@ impl MemoryLocks {
     pub fn renew(&self, key: &str, token: u64, owner: &Owner, ttl_ms: u64) -> Answer<Outcome> {
         let expires_ms = now_ms() + ttl_ms;
         self.change(key, token, owner, Outcome::Lost, |state, key| {
-            if let Some(lock) = state.locks.get_mut(key) {
-                lock.expires_ms = expires_ms;
-            }
+            state.set_expiry(key, expires_ms);
             Outcome::Done { expires_ms }
         })
     }
@@ -200,17 +221,72 @@ impl MemoryLocks {
         let now = now_ms();
         let mut state = self.state();
         let due: Vec<String> = state
-            .locks
+            .by_expiry
             .iter()
-            .filter(|(_, lock)| lock.expires_ms <= now)
-            .map(|(key, _)| key.clone())
+            .take_while(|(expires_ms, _)| *expires_ms <= now)
             .take(max)
+            .map(|(_, key)| key.clone())
             .collect();
         due.into_iter()
             .filter_map(|key| {
-                let token = state.locks.remove(&key)?.token;
+                let token = state.remove(&key)?.token;
                 Some((key, token))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(sid: &str) -> Owner {
+        Owner::Socket(sid.into())
+    }
+
+    fn granted(answer: Answer<Acquired>) -> u64 {
+        match answer.answer {
+            Acquired::Granted { token, .. } => token,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_expiry_is_claimed_once_and_renewals_move_it() {
+        let locks = MemoryLocks::new(0, None);
+        let a = granted(locks.acquire("t/global/a", 1, None, &socket("s")).unwrap());
+        let b = granted(
+            locks
+                .acquire("t/global/b", 60_000, None, &socket("s"))
+                .unwrap(),
+        );
+        assert!(b > a);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(locks.reap(10), vec![("t/global/a".to_owned(), a)]);
+        assert_eq!(locks.reap(10), vec![], "claimed once");
+        // b renewed to a short TTL expires; renewed back, it does not.
+        let renewed = locks.renew("t/global/b", b, &socket("s"), 1);
+        assert!(matches!(renewed.answer, Outcome::Done { .. }));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The next operation on the resource claims it: the caller announces `reaped`.
+        let late = locks.release("t/global/b", b, &socket("s"));
+        assert_eq!((late.answer, late.reaped), (Outcome::Lost, Some(b)));
+        assert_eq!(locks.reap(10), vec![]);
+    }
+
+    #[test]
+    fn tokens_from_the_time_without_a_disk() {
+        let locks = MemoryLocks::new(0, None);
+        let token = granted(
+            locks
+                .acquire("t/global/a", 1000, None, &Owner::Api)
+                .unwrap(),
+        );
+        let now_us = crate::disk::now_ms() * 1000;
+        assert!(
+            token <= now_us && token + 1_000_000 > now_us,
+            "{token} {now_us}"
+        );
+        assert!(token < 1 << 53, "a safe integer in JavaScript");
     }
 }

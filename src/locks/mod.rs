@@ -512,11 +512,16 @@ impl Locks {
         }
     }
 
-    /// Notes a deadline `ttl_ms` from now for the expiry worker.
+    /// Notes a deadline `ttl_ms` from now for the expiry worker. Past [`MAX_DEADLINES`]
+    /// noted (many renewals of long locks) one is dropped: its lock is then found by the
+    /// sweep, up to `locks.sweep_ms` late.
     fn expires_in(&self, ttl_ms: u64) {
         let at = Instant::now() + Duration::from_millis(ttl_ms);
         let earliest = {
             let mut deadlines = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+            if deadlines.len() >= MAX_DEADLINES {
+                return;
+            }
             let earliest = deadlines.peek().is_none_or(|Reverse(first)| at < *first);
             deadlines.push(Reverse(at));
             earliest
@@ -551,6 +556,9 @@ impl Locks {
         });
     }
 }
+
+/// The most deadlines the expiry worker keeps (a few hundred KiB).
+const MAX_DEADLINES: usize = 16_384;
 
 /// The most expired locks one reap claims.
 const REAP_BATCH: usize = 256;
