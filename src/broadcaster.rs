@@ -3,7 +3,9 @@
 //! AI streams start and end here too ([`EventBroadcaster::stream`], [`StreamWriter`]): their
 //! `stream.started` / `finished` / `failed` / `cancelled` events are numbered room events
 //! like any other, and their text is kept by [`crate::streams`]. `task.*` events get their
-//! server-computed fields (rate, ETA, duration) from [`crate::tasks`] on the way.
+//! server-computed fields (rate, ETA, duration) from [`crate::tasks`] on the way. Locks
+//! ([`crate::locks`]) are taken, renewed and released here, and their `lock.acquired` /
+//! `lock.released` events are numbered room events of the resource's room.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,6 +19,7 @@ pub use crate::delivery::Deliver;
 use crate::events::*;
 use crate::history::{AppendError, HistoryStore};
 use crate::idempotency::{Claim, IdempotencyError, IdempotencyStore};
+use crate::locks::{Acquired, Holder, LockError, Locks, Outcome, Owner, Reason, Resource};
 use crate::metrics::Counters;
 use crate::rooms::{Id, RoomName, Tenant};
 use crate::streams::{
@@ -84,6 +87,8 @@ pub struct EventBroadcaster {
     streams: Arc<Streams>,
     /// Task progress, for the rate and ETA of `task.progress`.
     tasks: Arc<Tasks>,
+    /// Locks for critical sections.
+    locks: Arc<Locks>,
 }
 
 /// Counts one publish in flight for as long as it lives.
@@ -140,6 +145,15 @@ impl EventBroadcaster {
             max_rooms: crate::config::LimitsConfig::default().max_rooms_per_publish,
             streams: Arc::new(Streams::memory(Default::default())),
             tasks: Arc::new(Tasks::memory(Default::default())),
+            locks: Arc::new(Locks::memory(Default::default())),
+        }
+    }
+
+    /// The same broadcaster, keeping locks in `locks` (the node's store).
+    pub fn with_locks(&self, locks: Arc<Locks>) -> Self {
+        Self {
+            locks,
+            ..self.clone()
         }
     }
 
@@ -621,5 +635,187 @@ impl StreamWriter {
     /// The cancel, if a viewer cancelled already.
     pub fn is_cancelled(&self) -> Option<Cancelled> {
         self.watch.is_cancelled()
+    }
+}
+
+/// `lock.acquired`, to the resource's room.
+#[derive(Serialize)]
+struct LockAcquired<'a> {
+    resource: &'a Resource,
+    holder: &'a Holder,
+    token: u64,
+    expires_at: String,
+}
+
+/// `lock.released`, to the resource's room.
+#[derive(Serialize)]
+struct LockReleased<'a> {
+    resource: &'a Resource,
+    token: u64,
+    reason: Reason,
+}
+
+/// A lock granted: its fencing token and when it expires (Unix ms by the store's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockGrant {
+    pub token: u64,
+    pub expires_ms: u64,
+}
+
+impl EventBroadcaster {
+    /// The node's locks.
+    pub fn locks(&self) -> &Arc<Locks> {
+        &self.locks
+    }
+
+    /// Takes the lock of `resource` (in this broadcaster's tenant) for `ttl_ms`, held by
+    /// `user_id` through `owner`; the room receives `lock.acquired`. `locked` (with the
+    /// holder) when it is held.
+    pub async fn acquire_lock(
+        &self,
+        resource: &Resource,
+        ttl_ms: u64,
+        user_id: Option<&Id>,
+        owner: &Owner,
+    ) -> Result<LockGrant, LockError> {
+        let answer = self
+            .locks
+            .acquire(&self.tenant, resource, ttl_ms, user_id, owner)
+            .await?;
+        self.lock_expired(resource, answer.reaped).await;
+        match answer.answer {
+            Acquired::Granted { token, expires_ms } => {
+                let acquired = LockAcquired {
+                    resource,
+                    holder: &Holder {
+                        user_id: user_id.cloned(),
+                        kind: owner.kind(),
+                    },
+                    token,
+                    expires_at: crate::locks::expires_at(expires_ms),
+                };
+                self.lock_event("lock.acquired", resource, &acquired).await;
+                Ok(LockGrant { token, expires_ms })
+            }
+            Acquired::Locked(held) => Err(LockError::Locked {
+                resource: resource.to_string(),
+                held,
+            }),
+        }
+    }
+
+    /// Ends the lock of `resource` if `token` holds it (and `owner` may end it); the room
+    /// receives `lock.released` with `reason`.
+    pub async fn release_lock(
+        &self,
+        resource: &Resource,
+        token: u64,
+        owner: &Owner,
+        reason: Reason,
+    ) -> Result<(), LockError> {
+        let answer = self
+            .locks
+            .release(&self.tenant, resource, token, owner)
+            .await?;
+        self.lock_expired(resource, answer.reaped).await;
+        match answer.answer {
+            Outcome::Done { .. } => {
+                self.lock_released(resource, token, reason).await;
+                Ok(())
+            }
+            Outcome::NotHolder => Err(LockError::NotHolder(resource.to_string())),
+            Outcome::Lost => Err(LockError::Lost(resource.to_string())),
+        }
+    }
+
+    /// Moves the expiry of the lock `token` holds to `ttl_ms` from now: the new expiry (Unix
+    /// ms). Not announced: the room hears of the lock again when it ends.
+    pub async fn renew_lock(
+        &self,
+        resource: &Resource,
+        token: u64,
+        owner: &Owner,
+        ttl_ms: u64,
+    ) -> Result<u64, LockError> {
+        let answer = self
+            .locks
+            .renew(&self.tenant, resource, token, owner, ttl_ms)
+            .await?;
+        self.lock_expired(resource, answer.reaped).await;
+        match answer.answer {
+            Outcome::Done { expires_ms } => Ok(expires_ms),
+            Outcome::NotHolder => Err(LockError::NotHolder(resource.to_string())),
+            Outcome::Lost => Err(LockError::Lost(resource.to_string())),
+        }
+    }
+
+    /// Releases every lock the socket `sid` of this node held (it disconnected), each with
+    /// `lock.released {reason: "disconnected"}`.
+    pub async fn release_socket_locks(&self, sid: &str) {
+        let owner = Owner::Socket(sid.to_owned());
+        for (tenant, resource, token) in self.locks.take_socket(sid) {
+            let released = self
+                .with_tenant(tenant)
+                .release_lock(&resource, token, &owner, Reason::Disconnected)
+                .await;
+            match released {
+                // Ended meanwhile (expired, announced as such).
+                Ok(()) | Err(LockError::NotHolder(_) | LockError::Lost(_)) => {}
+                Err(e) => {
+                    tracing::warn!(sid, %resource, "lock of a closed socket not released: {e}");
+                }
+            }
+        }
+    }
+
+    /// The expiry worker: waits for the next expiry (or `locks.sweep_ms`), claims what
+    /// expired and announces each once (`lock.released {reason: "expired"}`).
+    pub async fn run_lock_expiry(self) {
+        loop {
+            self.locks.next_expiry().await;
+            loop {
+                match self.locks.reap().await {
+                    Ok(expired) if expired.is_empty() => break,
+                    Ok(expired) => {
+                        for e in expired {
+                            self.with_tenant(e.tenant)
+                                .lock_released(&e.resource, e.token, Reason::Expired)
+                                .await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("expired locks not claimed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Announces the expiry of the lock `reaped` of `resource`, claimed on the way.
+    async fn lock_expired(&self, resource: &Resource, reaped: Option<u64>) {
+        if let Some(token) = reaped {
+            self.lock_released(resource, token, Reason::Expired).await;
+        }
+    }
+
+    async fn lock_released(&self, resource: &Resource, token: u64, reason: Reason) {
+        let released = LockReleased {
+            resource,
+            token,
+            reason,
+        };
+        self.lock_event("lock.released", resource, &released).await;
+    }
+
+    /// A lock's event, numbered in the resource's room. The lock has changed whether or not
+    /// the room could be told.
+    async fn lock_event<T: Serialize>(&self, name: &str, resource: &Resource, data: &T) {
+        if let Err(e) = self
+            .deliver(name, vec![resource.room.clone()], data, true)
+            .await
+        {
+            tracing::warn!(%resource, "{name} not delivered: {e}");
+        }
     }
 }

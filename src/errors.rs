@@ -115,6 +115,18 @@ codes! {
     StreamCancelled = "stream_cancelled", Some(S::CONFLICT), [Http, Command];
     /// An append that would take the stream's text past `streams.max_bytes`.
     StreamTooLarge = "stream_too_large", Some(S::PAYLOAD_TOO_LARGE), [Http];
+    /// A lock's resource that is not `<room>/<name>`.
+    InvalidResource = "invalid_resource", Some(S::UNPROCESSABLE_ENTITY), [Command, Http];
+    /// `lock.acquire` of a resource another holder has locked.
+    Locked = "locked", Some(S::CONFLICT), [Command, Http];
+    /// A release or renew with a token that is not the lock's, or of another socket's lock.
+    NotHolder = "not_holder", Some(S::CONFLICT), [Command, Http];
+    /// A release or renew of a lock that has ended (expired, or released).
+    LockLost = "lock_lost", Some(S::CONFLICT), [Command, Http];
+    /// `GET /api/v1/locks/...` of a resource nobody holds.
+    LockNotFound = "lock_not_found", Some(S::NOT_FOUND), [Http];
+    /// `lock.acquire` by a socket holding `locks.max_per_socket` locks.
+    TooManyLocks = "too_many_locks", None, [Command];
     Internal = "internal", Some(S::INTERNAL_SERVER_ERROR), [Http];
 }
 
@@ -198,6 +210,17 @@ messages! {
         "the stream's text would exceed {max} bytes (streams.max_bytes); nothing was appended";
     StreamCancelNotAllowed: Forbidden =
         "only the user who requested the stream may cancel it (streams.cancel = \"requester\")";
+
+    // Locks (socket commands and HTTP alike).
+    InvalidResource: InvalidResource =
+        "locks are named <room>/<name>: a room as subscribe takes it and a name of 1 to 128 of [A-Za-z0-9_.-] (got {resource})";
+    Locked: Locked = "{resource} is locked by another holder (see holder and expires_at)";
+    NotHolder: NotHolder =
+        "this token does not hold {resource} (an old token, another socket's lock, or no lock is held); nothing was changed";
+    LockLost: LockLost =
+        "the lock of {resource} with this token has ended (expired or released): acquire it again";
+    LockNotFound: LockNotFound = "no lock is held on {resource}";
+    TooManyLocks: TooManyLocks = "this socket holds {max} locks already (locks.max_per_socket)";
 
     // HTTP.
     Unauthorized: Unauthorized =

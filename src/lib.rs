@@ -30,8 +30,9 @@
 //!   transport.
 //! - [`stores`]: memory, disk (`[storage] path`) or Redis, chosen once: room history
 //!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]), AI
-//!   streams ([`streams`]) and task progress ([`tasks`]: the rate and ETA the broadcaster
-//!   adds to `task.progress`), each a module with one file per backend. The publish path and recovery call the store
+//!   streams ([`streams`]), task progress ([`tasks`]: the rate and ETA the broadcaster
+//!   adds to `task.progress`) and locks ([`locks`]: fencing tokens, expiry claimed once),
+//!   each a module with one file per backend. The publish path and recovery call the store
 //!   (`HistoryStore::publish`, `HistoryStore::catch_up`) and know no backend: how each one
 //!   keeps a room's `seq` order (locks held through delivery on one node, a Lua script and
 //!   a delivery lock in a cluster) lives beside its data. [`disk`] is what the disk backends share (times on
@@ -147,6 +148,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ingest;
 pub mod limits;
+pub mod locks;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
@@ -258,6 +260,7 @@ impl Roomcast {
             presence_store: stores.presence.clone(),
             history: stores.history.clone(),
             streams: stores.streams.clone(),
+            locks: stores.locks.clone(),
             limits,
             outbound: crate::outbound::Outbound::new(),
             client_schemas: config.client_events.compile_schemas()?,
@@ -325,7 +328,8 @@ impl Roomcast {
         )
         .with_max_rooms(p.services.config.limits.max_rooms_per_publish)
         .with_streams(p.stores.streams.clone())
-        .with_tasks(p.stores.tasks.clone());
+        .with_tasks(p.stores.tasks.clone())
+        .with_locks(p.stores.locks.clone());
         // Weakly: the Socket.IO server's state holds the services.
         let weak: std::sync::Weak<dyn delivery::Deliver> = Arc::downgrade(&io) as _;
         let _ = p
@@ -366,6 +370,7 @@ impl Roomcast {
         workers.start("limits_sweeper", p.services.limits.clone().run_sweeper());
         p.stores
             .start(&workers, io.clone(), p.services.counters.clone());
+        workers.start("lock_expiry", broadcaster.clone().run_lock_expiry());
         workers.start(
             "presence_flush",
             presence::flush(p.queue, announcer.clone()),

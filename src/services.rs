@@ -13,6 +13,7 @@ use crate::config::{Config, Schemas};
 use crate::history::HistoryStore;
 use crate::hooks_out::Webhooks;
 use crate::limits::Limits;
+use crate::locks::Locks;
 use crate::metrics::Counters;
 use crate::outbound::Outbound;
 use crate::presence::{Presence, PresenceStore};
@@ -28,6 +29,9 @@ pub struct Services {
     pub history: HistoryStore,
     /// AI streams: text, status, the delivery order of deltas on this node.
     pub streams: Arc<Streams>,
+    /// Locks for critical sections (taken and released through the broadcaster, which
+    /// announces them).
+    pub locks: Arc<Locks>,
     pub limits: Arc<Limits>,
     /// Signed requests to backends (webhooks out, the RPC proxy).
     pub outbound: Outbound,

@@ -1,5 +1,5 @@
 //! Where a node keeps what outlives a request: room history, idempotency answers,
-//! presence, AI streams and task progress. The backend is chosen here, once, from the config:
+//! presence, AI streams, task progress and locks. The backend is chosen here, once, from the config:
 //! - memory: a single node without `[storage] path` (lost on restart);
 //! - disk: a single node with `[storage] path`: history (room epochs, `seq`s, the events
 //!   within retention) and idempotency answers in one redb file, `<path>/roomcast.redb`,
@@ -10,7 +10,9 @@
 //! Presence is in memory on a single node either way: it describes live sockets, which a
 //! restart ends. So are streams ([`crate::streams`]): a stream lives for minutes, and a
 //! restart ends its producer's request anyway. And so is task progress ([`crate::tasks`]):
-//! a restart loses a task's rate, which its next progress events rebuild.
+//! a restart loses a task's rate, which its next progress events rebuild. Locks too
+//! ([`crate::locks`]): a restart ends every socket that held one; only their fencing
+//! counter is kept in the file, so tokens keep growing across restarts.
 //!
 //! Why redb for the disk: one file, pure Rust, ACID write transactions whose commit is
 //! durable (fsynced) by default, so "a `202` means the event is on disk" is one commit per
@@ -32,6 +34,7 @@ use crate::config::Config;
 use crate::delivery::Deliver;
 use crate::history::{DiskHistory, History, HistoryStore, RedisHistory};
 use crate::idempotency::{DiskIdempotency, IdempotencyStore, MemoryIdempotency, RedisIdempotency};
+use crate::locks::{Locks, RedisLocks, disk::DiskFence};
 use crate::metrics::Counters;
 use crate::presence::{MemoryStore, PresenceStore};
 use crate::streams::Streams;
@@ -49,6 +52,8 @@ pub struct Stores {
     pub streams: Arc<Streams>,
     /// Task progress, behind `task.progress`'s rate and ETA.
     pub tasks: Arc<Tasks>,
+    /// Locks for critical sections and their fencing counter.
+    pub locks: Arc<Locks>,
     /// The history's background work, started by [`Self::start`].
     worker: Option<Worker>,
     /// The streams' background work, started by [`Self::start`].
@@ -94,19 +99,24 @@ impl Stores {
                 presence: cluster.store.clone(),
                 streams: Arc::new(Streams::redis(streams, config.streams.clone())),
                 tasks: Arc::new(Tasks::redis(
-                    RedisTasks::new(conn, prefix),
+                    RedisTasks::new(conn.clone(), prefix),
                     config.tasks.clone(),
+                )),
+                locks: Arc::new(Locks::redis(
+                    RedisLocks::new(conn, prefix),
+                    config.locks.clone(),
                 )),
                 worker: Some(Worker::Numbered(history, numbered)),
                 streams_worker: Some(StreamsWorker::Deltas(deltas)),
                 tasks_sweeper: false,
             });
         }
-        let (history, idempotency): (History, Arc<dyn IdempotencyStore>) =
+        let (history, idempotency, locks): (History, Arc<dyn IdempotencyStore>, Locks) =
             match &config.storage.path {
                 None => (
                     History::new(config.history.clone()),
                     Arc::new(MemoryIdempotency::new(window)),
+                    Locks::memory(config.locks.clone()),
                 ),
                 Some(path) => {
                     let db = open_database(path)?;
@@ -115,14 +125,22 @@ impl Stores {
                             .with_context(|| {
                                 format!("storage.path {}: reading history", path.display())
                             })?;
-                    let idempotency = DiskIdempotency::open(db, window).with_context(|| {
-                        format!("storage.path {}: reading idempotency keys", path.display())
-                    })?;
+                    let idempotency =
+                        DiskIdempotency::open(db.clone(), window).with_context(|| {
+                            format!("storage.path {}: reading idempotency keys", path.display())
+                        })?;
+                    let locks = Locks::on_disk(config.locks.clone(), DiskFence::new(db))
+                        .with_context(|| {
+                            format!(
+                                "storage.path {}: reading the locks' fencing counter",
+                                path.display()
+                            )
+                        })?;
                     tracing::info!(
                         file = %path.join(FILE).display(),
                         "history and idempotency keys are kept on disk"
                     );
-                    (history, Arc::new(idempotency))
+                    (history, Arc::new(idempotency), locks)
                 }
             };
         let history = Arc::new(history);
@@ -132,6 +150,7 @@ impl Stores {
             presence: Arc::new(MemoryStore::default()),
             streams: Arc::new(Streams::memory(config.streams.clone())),
             tasks: Arc::new(Tasks::memory(config.tasks.clone())),
+            locks: Arc::new(locks),
             worker: Some(Worker::Sweeper(history)),
             streams_worker: Some(StreamsWorker::Sweeper),
             tasks_sweeper: true,

@@ -11,6 +11,7 @@ use roomcast::http::Guard;
 fn concrete(path: &str) -> String {
     path.replace("{room}", "project:1")
         .replace("{user_id}", "alice")
+        .replace("{name}", "deploy")
 }
 
 async fn call(

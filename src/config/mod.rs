@@ -19,6 +19,7 @@ mod github;
 mod history;
 mod ingest;
 mod limits;
+mod locks;
 mod log;
 mod metrics;
 mod pages;
@@ -46,6 +47,7 @@ pub use github::GithubConfig;
 pub use history::{HistoryConfig, Retention};
 pub use ingest::{IngestConfig, RedisStreamsIngest};
 pub use limits::{IpRange, LimitsConfig};
+pub use locks::LocksConfig;
 pub use log::{LogConfig, LogFormat, log_filter};
 pub use metrics::MetricsConfig;
 pub use pages::PagesConfig;
@@ -73,6 +75,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
     pub tasks: TasksConfig,
+    pub locks: LocksConfig,
     pub sse: SseConfig,
     pub pages: PagesConfig,
     pub github: GithubConfig,
@@ -98,6 +101,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
             tasks: TasksConfig::default(),
+            locks: LocksConfig::default(),
             sse: SseConfig::default(),
             pages: PagesConfig::default(),
             github: GithubConfig::default(),
@@ -198,6 +202,7 @@ impl Config {
         self.rpc.validate()?;
         self.streams.validate()?;
         self.tasks.validate()?;
+        self.locks.validate()?;
         self.sse.validate()?;
         webhooks::validate(&self.webhooks)?;
         Ok(())

@@ -137,7 +137,14 @@ const RESERVED: &[&str] = &[
     "newlistener",
     "removelistener",
 ];
-const RESERVED_PREFIXES: &[&str] = &["connection.", "auth.", "server.", "presence.", "stream."];
+const RESERVED_PREFIXES: &[&str] = &[
+    "connection.",
+    "auth.",
+    "server.",
+    "presence.",
+    "stream.",
+    "lock.",
+];
 
 impl EventName {
     pub fn parse(s: &str) -> Result<Self, &'static str> {

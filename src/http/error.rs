@@ -49,6 +49,8 @@ pub enum ApiError {
     },
     /// A stream operation refused (`stream_*`, or `cluster_unavailable`).
     Stream(crate::streams::StreamError),
+    /// A lock operation refused (`locked`, `not_holder`, …, or `cluster_unavailable`).
+    Lock(crate::locks::LockError),
     /// A refusal whose message is rendered already (`GET /api/v1/sse`: its token, its
     /// limits); `retry_after_ms` when waiting helps.
     Refused {
@@ -85,6 +87,7 @@ impl ApiError {
             Self::ServerBusy => M::ServerBusy,
             Self::AuthThrottled { .. } => M::AuthThrottled,
             Self::Stream(e) => e.template(),
+            Self::Lock(e) => e.template(),
             Self::Refused { template, .. } => *template,
             Self::Internal(_) => M::Internal,
         }
@@ -107,6 +110,7 @@ impl ApiError {
             Self::Skipped(failed) => template.render(&[("failed", failed)]),
             Self::RateLimited { limit, .. } => template.render(&[("limit", limit)]),
             Self::Stream(e) => e.message(),
+            Self::Lock(e) => e.message(),
             Self::Refused { message, .. } => message.clone(),
             Self::InBatch(i, inner) => {
                 let (code, message, field) = inner.parts();
@@ -174,6 +178,9 @@ impl ApiError {
         if let Some(retry_after_ms) = self.retry_after_ms() {
             error["retry_after_ms"] = retry_after_ms.into();
         }
+        if let (Self::Lock(e), Some(object)) = (self, error.as_object_mut()) {
+            object.extend(e.extra());
+        }
         error
     }
 }
@@ -220,6 +227,12 @@ impl From<RequestError> for ApiError {
 impl From<crate::streams::StreamError> for ApiError {
     fn from(e: crate::streams::StreamError) -> Self {
         Self::Stream(e)
+    }
+}
+
+impl From<crate::locks::LockError> for ApiError {
+    fn from(e: crate::locks::LockError) -> Self {
+        Self::Lock(e)
     }
 }
 

@@ -11,6 +11,7 @@ mod events;
 mod health;
 mod history;
 mod index;
+mod locks;
 mod metrics;
 mod pages;
 mod presence;
@@ -35,7 +36,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -135,6 +136,22 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::GET, "/api/v1/streams/{stream_id}", read),
             get(streams::read),
+        ),
+        (
+            e(Method::POST, "/api/v1/locks/{room}/{name}", publish),
+            post(locks::acquire),
+        ),
+        (
+            e(Method::POST, "/api/v1/locks/{room}/{name}/renew", publish),
+            post(locks::renew),
+        ),
+        (
+            e(Method::DELETE, "/api/v1/locks/{room}/{name}", publish),
+            delete(locks::release),
+        ),
+        (
+            e(Method::GET, "/api/v1/locks/{room}/{name}", read),
+            get(locks::read),
         ),
         (e(Method::GET, "/api/v1/sse", ClientToken), get(sse::sse)),
         (

@@ -59,6 +59,11 @@ pub trait Connection: Send + Sync {
     fn leave(&self, rooms: Vec<Cow<'static, str>>);
     /// Replaces the identity (`auth.refresh`); the connection's token expiry follows `new`.
     fn replace_identity(&self, old: &Identity, new: Arc<Identity>);
+    /// False once the connection has closed (a command may still be running for it then:
+    /// `lock.acquire` releases what it took for a connection gone meanwhile).
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// What a command runs with.
@@ -239,6 +244,7 @@ mod tests {
                 config.history.clone(),
             ))),
             streams: Arc::new(crate::streams::Streams::memory(config.streams.clone())),
+            locks: Arc::new(crate::locks::Locks::memory(config.locks.clone())),
             limits: Arc::new(crate::limits::Limits::new(&config.limits)),
             outbound: crate::outbound::Outbound::new(),
             client_schemas: Default::default(),

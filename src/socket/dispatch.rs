@@ -65,6 +65,10 @@ impl<A: Adapter> Connection for Socket<'_, A> {
         self.s.leave(rooms);
     }
 
+    fn connected(&self) -> bool {
+        self.s.connected()
+    }
+
     fn replace_identity(&self, old: &Identity, new: Arc<Identity>) {
         let expires_at = new.expires_at;
         self.s.extensions.insert(new);

@@ -10,6 +10,9 @@ mod dispatch;
 pub use auth::screen_handshake;
 mod history;
 pub mod lifetime;
+mod lock_acquire;
+mod lock_release;
+mod lock_renew;
 mod ping;
 mod presence;
 mod publish;
@@ -147,6 +150,9 @@ pub(crate) fn register_commands<A: Adapter>(s: &SocketRef<A>) {
     dispatch::on::<A, publish::Publish>(s);
     dispatch::on::<A, stream_resume::StreamResume>(s);
     dispatch::on::<A, stream_cancel::StreamCancel>(s);
+    dispatch::on::<A, lock_acquire::LockAcquire>(s);
+    dispatch::on::<A, lock_release::LockRelease>(s);
+    dispatch::on::<A, lock_renew::LockRenew>(s);
     s.on_fallback(Budgeted(reply::unknown_command::<A>));
 }
 
@@ -212,6 +218,11 @@ async fn on_disconnect<A: Adapter>(
     };
     left(&ctx, &s, &identity, &format!("{reason:?}"));
     ctx.lifetimes.unwatch(s.ns(), s.id, identity.expires_at);
+    if ctx.services.locks.held_by(&s.id.to_string()) > 0
+        && let Some(broadcaster) = ctx.services.broadcaster.get()
+    {
+        broadcaster.release_socket_locks(&s.id.to_string()).await;
+    }
 }
 
 /// The socket is gone: its presence ends and `connection.closed` is sent, once (the share

@@ -81,6 +81,8 @@ pub enum CommandError {
     Stream(crate::streams::StreamError),
     /// `stream.cancel` by another user than the requester (`streams.cancel = "requester"`).
     CancelNotAllowed,
+    /// `lock.acquire`, `lock.release`, `lock.renew`: the lock's refusal.
+    Lock(crate::locks::LockError),
 }
 
 impl CommandError {
@@ -121,6 +123,8 @@ impl CommandError {
             Self::Stream(crate::streams::StreamError::Unavailable(_)) => Message::CommandCluster,
             Self::Stream(e) => e.template(),
             Self::CancelNotAllowed => Message::StreamCancelNotAllowed,
+            Self::Lock(crate::locks::LockError::Unavailable(_)) => Message::CommandCluster,
+            Self::Lock(e) => e.template(),
         }
     }
 
@@ -147,6 +151,10 @@ impl CommandError {
                 template.render(&[("reason", reason)])
             }
             Self::Stream(e) => e.message(),
+            Self::Lock(crate::locks::LockError::Unavailable(reason)) => {
+                template.render(&[("reason", reason)])
+            }
+            Self::Lock(e) => e.message(),
             _ => template.text(),
         }
     }
@@ -181,6 +189,9 @@ impl CommandError {
         }
         if let Self::SchemaMismatch { field, .. } = self {
             body["field"] = field.as_str().into();
+        }
+        if let (Self::Lock(e), Some(object)) = (self, body.as_object_mut()) {
+            object.extend(e.extra());
         }
         body
     }

@@ -12,6 +12,7 @@ import type {
   Envelope,
   EventType,
   HistoryReply,
+  LockGrant,
   PresenceReply,
   PublishAck,
   PublishOptions,
@@ -107,7 +108,10 @@ function isEnvelope(value: unknown): value is Envelope | CustomEnvelope {
 }
 
 function toError(err: WireError | undefined, fallback: string): RoomcastError {
-  return new RoomcastError(err?.code ?? fallback, err?.message ?? fallback, err?.room, err?.status, err?.field);
+  return new RoomcastError(err?.code ?? fallback, err?.message ?? fallback, err?.room, err?.status, err?.field, {
+    holder: err?.holder,
+    expiresAt: err?.expires_at,
+  });
 }
 
 export class RoomcastClient {
@@ -408,6 +412,35 @@ export class RoomcastClient {
   async rpc<T = unknown>(method: string, data?: unknown): Promise<T> {
     const reply = await this.command<RpcReply<T>>("rpc", data === undefined ? { method } : { method, data });
     return reply.result;
+  }
+
+  /**
+   * Takes the lock `resource` (`<room>/<name>`, e.g. `project:42/deploy`; the token must grant
+   * the room) for `ttlMs` (the server's `locks.default_ttl_ms` when absent): resolves with
+   * its fencing token and expiry. Rejects with a RoomcastError: `locked` (with `holder` and
+   * `expiresAt`; your own lock too: renew it), `forbidden`, `invalid_resource`,
+   * `invalid_payload`, `too_many_locks`. The lock ends with `release`, this socket's
+   * disconnect, or its TTL (WEBSOCKET_API.md section 15).
+   */
+  async lock(resource: string, ttlMs?: number): Promise<LockGrant> {
+    const payload = ttlMs === undefined ? { resource } : { resource, ttl_ms: ttlMs };
+    const reply = await this.command<LockGrant>("lock.acquire", payload);
+    return { resource: reply.resource, token: reply.token, expires_at: reply.expires_at };
+  }
+
+  /** Releases the lock `resource` this socket holds with `token`: `not_holder`, `lock_lost`. */
+  async release(resource: string, token: number): Promise<void> {
+    await this.command<{ resource: string }>("lock.release", { resource, token });
+  }
+
+  /**
+   * Moves the expiry of the lock `resource` this socket holds with `token` to `ttlMs` from
+   * now: resolves with the new expiry; `lock_lost` when the lock has ended (take it again).
+   */
+  async renew(resource: string, token: number, ttlMs?: number): Promise<LockGrant> {
+    const payload = ttlMs === undefined ? { resource, token } : { resource, token, ttl_ms: ttlMs };
+    const reply = await this.command<LockGrant>("lock.renew", payload);
+    return { resource: reply.resource, token: reply.token, expires_at: reply.expires_at };
   }
 
   /**

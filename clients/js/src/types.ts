@@ -322,6 +322,26 @@ export interface WireError {
   field?: string;
   /** `rpc_failed`: the backend's HTTP status (absent when its answer was too large). */
   status?: number;
+  /** The lock codes (`locked`, `not_holder`, `lock_lost`, `invalid_resource`): the resource. */
+  resource?: string;
+  /** `locked`: who holds the lock. */
+  holder?: LockHolder;
+  /** `locked`: when the holder's lock expires unless renewed (RFC 3339). */
+  expires_at?: string;
+}
+
+/** Who holds a lock (WEBSOCKET_API.md section 15): a socket's user, or an HTTP caller. */
+export interface LockHolder {
+  user_id?: string;
+  kind: "socket" | "api";
+}
+
+/** A lock held: its fencing token (larger than every token granted before) and its expiry. */
+export interface LockGrant {
+  resource: string;
+  token: number;
+  /** RFC 3339 UTC with milliseconds. */
+  expires_at: string;
 }
 
 export type Ack<T> = ({ ok: true } & T) | { ok: false; error: WireError };

@@ -39,6 +39,8 @@ const SKIP = {
     "a fragment: the client rule for stream offsets, needs an existing socket and a stream id; tests/streams.rs checks the same rule against a real server",
   "function follow(token) {":
     "a browser page (EventSource, location): tests/browser/test/sse.test.js runs it as written in Chromium",
+  "return showBusy(ack.error.holder, ack.error.expires_at);":
+    "a fragment: needs an existing socket and the app's deploy and showBusy; test/locks.test.js runs the same commands",
   'socket.on("typing.start", (e) => showTyping(e.from.user_id));':
     "a fragment: needs an existing socket, a server with [client_events] and the app's show/showTyping; test/client_events.test.js runs the same commands",
   "// late-join.mjs: ROOMCAST_URL=": "needs yjs and y-socket.io and a document written before it starts: test/late_join.test.js runs it as written",

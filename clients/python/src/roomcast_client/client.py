@@ -47,6 +47,7 @@ from .models import (
     Envelope,
     Gap,
     HistoryReply,
+    LockGrant,
     Pong,
     PresenceReply,
     PublishAck,
@@ -430,6 +431,31 @@ class RoomcastClient:
         retried."""
         ack = await self._command("rpc", {"method": method, "data": data})
         return ack.get("result")
+
+    async def lock(self, resource: str, ttl_ms: Optional[int] = None) -> LockGrant:
+        """Takes the lock `resource` (`<room>/<name>`, e.g. `project:42/deploy`; the token
+        must grant the room) for `ttl_ms` (the server's `locks.default_ttl_ms` when None).
+        Returns its fencing token and expiry. Raises `RoomcastError`: `locked` (with `holder`
+        and `expires_at`; your own lock too: renew it), `forbidden`, `invalid_resource`,
+        `invalid_payload`, `too_many_locks`. The lock ends with `release`, this client's
+        disconnect, or its TTL (WEBSOCKET_API.md section 15)."""
+        payload: Dict[str, Any] = {"resource": resource}
+        if ttl_ms is not None:
+            payload["ttl_ms"] = ttl_ms
+        return LockGrant.model_validate(await self._command("lock.acquire", payload))
+
+    async def renew(self, resource: str, token: int, ttl_ms: Optional[int] = None) -> LockGrant:
+        """Moves the expiry of the lock this client holds with `token` to `ttl_ms` from now.
+        Raises `RoomcastError` `lock_lost` once the lock has ended (take it again)."""
+        payload: Dict[str, Any] = {"resource": resource, "token": token}
+        if ttl_ms is not None:
+            payload["ttl_ms"] = ttl_ms
+        return LockGrant.model_validate(await self._command("lock.renew", payload))
+
+    async def release(self, resource: str, token: int) -> None:
+        """Releases the lock this client holds with `token`. Raises `RoomcastError`
+        `not_holder` (a token that is not the lock's: nothing changed) or `lock_lost`."""
+        await self._command("lock.release", {"resource": resource, "token": token})
 
     async def publish(self, room: str, event: str, data: Any = None, *,
                       volatile: bool = False, echo: bool = False) -> PublishAck:

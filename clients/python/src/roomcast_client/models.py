@@ -329,6 +329,15 @@ class ServerShutdown(Model):
     reconnect_after_ms: int
 
 
+class LockGrant(Model):
+    """A lock held (WEBSOCKET_API.md section 15): its fencing token, larger than every token
+    granted before, and when it expires unless renewed."""
+
+    resource: str
+    token: int
+    expires_at: datetime
+
+
 class RefreshReply(Model):
     expires_at: datetime
     left_rooms: List[str] = Field(default_factory=list)
