@@ -160,3 +160,43 @@ test("tenants never share a document of the same name", async () => {
   await eventually(() => b.text.toString() === "default tenant", WAIT);
   assert.equal(other.text.toString(), "acme's secret");
 });
+
+test("a document survives a restart with [storage] path: SIGTERM, and SIGKILL right after an edit was seen", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "roomcast-docs-"));
+  const options = { nodeId: "docs-disk", extraToml: `\n[storage]\npath = ${JSON.stringify(dir)}\n` };
+  const name = docName();
+  try {
+    let node = await startServer(options);
+    const a = editor(node.url, name, { user: "ann" });
+    const b = editor(node.url, name, { user: "bob" });
+    await Promise.all([synced(a), synced(b)]);
+    a.text.insert(0, "kept across SIGTERM;");
+    await eventually(() => b.text.toString() === "kept across SIGTERM;", WAIT);
+    close(a);
+    close(b);
+    await node.kill("SIGTERM");
+    await node.stop();
+
+    node = await startServer(options);
+    const c = editor(node.url, name, { user: "cid" });
+    const d = editor(node.url, name, { user: "dan" });
+    await Promise.all([synced(c), synced(d)]);
+    await eventually(() => c.text.toString() === "kept across SIGTERM;", { ...WAIT, what: "the text after SIGTERM" });
+    c.text.insert(c.text.length, " and SIGKILL.");
+    // Dan has it: the server stored it before sending it on.
+    await eventually(() => d.text.toString() === "kept across SIGTERM; and SIGKILL.", WAIT);
+    await node.kill("SIGKILL");
+    await node.stop();
+    close(c);
+    close(d);
+
+    node = await startServer(options);
+    const e = editor(node.url, name, { user: "eve" });
+    await synced(e);
+    await eventually(() => e.text.toString() === "kept across SIGTERM; and SIGKILL.", { ...WAIT, what: "the text after SIGKILL" });
+    close(e);
+    await node.stop();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
