@@ -137,6 +137,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod disk;
+pub mod documents;
 pub mod errors;
 pub mod events;
 #[doc(hidden)]
@@ -261,6 +262,7 @@ impl Roomcast {
             history: stores.history.clone(),
             streams: stores.streams.clone(),
             locks: stores.locks.clone(),
+            documents: stores.documents.clone(),
             limits,
             outbound: crate::outbound::Outbound::new(),
             client_schemas: config.client_events.compile_schemas()?,
@@ -271,6 +273,7 @@ impl Roomcast {
             services: services.clone(),
             lifetimes: lifetimes.clone(),
             transports: offered_transports(&config.server),
+            yjs: Arc::default(),
         });
         let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
@@ -307,6 +310,11 @@ impl Roomcast {
         for init in socket::register(&io) {
             init.spawn();
         }
+        socket::yjs::register(&io)?;
+        p.services
+            .documents
+            .deliver_through(Arc::new(socket::yjs::Editors::new(io.clone())));
+        let yjs_io = io.clone();
         let sockets = io.clone();
         let sse = Arc::new(sse::SseHub::new(p.services.config.sse.buffer));
         let io = Arc::new(socket::Sockets::new(
@@ -368,6 +376,10 @@ impl Roomcast {
             socket::lifetime::run(sockets, p.lifetimes),
         );
         workers.start("limits_sweeper", p.services.limits.clone().run_sweeper());
+        workers.start(
+            "yjs_namespaces",
+            socket::yjs::sweep(yjs_io, p.socket_ctx.clone()),
+        );
         p.stores
             .start(&workers, io.clone(), p.services.counters.clone());
         workers.start("lock_expiry", broadcaster.clone().run_lock_expiry());
@@ -521,6 +533,7 @@ impl Roomcast {
         let stop_ingest = self.stop_ingest.clone();
         let workers = self.workers.clone();
         let hooks = self.services.hooks.clone();
+        let documents = self.services.documents.clone();
         let settings = &self.services.config.server;
         let limit = Duration::from_secs(settings.shutdown_timeout_secs);
         let reconnect_after_ms = settings.reconnect_after_ms;
@@ -589,6 +602,9 @@ impl Roomcast {
             // Sessions without a connection (polling between requests) end here; the node
             // leaves the cluster.
             hub.close().await;
+            // The documents still open are merged in the store (their updates are in it
+            // already: this only keeps the log short).
+            documents.compact_all().await;
             // What the closed sockets produced goes out to the webhooks if it can, briefly:
             // their senders are workers.
             hooks.flush(hooks_out::FLUSH_AT_SHUTDOWN).await;

@@ -32,6 +32,8 @@ pub struct Services {
     /// Locks for critical sections (taken and released through the broadcaster, which
     /// announces them).
     pub locks: Arc<Locks>,
+    /// Yjs documents (`/yjs|<room>/<name>`, `/api/v1/documents`).
+    pub documents: Arc<crate::documents::Documents>,
     pub limits: Arc<Limits>,
     /// Signed requests to backends (webhooks out, the RPC proxy).
     pub outbound: Outbound,

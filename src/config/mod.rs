@@ -15,6 +15,7 @@ mod api_keys;
 mod auth;
 mod client_events;
 mod cluster;
+mod documents;
 mod github;
 mod history;
 mod ingest;
@@ -43,6 +44,7 @@ pub use api_keys::{ApiKeyConfig, DEV_API_KEY, RESERVED_KEY_NAMES, Scope};
 pub use auth::{AuthConfig, DEV_JWT_SECRET, KeyConfig};
 pub use client_events::{ClientEventsConfig, SchemaMismatch, Schemas};
 pub use cluster::{ClusterConfig, ClusterMode, OnUnavailable};
+pub use documents::DocumentsConfig;
 pub use github::GithubConfig;
 pub use history::{HistoryConfig, Retention};
 pub use ingest::{IngestConfig, RedisStreamsIngest};
@@ -74,6 +76,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
+    pub documents: DocumentsConfig,
     pub tasks: TasksConfig,
     pub locks: LocksConfig,
     pub sse: SseConfig,
@@ -100,6 +103,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
+            documents: DocumentsConfig::default(),
             tasks: TasksConfig::default(),
             locks: LocksConfig::default(),
             sse: SseConfig::default(),
@@ -201,6 +205,7 @@ impl Config {
         self.ingest.validate(&self.cluster)?;
         self.rpc.validate()?;
         self.streams.validate()?;
+        self.documents.validate()?;
         self.tasks.validate()?;
         self.locks.validate()?;
         self.sse.validate()?;

@@ -245,6 +245,11 @@ mod tests {
             ))),
             streams: Arc::new(crate::streams::Streams::memory(config.streams.clone())),
             locks: Arc::new(crate::locks::Locks::memory(config.locks.clone())),
+            documents: Arc::new(crate::documents::Documents::new(
+                Arc::new(crate::documents::MemoryDocuments::default()),
+                config.documents.clone(),
+                None,
+            )),
             limits: Arc::new(crate::limits::Limits::new(&config.limits)),
             outbound: crate::outbound::Outbound::new(),
             client_schemas: Default::default(),
