@@ -26,9 +26,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use yrs::block::ClientID;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::block::ClientID;
 use yrs::{Doc, GetString, Options, ReadTxn, StateVector, Text, TextRef, Transact, Update};
 
 use crate::Common;
@@ -228,7 +228,8 @@ impl Editor {
 async fn join(url: &str, token: &str, ed: &mut Editor, run: &Run) -> anyhow::Result<Conn> {
     let started = clock();
     let mut conn = Conn::open(url).await?;
-    conn.connect_nsp(&ed.nsp, &json!({ "token": token })).await?;
+    conn.connect_nsp(&ed.nsp, &json!({ "token": token }))
+        .await?;
     let mut sent_sync = false;
     loop {
         let msg = conn.recv().await.context("connection closed")??;
@@ -341,7 +342,10 @@ async fn drain(run: &Run, quiet: Duration) {
 }
 
 /// The largest resident size of `pids` seen every 200 ms until `stop` turns true.
-fn sample_peak(pids: Vec<u32>, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<Option<u64>> {
+fn sample_peak(
+    pids: Vec<u32>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Option<u64>> {
     tokio::spawn(async move {
         let mut peak = rss_kib(&pids);
         while !*stop.borrow() {
@@ -353,8 +357,14 @@ fn sample_peak(pids: Vec<u32>, stop: watch::Receiver<bool>) -> tokio::task::Join
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
-    anyhow::ensure!(args.docs >= 1 && args.editors >= 2, "--docs 1+ and --editors 2+");
-    anyhow::ensure!(args.rate > 0.0, "--rate must be above 0 (updates/s per editor)");
+    anyhow::ensure!(
+        args.docs >= 1 && args.editors >= 2,
+        "--docs 1+ and --editors 2+"
+    );
+    anyhow::ensure!(
+        args.rate > 0.0,
+        "--rate must be above 0 (updates/s per editor)"
+    );
     let common = &args.common;
     let sockets = args.docs * args.editors;
     let run = Arc::new(Run {
@@ -413,17 +423,22 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             Err(_) => panicked += 1,
         }
     }
-    Ok(report(&args, &run, ends, Figures {
-        connect_secs,
-        typing_secs,
-        total_secs,
-        server_cpu,
-        generator_cpu,
-        rss_before,
-        rss_after,
-        rss_peak,
-        panicked,
-    }))
+    Ok(report(
+        &args,
+        &run,
+        ends,
+        Figures {
+            connect_secs,
+            typing_secs,
+            total_secs,
+            server_cpu,
+            generator_cpu,
+            rss_before,
+            rss_after,
+            rss_peak,
+            panicked,
+        },
+    ))
 }
 
 struct Figures {
@@ -468,7 +483,11 @@ fn report(args: &Args, run: &Run, ends: Vec<(usize, EditorStats)>, f: Figures) -
         .iter()
         .filter(|t| t.len() != args.editors || t.iter().any(|x| *x != t[0]))
         .count();
-    let chars: usize = texts.iter().filter_map(|t| t.first()).map(|t| t.len()).sum();
+    let chars: usize = texts
+        .iter()
+        .filter_map(|t| t.first())
+        .map(|t| t.len())
+        .sum();
     let deliveries = run.delivered.load(Ordering::Relaxed);
     let cpu = f.server_cpu.map(Cpu::total);
     let micros_per = |n: u64| match cpu {
