@@ -162,6 +162,9 @@ impl Editor {
                 self.sync_ack = None;
                 self.apply(p.binary().context("sync-step-1 ack without its diff")?, run)?;
             }
+            b'3' if p.id.is_some() && p.id == self.sync_ack => {
+                bail!("sync-step-1 answered without an update: {}", p.json)
+            }
             _ => {}
         }
         Ok(())
@@ -245,7 +248,7 @@ async fn join(url: &str, token: &str, ed: &mut Editor, run: &Run) -> anyhow::Res
         ed.handle(&mut conn, p, run).await?;
         // Synced once its own `sync-step-1` is answered (the server's, which the stock
         // server sends first, may come at any time and is answered wherever it comes).
-        if ed.sync_ack.is_none() && ed.stats.sync_us.is_none() && sent_sync {
+        if sent_sync && ed.sync_ack.is_none() {
             ed.stats.sync_us = Some(micros_since(started));
             return Ok(conn);
         }
