@@ -78,7 +78,9 @@ codes! {
     RateLimitExceeded = "rate_limit_exceeded", None, [Event];
     InvalidPayload = "invalid_payload", Some(S::UNPROCESSABLE_ENTITY), [Command, Http];
     InvalidRoom = "invalid_room", Some(S::UNPROCESSABLE_ENTITY), [Command, Http, Recover];
-    Forbidden = "forbidden", Some(S::FORBIDDEN), [Command, Http, Recover];
+    /// Also the `connect_error` of a `/yjs|...` connect to a document whose room the token
+    /// does not grant.
+    Forbidden = "forbidden", Some(S::FORBIDDEN), [ConnectError, Command, Http, Recover];
     TooManyRooms = "too_many_rooms", Some(S::UNPROCESSABLE_ENTITY), [Command, Http, Recover];
     UnknownCommand = "unknown_command", None, [Command];
     NotSubscribed = "not_subscribed", None, [Command];
@@ -115,6 +117,20 @@ codes! {
     StreamCancelled = "stream_cancelled", Some(S::CONFLICT), [Http, Command];
     /// An append that would take the stream's text past `streams.max_bytes`.
     StreamTooLarge = "stream_too_large", Some(S::PAYLOAD_TOO_LARGE), [Http];
+    /// A document name that is not `<room>/<name>` (`/yjs|...` connect, `/api/v1/documents`).
+    InvalidDocument = "invalid_document", Some(S::UNPROCESSABLE_ENTITY), [ConnectError, Http];
+    /// A `/yjs|...` connect past `documents.max_documents_per_connection`.
+    TooManyDocuments = "too_many_documents", None, [ConnectError];
+    /// A Yjs or awareness update larger than `documents.max_update_bytes`.
+    UpdateTooLarge = "update_too_large", Some(S::PAYLOAD_TOO_LARGE), [Event, Http];
+    /// An update that would take a document past `documents.max_document_bytes`.
+    DocumentTooLarge = "document_too_large", Some(S::PAYLOAD_TOO_LARGE), [Event, Http];
+    /// Bytes that are not a Yjs update (v1) or awareness update.
+    InvalidUpdate = "invalid_update", Some(S::UNPROCESSABLE_ENTITY), [Event, Http];
+    /// `GET /api/v1/documents/...` of a document never stored in this tenant.
+    DocumentNotFound = "document_not_found", Some(S::NOT_FOUND), [Http];
+    /// The documents' store cannot be read or written.
+    DocumentUnavailable = "document_unavailable", Some(S::SERVICE_UNAVAILABLE), [ConnectError, Event, Http];
     Internal = "internal", Some(S::INTERNAL_SERVER_ERROR), [Http];
 }
 
@@ -198,6 +214,18 @@ messages! {
         "the stream's text would exceed {max} bytes (streams.max_bytes); nothing was appended";
     StreamCancelNotAllowed: Forbidden =
         "only the user who requested the stream may cancel it (streams.cancel = \"requester\")";
+
+    // Documents (Yjs): `error` events before a disconnect, and HTTP.
+    InvalidDocument: InvalidDocument =
+        "a document is <room>/<name>: a room, then 1 to 128 of [A-Za-z0-9_.-]";
+    DocumentNotGranted: Forbidden = "your token does not grant the document's room";
+    UpdateTooLarge: UpdateTooLarge =
+        "the update is larger than {limit} bytes (documents.max_update_bytes); it was not applied";
+    DocumentTooLarge: DocumentTooLarge =
+        "the document would grow past {limit} bytes (documents.max_document_bytes); the update was not applied";
+    InvalidUpdate: InvalidUpdate = "not a Yjs update (v1) or awareness update; it was not applied";
+    DocumentNotFound: DocumentNotFound = "no document {name} in this tenant";
+    DocumentUnavailable: DocumentUnavailable = "the documents' storage failed: {reason}";
 
     // HTTP.
     Unauthorized: Unauthorized =

@@ -136,6 +136,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod disk;
+pub mod documents;
 pub mod errors;
 pub mod events;
 #[doc(hidden)]
@@ -258,6 +259,7 @@ impl Roomcast {
             presence_store: stores.presence.clone(),
             history: stores.history.clone(),
             streams: stores.streams.clone(),
+            documents: stores.documents.clone(),
             limits,
             outbound: crate::outbound::Outbound::new(),
             client_schemas: config.client_events.compile_schemas()?,
@@ -268,6 +270,7 @@ impl Roomcast {
             services: services.clone(),
             lifetimes: lifetimes.clone(),
             transports: offered_transports(&config.server),
+            yjs: Arc::default(),
         });
         let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
@@ -304,6 +307,11 @@ impl Roomcast {
         for init in socket::register(&io) {
             init.spawn();
         }
+        socket::yjs::register(&io)?;
+        p.services
+            .documents
+            .deliver_through(Arc::new(socket::yjs::Editors::new(io.clone())));
+        let yjs_io = io.clone();
         let sockets = io.clone();
         let sse = Arc::new(sse::SseHub::new(p.services.config.sse.buffer));
         let io = Arc::new(socket::Sockets::new(
@@ -364,6 +372,10 @@ impl Roomcast {
             socket::lifetime::run(sockets, p.lifetimes),
         );
         workers.start("limits_sweeper", p.services.limits.clone().run_sweeper());
+        workers.start(
+            "yjs_namespaces",
+            socket::yjs::sweep(yjs_io, p.socket_ctx.clone()),
+        );
         p.stores
             .start(&workers, io.clone(), p.services.counters.clone());
         workers.start(
@@ -516,6 +528,7 @@ impl Roomcast {
         let stop_ingest = self.stop_ingest.clone();
         let workers = self.workers.clone();
         let hooks = self.services.hooks.clone();
+        let documents = self.services.documents.clone();
         let settings = &self.services.config.server;
         let limit = Duration::from_secs(settings.shutdown_timeout_secs);
         let reconnect_after_ms = settings.reconnect_after_ms;
@@ -584,6 +597,9 @@ impl Roomcast {
             // Sessions without a connection (polling between requests) end here; the node
             // leaves the cluster.
             hub.close().await;
+            // The documents still open are merged in the store (their updates are in it
+            // already: this only keeps the log short).
+            documents.compact_all().await;
             // What the closed sockets produced goes out to the webhooks if it can, briefly:
             // their senders are workers.
             hooks.flush(hooks_out::FLUSH_AT_SHUTDOWN).await;

@@ -28,6 +28,8 @@ pub struct Services {
     pub history: HistoryStore,
     /// AI streams: text, status, the delivery order of deltas on this node.
     pub streams: Arc<Streams>,
+    /// Yjs documents (`/yjs|<room>/<name>`, `/api/v1/documents`).
+    pub documents: Arc<crate::documents::Documents>,
     pub limits: Arc<Limits>,
     /// Signed requests to backends (webhooks out, the RPC proxy).
     pub outbound: Outbound,

@@ -30,6 +30,7 @@ use socketioxide_redis::drivers::MessageStream;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::Deliver;
+use crate::documents::{DiskDocuments, Documents, MemoryDocuments};
 use crate::history::{DiskHistory, History, HistoryStore, RedisHistory};
 use crate::idempotency::{DiskIdempotency, IdempotencyStore, MemoryIdempotency, RedisIdempotency};
 use crate::metrics::Counters;
@@ -49,6 +50,10 @@ pub struct Stores {
     pub streams: Arc<Streams>,
     /// Task progress, behind `task.progress`'s rate and ETA.
     pub tasks: Arc<Tasks>,
+    /// Yjs documents: the open ones of this node and where they are kept.
+    pub documents: Arc<Documents>,
+    /// Cluster mode: the other nodes' document changes, for [`Self::start`].
+    document_messages: Option<MessageStream<(String, Vec<u8>)>>,
     /// The history's background work, started by [`Self::start`].
     worker: Option<Worker>,
     /// The streams' background work, started by [`Self::start`].
@@ -88,6 +93,7 @@ impl Stores {
             let numbered = cluster.numbered_events(&history);
             let streams = Arc::new(cluster.streams());
             let deltas = cluster.stream_messages(&streams);
+            let (documents, bus, document_messages) = cluster.documents();
             return Ok(Self {
                 history: HistoryStore::Redis(history.clone()),
                 idempotency: Arc::new(RedisIdempotency::new(conn.clone(), prefix, window)),
@@ -97,34 +103,46 @@ impl Stores {
                     RedisTasks::new(conn, prefix),
                     config.tasks.clone(),
                 )),
+                documents: Arc::new(Documents::new(
+                    Arc::new(documents),
+                    config.documents.clone(),
+                    Some(bus),
+                )),
+                document_messages: Some(document_messages),
                 worker: Some(Worker::Numbered(history, numbered)),
                 streams_worker: Some(StreamsWorker::Deltas(deltas)),
                 tasks_sweeper: false,
             });
         }
-        let (history, idempotency): (History, Arc<dyn IdempotencyStore>) =
-            match &config.storage.path {
-                None => (
-                    History::new(config.history.clone()),
-                    Arc::new(MemoryIdempotency::new(window)),
-                ),
-                Some(path) => {
-                    let db = open_database(path)?;
-                    let history =
-                        History::open(config.history.clone(), DiskHistory::new(db.clone()))
-                            .with_context(|| {
-                                format!("storage.path {}: reading history", path.display())
-                            })?;
-                    let idempotency = DiskIdempotency::open(db, window).with_context(|| {
-                        format!("storage.path {}: reading idempotency keys", path.display())
-                    })?;
-                    tracing::info!(
-                        file = %path.join(FILE).display(),
-                        "history and idempotency keys are kept on disk"
-                    );
-                    (history, Arc::new(idempotency))
-                }
-            };
+        let (history, idempotency, documents): (
+            History,
+            Arc<dyn IdempotencyStore>,
+            Arc<dyn crate::documents::DocumentStore>,
+        ) = match &config.storage.path {
+            None => (
+                History::new(config.history.clone()),
+                Arc::new(MemoryIdempotency::new(window)),
+                Arc::new(MemoryDocuments::default()),
+            ),
+            Some(path) => {
+                let db = open_database(path)?;
+                let history = History::open(config.history.clone(), DiskHistory::new(db.clone()))
+                    .with_context(|| {
+                    format!("storage.path {}: reading history", path.display())
+                })?;
+                let idempotency = DiskIdempotency::open(db.clone(), window).with_context(|| {
+                    format!("storage.path {}: reading idempotency keys", path.display())
+                })?;
+                let documents = DiskDocuments::open(db).with_context(|| {
+                    format!("storage.path {}: opening the documents", path.display())
+                })?;
+                tracing::info!(
+                    file = %path.join(FILE).display(),
+                    "history, idempotency keys and documents are kept on disk"
+                );
+                (history, Arc::new(idempotency), Arc::new(documents))
+            }
+        };
         let history = Arc::new(history);
         Ok(Self {
             history: HistoryStore::Local(history.clone()),
@@ -132,6 +150,8 @@ impl Stores {
             presence: Arc::new(MemoryStore::default()),
             streams: Arc::new(Streams::memory(config.streams.clone())),
             tasks: Arc::new(Tasks::memory(config.tasks.clone())),
+            documents: Arc::new(Documents::new(documents, config.documents.clone(), None)),
+            document_messages: None,
             worker: Some(Worker::Sweeper(history)),
             streams_worker: Some(StreamsWorker::Sweeper),
             tasks_sweeper: true,
@@ -153,6 +173,12 @@ impl Stores {
                 );
             }
             None => {}
+        }
+        if let Some(messages) = self.document_messages.take() {
+            workers.start(
+                "document_delivery",
+                crate::documents::deliver_loop(self.documents.clone(), messages),
+            );
         }
         if std::mem::take(&mut self.tasks_sweeper) {
             workers.start("tasks_sweeper", self.tasks.clone().run_sweeper());

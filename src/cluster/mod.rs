@@ -144,6 +144,29 @@ impl Cluster {
         self.driver.listen(vec![streams.channel()], 65_536)
     }
 
+    /// Yjs documents shared by the cluster, in Redis, the bus on which this node publishes
+    /// the changes it applies, and every node's changes (see [`crate::documents`]).
+    pub fn documents(
+        &self,
+    ) -> (
+        crate::documents::RedisDocuments,
+        crate::documents::RedisBus,
+        socketioxide_redis::drivers::MessageStream<(String, Vec<u8>)>,
+    ) {
+        let store = crate::documents::RedisDocuments::new(self.conn.clone(), &self.prefix);
+        let bus = crate::documents::RedisBus::new(
+            self.conn.clone(),
+            &self.prefix,
+            self.mode,
+            &self.node_id,
+        );
+        let messages = self.driver.listen(
+            vec![crate::documents::RedisBus::channel(&self.prefix)],
+            65_536,
+        );
+        (store, bus, messages)
+    }
+
     pub fn dropped_messages(&self) -> u64 {
         self.driver.dropped()
     }

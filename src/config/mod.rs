@@ -15,6 +15,7 @@ mod api_keys;
 mod auth;
 mod client_events;
 mod cluster;
+mod documents;
 mod github;
 mod history;
 mod ingest;
@@ -42,6 +43,7 @@ pub use api_keys::{ApiKeyConfig, DEV_API_KEY, RESERVED_KEY_NAMES, Scope};
 pub use auth::{AuthConfig, DEV_JWT_SECRET, KeyConfig};
 pub use client_events::{ClientEventsConfig, SchemaMismatch, Schemas};
 pub use cluster::{ClusterConfig, ClusterMode, OnUnavailable};
+pub use documents::DocumentsConfig;
 pub use github::GithubConfig;
 pub use history::{HistoryConfig, Retention};
 pub use ingest::{IngestConfig, RedisStreamsIngest};
@@ -72,6 +74,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub storage: StorageConfig,
     pub streams: StreamsConfig,
+    pub documents: DocumentsConfig,
     pub tasks: TasksConfig,
     pub sse: SseConfig,
     pub pages: PagesConfig,
@@ -97,6 +100,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             storage: StorageConfig::default(),
             streams: StreamsConfig::default(),
+            documents: DocumentsConfig::default(),
             tasks: TasksConfig::default(),
             sse: SseConfig::default(),
             pages: PagesConfig::default(),
@@ -197,6 +201,7 @@ impl Config {
         self.ingest.validate(&self.cluster)?;
         self.rpc.validate()?;
         self.streams.validate()?;
+        self.documents.validate()?;
         self.tasks.validate()?;
         self.sse.validate()?;
         webhooks::validate(&self.webhooks)?;

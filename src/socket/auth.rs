@@ -247,6 +247,8 @@ pub async fn screen_handshake(
         }
     }
     let mut head = minimal_head(&req, route.minimal_uri(), Some(Arc::new(guard)));
+    head.extensions
+        .insert(Arc::new(super::yjs::SessionDocuments::default()));
     if let Some(token) = token {
         head.extensions.insert(token);
     }
@@ -340,6 +342,8 @@ fn auth_failed(ctx: &SocketCtx, e: AuthError, ns: &str, how: &str) -> Message {
 pub(super) enum Refusal {
     Auth(AuthError),
     Limit(LimitError),
+    /// A `/yjs|...` connect refused for its document (`invalid_document`, `forbidden`, ...).
+    Document(crate::errors::Code),
 }
 
 impl std::fmt::Display for Refusal {
@@ -347,6 +351,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Self::Auth(e) => f.write_str(e.code()),
             Self::Limit(e) => f.write_str(e.code()),
+            Self::Document(code) => f.write_str(code.as_str()),
         }
     }
 }
@@ -377,12 +382,31 @@ pub(super) async fn authenticate<A: Adapter>(
     State(ctx): State<SocketCtx>,
     TryData(auth): TryData<serde_json::Value>,
 ) -> Result<(), Refusal> {
+    let (identity, slot) = admit(&s, &ctx, auth.as_ref().ok()).await?;
+    store_identity(&s, identity, slot);
+    s.extensions.insert(Arc::new(Share::default()));
+    // Here, not in the connect handler: socketioxide sends the CONNECT answer before it
+    // spawns the connect handler, so a command the client sends at once could otherwise
+    // arrive before any handler exists and be dropped without an answer.
+    super::register_commands(&s);
+    Ok(())
+}
+
+/// What every namespace's connect does first: the token verified into an [`Identity`], a
+/// handshake taken from the user's bucket (once per session) and a connection slot
+/// counted. The session stops being pre-auth only in [`store_identity`], once every other
+/// check of the namespace passed too.
+pub(super) async fn admit<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &SocketCtx,
+    auth: Option<&serde_json::Value>,
+) -> Result<(Arc<Identity>, Slot), Refusal> {
     let req = s.req_parts();
     let pending = req.extensions.get::<Arc<PendingGuard>>();
     let screened = req.extensions.get::<Screened>().and_then(Screened::take);
     let result = match screened {
         Some(identity) => Ok(identity),
-        None => match find_token(auth.as_ref().ok(), req.extensions.get::<RequestToken>()) {
+        None => match find_token(auth, req.extensions.get::<RequestToken>()) {
             Err(e) => Err(e),
             Ok(token) => ctx.services.verifier.verify_or_refresh(&token).await,
         },
@@ -390,7 +414,7 @@ pub(super) async fn authenticate<A: Adapter>(
     let identity = match result {
         Ok(identity) => Arc::new(identity),
         Err(e) => {
-            auth_failed(&ctx, e, s.ns(), "connect_error");
+            auth_failed(ctx, e, s.ns(), "connect_error");
             tracing::debug!(sid = %s.id, code = e.code(), "handshake refused");
             return Err(Refusal::Auth(e));
         }
@@ -429,6 +453,12 @@ pub(super) async fn authenticate<A: Adapter>(
             return Err(Refusal::Limit(e));
         }
     };
+    Ok((identity, slot))
+}
+
+/// The socket is accepted: its span, identity and slot go on it, and its session is no
+/// longer pre-auth.
+pub(super) fn store_identity<A: Adapter>(s: &SocketRef<A>, identity: Arc<Identity>, slot: Slot) {
     let span = tracing::debug_span!(
         "socket",
         sid = %s.id,
@@ -439,17 +469,11 @@ pub(super) async fn authenticate<A: Adapter>(
     if !span.is_disabled() {
         s.extensions.insert(span);
     }
-    if let Some(pending) = pending {
+    if let Some(pending) = s.req_parts().extensions.get::<Arc<PendingGuard>>() {
         pending.accept();
     }
     s.extensions.insert(Arc::new(slot));
     s.extensions.insert(identity);
-    s.extensions.insert(Arc::new(Share::default()));
-    // Here, not in the connect handler: socketioxide sends the CONNECT answer before it
-    // spawns the connect handler, so a command the client sends at once could otherwise
-    // arrive before any handler exists and be dropped without an answer.
-    super::register_commands(&s);
-    Ok(())
 }
 
 #[cfg(test)]

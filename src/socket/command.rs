@@ -239,6 +239,11 @@ mod tests {
                 config.history.clone(),
             ))),
             streams: Arc::new(crate::streams::Streams::memory(config.streams.clone())),
+            documents: Arc::new(crate::documents::Documents::new(
+                Arc::new(crate::documents::MemoryDocuments::default()),
+                config.documents.clone(),
+                None,
+            )),
             limits: Arc::new(crate::limits::Limits::new(&config.limits)),
             outbound: crate::outbound::Outbound::new(),
             client_schemas: Default::default(),

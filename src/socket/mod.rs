@@ -21,6 +21,7 @@ mod stream_cancel;
 mod stream_resume;
 mod subscribe;
 mod unsubscribe;
+pub mod yjs;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -66,6 +67,8 @@ pub struct SocketCtxInner {
     pub lifetimes: Arc<lifetime::Lifetimes>,
     /// The Engine.IO transports offered (the screening decides as engineioxide does).
     pub transports: Vec<socketioxide::TransportType>,
+    /// The `/yjs|...` namespaces of this node (see [`yjs`]).
+    pub yjs: Arc<yjs::Namespaces>,
 }
 
 impl SocketCtx {
