@@ -81,6 +81,8 @@ run "roomcast cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 -
 # Streams appended at A, viewed (and resumed) at both nodes: deltas cross through Redis.
 run "roomcast cluster streams" streams --url "$both" --publish-url "http://127.0.0.1:$pa" \
   --sockets 20 --late 4 --streams 2 --rate 20 --duration 2
+# A document's editors at both nodes (round-robin): updates cross through Redis.
+run "roomcast cluster yjs" yjs --url "$both" "${yjs_tiny[@]}"
 run "roomcast cluster resume" resume --url "$both" --publish-url "http://127.0.0.1:$pa" \
   --sockets 20 --chars 2000
 

@@ -233,11 +233,13 @@ impl Conn {
 const PLACEHOLDER: &str = r#"{"_placeholder":true,"num":0}"#;
 
 impl NspPacket {
+    /// The connection closed (a WebSocket close, or an Engine.IO close packet): a
+    /// DISCONNECT whose text says so (a Socket.IO one has none).
     fn closed() -> Self {
         Self {
             kind: b'1',
             id: None,
-            json: String::new(),
+            json: "the connection was closed".into(),
             expected: 0,
             attachments: Vec::new(),
         }

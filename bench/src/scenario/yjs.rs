@@ -14,7 +14,8 @@
 //! the server merged or split; the sender's own echo, which the stock server sends back,
 //! counts for nothing). `lost`: updates of another editor of its document that an editor
 //! does not hold at the end. `diverged_docs`: documents whose editors do not all end with
-//! the same text.
+//! the same text. An editor whose connection drops comes back as the stock client does (a
+//! new connection and the sync handshake), counted in `reconnects`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite;
 use yrs::block::ClientID;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -116,6 +118,8 @@ struct EditorStats {
     updates_received: u64,
     /// The server's `sync-step-1` requests answered.
     sync_requests: u64,
+    /// Connections that dropped and were made again.
+    reconnects: u64,
     failed: bool,
     /// At the end: the text and, per editor of the document, the clock it holds.
     text: String,
@@ -145,8 +149,12 @@ impl Editor {
     /// updates are read and ignored.
     async fn handle(&mut self, conn: &mut Conn, p: NspPacket, run: &Run) -> anyhow::Result<()> {
         match p.kind {
-            b'1' => bail!("the server disconnected the socket"),
+            // A Socket.IO DISCONNECT: the stock client does not come back after it.
+            b'1' if p.json.is_empty() => bail!("the server disconnected the socket"),
+            b'1' => return Err(Dropped.into()),
             b'4' => bail!("connect refused: {}", p.json),
+            // Roomcast's `{code, message}` before it disconnects a socket.
+            b'2' if p.is_event("error") => bail!("the server sent {}", p.json),
             b'5' if p.is_event("sync-update") => {
                 self.stats.updates_received += 1;
                 self.apply(p.binary().context("sync-update without its update")?, run)?;
@@ -235,7 +243,7 @@ async fn join(url: &str, token: &str, ed: &mut Editor, run: &Run) -> anyhow::Res
         .await?;
     let mut sent_sync = false;
     loop {
-        let msg = conn.recv().await.context("connection closed")??;
+        let msg = conn.recv().await.ok_or(Dropped)??;
         let Some(p) = conn.decode_nsp(msg).await? else {
             continue;
         };
@@ -255,7 +263,30 @@ async fn join(url: &str, token: &str, ed: &mut Editor, run: &Run) -> anyhow::Res
     }
 }
 
-/// One editor's life: join, then type while the phase says so, until it says stop.
+/// The connection dropped (closed or failed, without a Socket.IO DISCONNECT): the stock
+/// client reconnects and syncs again, and so does an editor here.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection was closed")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// Whether the editor lost its connection (rather than being refused or disconnected).
+fn dropped(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Dropped>().is_some() || e.downcast_ref::<tungstenite::Error>().is_some()
+}
+
+/// Times an editor comes back after its connection dropped before it gives up.
+const MAX_RECONNECTS: u32 = 5;
+
+/// One editor's life: join, then type while the phase says so, until it says stop. When its
+/// connection drops it comes back, as the stock client does: a new connection and the sync
+/// handshake, which brings it what it missed and the server what it sent meanwhile.
 async fn edit(
     url: String,
     token: String,
@@ -265,19 +296,36 @@ async fn edit(
     every: Duration,
 ) -> (usize, EditorStats) {
     let mut phase = run.phase.subscribe();
-    let joined = async {
-        let _slot = run.gate.acquire().await?;
-        join(&url, &token, &mut ed, &run).await
-    }
-    .await;
-    run.ready.add_permits(1);
-    let outcome = match joined {
-        Ok(conn) => live(conn, &mut ed, &run, &mut phase, chars, every).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = outcome {
-        eprintln!("editor {}/{}: {e:#}", ed.doc_index, ed.index);
-        ed.stats.failed = true;
+    let mut reconnects = 0;
+    loop {
+        let joined = async {
+            let _slot = run.gate.acquire().await?;
+            join(&url, &token, &mut ed, &run).await
+        }
+        .await;
+        if reconnects == 0 {
+            run.ready.add_permits(1);
+        }
+        let outcome = match joined {
+            Ok(conn) => live(conn, &mut ed, &run, &mut phase, chars, every).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => break,
+            Err(e)
+                if dropped(&e) && reconnects < MAX_RECONNECTS && *phase.borrow() != Phase::Stop =>
+            {
+                eprintln!("editor {}/{}: {e:#}; reconnecting", ed.doc_index, ed.index);
+                reconnects += 1;
+                ed.stats.reconnects += 1;
+                ed.sync_ack = None;
+            }
+            Err(e) => {
+                eprintln!("editor {}/{}: {e:#}", ed.doc_index, ed.index);
+                ed.stats.failed = true;
+                break;
+            }
+        }
     }
     ed.finish(&run);
     (ed.doc_index, ed.stats)
@@ -316,7 +364,7 @@ async fn live(
             msg = conn.recv() => msg,
         };
         let Some(msg) = msg else {
-            bail!("the server closed the connection")
+            return Err(Dropped.into());
         };
         if let Some(p) = conn.decode_nsp(msg?).await? {
             ed.handle(&mut conn, p, run).await?;
@@ -468,6 +516,7 @@ fn report(args: &Args, run: &Run, ends: Vec<(usize, EditorStats)>, f: Figures) -
     let mut sync_us = Vec::new();
     let mut updates_received = 0;
     let mut sync_requests = 0;
+    let mut reconnects = 0;
     let mut texts: Vec<Vec<String>> = vec![Vec::new(); args.docs];
     for (d, stats) in ends {
         failed += u64::from(stats.failed);
@@ -475,6 +524,7 @@ fn report(args: &Args, run: &Run, ends: Vec<(usize, EditorStats)>, f: Figures) -
         sync_us.extend(stats.sync_us);
         updates_received += stats.updates_received;
         sync_requests += stats.sync_requests;
+        reconnects += stats.reconnects;
         for (e, have) in stats.clocks.iter().enumerate() {
             let ledger = run.ledger(d, e);
             // Its own updates it holds by construction; this counts the others'.
@@ -515,6 +565,7 @@ fn report(args: &Args, run: &Run, ends: Vec<(usize, EditorStats)>, f: Figures) -
         "deliveries_per_sec": round(deliveries as f64 / f.total_secs),
         "updates_received": updates_received,
         "server_sync_requests": sync_requests,
+        "reconnects": reconnects,
         "lost": lost,
         "failed_sockets": failed,
         "converged": diverged == 0,

@@ -154,7 +154,7 @@ test("the Yjs editor example says so when its token does not grant the document'
   const token = mintToken({ sub: "mallory", projects: ["7"] });
   const query = new URLSearchParams({ server: server.url, doc: "project:42/spec", token });
   await page.goto(`${site.url}/index.html?${query}`);
-  await page.locator("#status", { hasText: "connection refused" }).waitFor({ timeout: WAIT_MS });
+  await page.locator("#status", { hasText: "connection refused: forbidden" }).waitFor({ timeout: WAIT_MS });
   assert.equal(await page.getByLabel("Document text").isDisabled(), true);
   await context.close();
 });
