@@ -200,3 +200,45 @@ test("a document survives a restart with [storage] path: SIGTERM, and SIGKILL ri
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("two editors on two cluster nodes converge, and a third at either node gets the whole document", async () => {
+  const cluster = await startCluster(["docs-a", "docs-b"], { label: "docs" });
+  try {
+    const [na, nb] = cluster.list;
+    const name = docName();
+    const a = editor(na.url, name, { user: "ann" });
+    const b = editor(nb.url, name, { user: "bob" });
+    await Promise.all([synced(a), synced(b)]);
+    a.text.insert(0, "from A;");
+    b.text.insert(0, "from B;");
+    for (let i = 0; i < 10; i++) {
+      a.text.insert(a.text.length, "a");
+      b.text.insert(0, "b");
+    }
+    await eventually(() => a.text.toString() === b.text.toString() && a.text.length === 14 + 20, {
+      ...WAIT,
+      what: "the editors of two nodes to converge",
+    });
+    a.provider.awareness.setLocalStateField("user", { name: "Ann" });
+    await eventually(() => b.provider.awareness.getStates().get(a.doc.clientID)?.user?.name === "Ann", {
+      ...WAIT,
+      what: "Ann's cursor at node B",
+    });
+    a.provider.socket.disconnect();
+    await eventually(() => !b.provider.awareness.getStates().has(a.doc.clientID), {
+      ...WAIT,
+      what: "Ann's cursor to leave node B",
+    });
+    const text = b.text.toString();
+    close(a);
+    close(b);
+    for (const node of [na, nb]) {
+      const c = editor(node.url, name, { user: "cid" });
+      await synced(c);
+      await eventually(() => c.text.toString() === text, { ...WAIT, what: "the late joiner's text" });
+      close(c);
+    }
+  } finally {
+    await cluster.stop();
+  }
+});
