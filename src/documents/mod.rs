@@ -160,7 +160,7 @@ impl OpenDoc {
 
     /// What the holder of `state_vector` lacks, as an update (v1).
     pub async fn diff(&self, state_vector: &[u8]) -> Result<Vec<u8>, DocError> {
-        let sv = StateVector::decode_v1(state_vector).map_err(|_| DocError::InvalidUpdate)?;
+        let sv = decode::<StateVector>(state_vector)?;
         let inner = self.inner.lock().await;
         Ok(inner.doc.transact().encode_state_as_update_v1(&sv))
     }
@@ -188,7 +188,7 @@ impl OpenDoc {
     /// part that was new here, if any.
     async fn apply_stored(&self, update: &[u8]) -> Result<Option<Vec<u8>>, DocError> {
         let inner = self.inner.lock().await;
-        let update = Update::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?;
+        let update = decode::<Update>(update)?;
         Ok(apply(&inner.doc, update))
     }
 
@@ -221,14 +221,28 @@ impl OpenDoc {
     }
 }
 
-/// Applies `update` to `doc`; the changes it made, as an update, when it made any.
+/// Decodes a client's bytes (v1); a panic inside `yrs` is an invalid update.
+fn decode<T: Decode>(bytes: &[u8]) -> Result<T, DocError> {
+    std::panic::catch_unwind(|| T::decode_v1(bytes))
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(DocError::InvalidUpdate)
+}
+
+/// Applies `update` to `doc`; the changes it made, as an update, when it made any. A
+/// panic inside `yrs` on a hostile update is caught and taken as no change: a client's
+/// bytes never take the server down.
 fn apply(doc: &Doc, update: Update) -> Option<Vec<u8>> {
-    let mut txn = doc.transact_mut();
-    if txn.apply_update(update).is_err() {
-        return None;
-    }
-    let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
-    changed.then(|| txn.encode_update_v1())
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut txn = doc.try_transact_mut().ok()?;
+        if txn.apply_update(update).is_err() {
+            return None;
+        }
+        let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+        changed.then(|| txn.encode_update_v1())
+    }))
+    .ok()
+    .flatten()
 }
 
 /// A handle on an open document; give it back with [`Documents::release`].
@@ -357,7 +371,7 @@ impl Documents {
         if inner.size + update.len() > limit {
             return Err(DocError::DocumentTooLarge { limit });
         }
-        let decoded = Update::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?;
+        let decoded = decode::<Update>(update)?;
         let Some(delta) = apply(&inner.doc, decoded) else {
             return Ok(false);
         };
@@ -425,7 +439,7 @@ impl Documents {
         if update.len() > limit {
             return Err(DocError::UpdateTooLarge { limit });
         }
-        let decoded = AwarenessUpdate::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?;
+        let decoded = decode::<AwarenessUpdate>(update)?;
         let clients = decoded.clients.keys().map(|c| c.get()).collect();
         if doc.apply_awareness(&decoded) {
             self.forward(doc, "awareness-update", update.to_vec()).await;
@@ -498,7 +512,7 @@ impl Documents {
         Ok(match stored {
             Some(stored) => {
                 let doc = Doc::new();
-                let update = Update::decode_v1(&stored).map_err(|_| DocError::InvalidUpdate)?;
+                let update = decode::<Update>(&stored)?;
                 apply(&doc, update);
                 Some(
                     doc.transact()
@@ -531,7 +545,7 @@ impl Documents {
                 }
             }
             "awareness-update" => {
-                if let Ok(update) = AwarenessUpdate::decode_v1(payload)
+                if let Ok(update) = decode::<AwarenessUpdate>(payload)
                     && doc.apply_awareness(&update)
                     && let Some(sink) = self.sink.get()
                 {
@@ -561,10 +575,7 @@ pub fn to_json(
     use yrs::types::ToJson;
     use yrs::{In, Out};
     let doc = Doc::new();
-    apply(
-        &doc,
-        Update::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?,
-    );
+    apply(&doc, decode::<Update>(update)?);
     let mut names: Vec<(String, Kind)> = Vec::new();
     {
         let txn = doc.transact();

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod cors;
+mod documents;
 mod error;
 mod events;
 mod health;
@@ -135,6 +136,14 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::GET, "/api/v1/streams/{stream_id}", read),
             get(streams::read),
+        ),
+        (
+            e(Method::GET, "/api/v1/documents/{*name}", read),
+            get(documents::read),
+        ),
+        (
+            e(Method::POST, "/api/v1/documents/{*name}", publish),
+            post(documents::write),
         ),
         (e(Method::GET, "/api/v1/sse", ClientToken), get(sse::sse)),
         (
