@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 
 import { build } from "esbuild";
 
-import { REPO_ROOT, eventually } from "../../harness/js/index.mjs";
+import { REPO_ROOT, eventually, startRedis } from "../../harness/js/index.mjs";
 import { WAIT_MS, launchChromium, mintToken, screenshot, startServer } from "../lib/helpers.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -25,6 +25,8 @@ let server;
 let browser;
 let site;
 let siteDir;
+/** What the cluster setup started, stopped at the end. */
+const running = [];
 
 /** Bundles the example into a temporary directory with its index.html; resolves with the directory. */
 async function bundleExample() {
@@ -75,19 +77,21 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await server?.stop();
+  for (const stop of running.reverse()) await stop();
   await site?.close();
   if (siteDir) fs.rmSync(siteDir, { recursive: true, force: true });
 });
 
 /**
- * Opens the example on `doc` as `sub` in a context of its own; resolves once its status says
- * synced. Records page errors and any request to a host other than the page's and the server's.
+ * Opens the example on `doc` as `sub` in a context of its own, connected to `node` (default: the
+ * one-node server); resolves once its status says synced. Records page errors and any request
+ * to a host other than the page's and the server's.
  */
-async function openEditor(doc, sub) {
+async function openEditor(doc, sub, node = server) {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.problems = [];
-  const allowed = new Set([new URL(site.url).host, new URL(server.url).host]);
+  const allowed = new Set([new URL(site.url).host, new URL(node.url).host]);
   page.on("request", (req) => {
     const u = new URL(req.url());
     if (!allowed.has(u.host)) page.problems.push(`request to ${req.url()}`);
@@ -97,7 +101,7 @@ async function openEditor(doc, sub) {
     if (msg.type() === "error") page.problems.push(msg.text());
   });
   const token = mintToken({ sub, projects: ["42"] });
-  const query = new URLSearchParams({ server: server.url, doc, token });
+  const query = new URLSearchParams({ server: node.url, doc, token });
   await page.goto(`${site.url}/index.html?${query}`);
   await page.locator("#status", { hasText: "connected, synced" }).waitFor({ timeout: WAIT_MS });
   page.editor = page.getByLabel("Document text");
@@ -113,40 +117,56 @@ async function allShow(pages, text, what) {
   });
 }
 
-test("two pages of the Yjs editor example: typing in one shows in the other, both ways, and concurrent typing converges", async () => {
-  const doc = `project:42/spec-${randomUUID().slice(0, 8)}`;
-  const alice = await openEditor(doc, "alice");
-  const bob = await openEditor(doc, "bob");
-  assert.equal(await alice.editor.inputValue(), "");
+const SETUPS = {
+  "one node": async () => [server, server],
+  "a two-node cluster (the pages at different nodes)": async () => {
+    const redis = await startRedis();
+    running.push(() => redis.stop());
+    const cluster = { redisUrl: redis.url, keyPrefix: `rc-yjs-${randomUUID().slice(0, 8)}` };
+    const nodes = await Promise.all(["yjs-a", "yjs-b"].map((nodeId) => startServer({ nodeId, cluster })));
+    running.push(...nodes.map((n) => () => n.stop()));
+    return nodes;
+  },
+};
 
-  // Alice types; Bob's page shows it.
-  await alice.editor.click();
-  await alice.keyboard.type("Hello from Alice.");
-  await allShow([bob], "Hello from Alice.", "Alice's typing at Bob's page");
+for (const [name, setup] of Object.entries(SETUPS)) {
+  test(`two pages of the Yjs editor example: typing in one shows in the other, both ways, and concurrent typing converges: ${name}`, async () => {
+    const [nodeA, nodeB] = await setup();
+    const doc = `project:42/spec-${randomUUID().slice(0, 8)}`;
+    const alice = await openEditor(doc, "alice", nodeA);
+    const bob = await openEditor(doc, "bob", nodeB);
+    assert.equal(await alice.editor.inputValue(), "");
 
-  // Bob types at the end; Alice's page shows it.
-  await bob.editor.click();
-  await bob.keyboard.press("Control+End");
-  await bob.keyboard.type(" Bob here.");
-  const both = "Hello from Alice. Bob here.";
-  await allShow([alice, bob], both, "Bob's typing at Alice's page");
+    // Alice types; Bob's page shows it.
+    await alice.editor.click();
+    await alice.keyboard.type("Hello from Alice.");
+    await allShow([bob], "Hello from Alice.", "Alice's typing at Bob's page");
 
-  // Both at once, keystroke by keystroke: Alice at the start, Bob at the end. Each page applies
-  // the other's changes while its own user types, keeping its caret in place, so each one's
-  // typing stays in one piece and both pages end with the same text.
-  await alice.keyboard.press("Control+Home");
-  await bob.keyboard.press("Control+End");
-  const [fromAlice, fromBob] = ["Alice first: ", " Bob last!"];
-  await Promise.all([alice.keyboard.type(fromAlice, { delay: 15 }), bob.keyboard.type(fromBob, { delay: 15 })]);
-  await allShow([alice, bob], `${fromAlice}${both}${fromBob}`, "the same text after concurrent typing");
+    // Bob types at the end; Alice's page shows it.
+    await bob.editor.click();
+    await bob.keyboard.press("Control+End");
+    await bob.keyboard.type(" Bob here.");
+    const both = "Hello from Alice. Bob here.";
+    await allShow([alice, bob], both, "Bob's typing at Alice's page");
 
-  // A page that loads the document later gets the whole text from the server.
-  const carol = await openEditor(doc, "carol");
-  await allShow([carol], `${fromAlice}${both}${fromBob}`, "the whole document at a new page");
+    // Both at once, keystroke by keystroke: Alice at the start, Bob at the end. Each page applies
+    // the other's changes while its own user types, keeping its caret in place, so each one's
+    // typing stays in one piece and both pages end with the same text.
+    await alice.keyboard.press("Control+Home");
+    await bob.keyboard.press("Control+End");
+    const [fromAlice, fromBob] = ["Alice first: ", " Bob last!"];
+    await Promise.all([alice.keyboard.type(fromAlice, { delay: 15 }), bob.keyboard.type(fromBob, { delay: 15 })]);
+    await allShow([alice, bob], `${fromAlice}${both}${fromBob}`, "the same text after concurrent typing");
 
-  await screenshot(alice, "yjs-editor.png");
-  for (const page of [alice, bob, carol]) assert.deepEqual(page.problems, []);
-});
+    // A page that loads the document later gets the whole text from the server.
+    const carol = await openEditor(doc, "carol", nodeB);
+    await allShow([carol], `${fromAlice}${both}${fromBob}`, "the whole document at a new page");
+
+    await screenshot(alice, nodeA === nodeB ? "yjs-editor.png" : "yjs-editor-cluster.png");
+    for (const page of [alice, bob, carol]) assert.deepEqual(page.problems, []);
+    await Promise.all([alice, bob, carol].map((page) => page.context().close()));
+  });
+}
 
 test("the Yjs editor example says so when its token does not grant the document's room", async () => {
   const context = await browser.newContext();
