@@ -221,8 +221,46 @@ impl OpenDoc {
     }
 }
 
-/// Decodes a client's bytes (v1); a panic inside `yrs` is an invalid update.
-fn decode<T: Decode>(bytes: &[u8]) -> Result<T, DocError> {
+/// The smallest encoding of one entry counted by the leading number of each format: a
+/// client of an update (blocks, client, clock), of a state vector (client, clock), of an
+/// awareness update (client, clock, state length).
+trait Entries {
+    const MIN_ENTRY_BYTES: usize;
+}
+
+impl Entries for Update {
+    const MIN_ENTRY_BYTES: usize = 3;
+}
+
+impl Entries for StateVector {
+    const MIN_ENTRY_BYTES: usize = 2;
+}
+
+impl Entries for AwarenessUpdate {
+    const MIN_ENTRY_BYTES: usize = 3;
+}
+
+/// Whether the leading count (a lib0 varuint) of `bytes` could be true: `yrs` reserves a
+/// hash map of that many entries before reading them, so 20 bytes claiming a hundred
+/// million entries would cost a gigabyte and a second of CPU.
+fn plausible_count(bytes: &[u8], min_entry: usize) -> bool {
+    let mut count: u64 = 0;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        count |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let rest = (bytes.len() - i - 1) as u64;
+            return count.saturating_mul(min_entry as u64) <= rest;
+        }
+    }
+    false
+}
+
+/// Decodes a client's bytes (v1); a count the bytes cannot hold, or a panic inside `yrs`, is
+/// an invalid update.
+fn decode<T: Decode + Entries>(bytes: &[u8]) -> Result<T, DocError> {
+    if !plausible_count(bytes, T::MIN_ENTRY_BYTES) {
+        return Err(DocError::InvalidUpdate);
+    }
     std::panic::catch_unwind(|| T::decode_v1(bytes))
         .ok()
         .and_then(Result::ok)
@@ -338,10 +376,11 @@ impl Documents {
             }
             last
         };
-        if last && doc.loaded.initialized() {
-            if let Err(e) = self.store.compact(&doc.key).await {
-                tracing::warn!(doc = %doc.key, "cannot compact the document: {e}");
-            }
+        if last
+            && doc.loaded.initialized()
+            && let Err(e) = self.store.compact(&doc.key).await
+        {
+            tracing::warn!(doc = %doc.key, "cannot compact the document: {e}");
         }
     }
 
@@ -524,7 +563,7 @@ impl Documents {
     }
 
     /// A change another node applied (`event` `sync-update` or `awareness-update`).
-    async fn from_other_node(&self, event: &str, key: &str, payload: &[u8]) {
+    async fn apply_other_node(&self, event: &str, key: &str, payload: &[u8]) {
         let Some(doc) = self
             .open
             .lock()
@@ -650,7 +689,7 @@ pub async fn deliver_loop(
         if let Some((event, from, key, payload)) = redis::parse(&message)
             && from != node
         {
-            documents.from_other_node(event, key, payload).await;
+            documents.apply_other_node(event, key, payload).await;
         }
     }
 }
