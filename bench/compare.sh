@@ -28,9 +28,14 @@
 #                                                      reference has no window)
 #   RESUME_SOCKETS=1000 RESUME_CHARS=20000             resume: viewers resuming a stream of
 #                                                      RESUME_CHARS code points from 0 at once
+#   YJS_DOCS=100 YJS_EDITORS=10 YJS_RATE=5 YJS_SECS=10  yjs: YJS_DOCS Yjs documents with
+#                                                      YJS_EDITORS editors each, every editor
+#                                                      sending YJS_RATE updates/s (the reference:
+#                                                      the stock y-socket.io server,
+#                                                      reference/yjs-server.js)
 #   (streams, cluster-streams and resume run with --users 1: no presence storm at connect)
 #   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm
-#              streams streams-window resume cluster-streams"
+#              streams streams-window resume cluster-streams yjs"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
 # In the cluster scenarios the reference runs two socket.io processes on socket.io's own
@@ -55,7 +60,8 @@ source "$root/bench/lib.sh"
 : "${CLUSTER_SOCKETS:=1000}" "${CLUSTER_RATE:=50}" "${CLUSTER_SECS:=10}"
 : "${STREAMS_SOCKETS:=1000}" "${STREAMS:=10}" "${STREAMS_RATE:=50}" "${STREAMS_SECS:=10}"
 : "${STREAMS_WINDOW_MS:=50}" "${RESUME_SOCKETS:=1000}" "${RESUME_CHARS:=20000}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams streams-window resume cluster-streams}" "${BENCH_ARGS:=}"
+: "${YJS_DOCS:=100}" "${YJS_EDITORS:=10}" "${YJS_RATE:=5}" "${YJS_SECS:=10}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams streams-window resume cluster-streams yjs}" "${BENCH_ARGS:=}"
 
 # The roomcast-bench arguments of a scenario (without --url and --pids).
 scenario_args() {
@@ -72,6 +78,7 @@ scenario_args() {
     cluster-storm) echo "storm --sockets $STORM_SOCKETS --rate $STORM_RATE --duration $STORM_SECS" ;;
     streams|streams-window|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
     resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
+    yjs) echo "yjs --docs $YJS_DOCS --editors $YJS_EDITORS --rate $YJS_RATE --duration $YJS_SECS" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
@@ -90,6 +97,7 @@ run_one() {
     local extra=${EXTRA_CONFIG:-}
     [ "$scenario" = streams-window ] && extra=$(printf '%s\n[streams]\ncoalesce_ms = %s' "$extra" "$STREAMS_WINDOW_MS")
     if [ "$server" = roomcast ]; then EXTRA_CONFIG=$extra start_roomcast "compare-$scenario-$i" "$port" "$redis"
+    elif [ "$scenario" = yjs ]; then start_reference_yjs "$port"
     else start_reference "$port" "$redis" "$adapter"; fi
     urls+=("http://127.0.0.1:$port"); node_pids+=("$server_pid")
   done

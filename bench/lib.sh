@@ -56,6 +56,15 @@ start_reference() {
   wait_ready "$1" "$work/reference-$1.log"
 }
 
+# start_reference_yjs PORT: the stock y-socket.io server (reference/yjs-server.js) for the
+# `yjs` scenario. Its pid is appended to `pids` and stored in $server_pid.
+start_reference_yjs() {
+  PORT=$1 node "$reference/yjs-server.js" 2> "$work/reference-yjs-$1.log" &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_ready "$1" "$work/reference-yjs-$1.log"
+}
+
 # start_redis: a private redis-server on a free port, keeping nothing on disk; port in
 # $redis_port, pid appended to `pids` and stored in $redis_pid.
 start_redis() {

@@ -18,7 +18,7 @@ report() {
   python3 - "$1" "$work/out.json" <<'EOF'
 import json, sys
 label, r = sys.argv[1], json.load(open(sys.argv[2]))
-keys = ["sockets", "failed_sockets", "expected_deliveries", "appends", "deltas_received", "resumes", "resumed", "lost", "duplicated", "reconnects", "recovered"]
+keys = ["sockets", "failed_sockets", "expected_deliveries", "deliveries", "diverged_docs", "appends", "deltas_received", "resumes", "resumed", "lost", "duplicated", "reconnects", "recovered"]
 print(f"{label}: " + ", ".join(f"{k} {r[k]}" for k in keys if k in r))
 sys.exit(1 if r["failed_sockets"] else 0)
 EOF
@@ -59,8 +59,13 @@ every_scenario() {
   run "$1 resume" resume "${url[@]}" --sockets 20 --chars 2000
 }
 
+# yjs: Yjs documents over the stock y-socket.io protocol; fails unless every editor ends with
+# every other editor's updates and each document's editors with the same text.
+yjs_tiny=(--docs 4 --editors 3 --rate 5 --duration 2)
+
 p=$(free_port); start_roomcast single "$p"
 every_scenario roomcast "http://127.0.0.1:$p"
+run "roomcast yjs" yjs --url "http://127.0.0.1:$p" "${yjs_tiny[@]}"
 
 start_redis; rp=$redis_port
 pa=$(free_port); pb=$(free_port)
@@ -76,6 +81,8 @@ run "roomcast cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 -
 # Streams appended at A, viewed (and resumed) at both nodes: deltas cross through Redis.
 run "roomcast cluster streams" streams --url "$both" --publish-url "http://127.0.0.1:$pa" \
   --sockets 20 --late 4 --streams 2 --rate 20 --duration 2
+# A document's editors at both nodes (round-robin): updates cross through Redis.
+run "roomcast cluster yjs" yjs --url "$both" "${yjs_tiny[@]}"
 run "roomcast cluster resume" resume --url "$both" --publish-url "http://127.0.0.1:$pa" \
   --sockets 20 --chars 2000
 
@@ -91,6 +98,9 @@ if reference_installed; then
   observe "node reference cluster storm" storm --url "$both" --publish-url "http://127.0.0.1:$pa" \
     --sockets 40 --rate 50 --duration 2 --drop-every 0.3
   run "node reference cluster chat" chat --url "$both" --sockets 40 --rooms 5 --rate 5 --duration 1
+  # The stock y-socket.io server (reference/yjs-server.js).
+  p=$(free_port); start_reference_yjs "$p"
+  run "node reference yjs" yjs --url "http://127.0.0.1:$p" "${yjs_tiny[@]}"
 else
   echo "node reference: skipped (no node/npm)"
 fi

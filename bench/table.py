@@ -88,6 +88,24 @@ FIGURES["resume"] = [
     ("resumes per server CPU-second", "resumes_per_server_cpu_sec"),
     ("not resumed whole", "lost"),
 ]
+FIGURES["yjs"] = [
+    ("updates/s (sent by the editors)", "updates_per_sec"),
+    ("deliveries (updates at another editor)", "deliveries"),
+    ("latency p50 (ms)", "latency_ms.p50"),
+    ("latency p90 (ms)", "latency_ms.p90"),
+    ("latency p99 (ms)", "latency_ms.p99"),
+    ("latency max (ms)", "latency_ms.max"),
+    ("server CPU (s)", "server_cpu_secs"),
+    ("server CPU per update (µs)", "server_cpu_per_update_us"),
+    ("deliveries per server CPU-second", "deliveries_per_server_cpu_sec"),
+    ("server RSS before (MiB)", "rss_before_kib", 1 / 1024),
+    ("server RSS peak (MiB)", "rss_peak_kib", 1 / 1024),
+    ("server RSS after (MiB)", "rss_after_kib", 1 / 1024),
+    ("sync at join p99 (ms)", "sync_ms.p99"),
+    ("lost", "lost"),
+    ("documents diverged", "diverged_docs"),
+    ("failed sockets", "failed_sockets"),
+]
 # The reference keeps a stream in one process: no cluster streams there.
 ROOMCAST_ONLY = {"cluster-streams"}
 TITLES = {
@@ -105,6 +123,7 @@ TITLES = {
     "streams-window": "streams with Roomcast's [streams] coalesce_ms = STREAMS_WINDOW_MS (the reference has no window)",
     "cluster-streams": "streams on two nodes on Redis, appended at node A (Roomcast only)",
     "resume": "resume: viewers resuming one long AI stream from offset 0 at once",
+    "yjs": "yjs: Yjs documents, editors each typing `rate` updates/s (stock y-socket.io protocol; Node: the stock y-socket.io server)",
 }
 
 
@@ -141,7 +160,7 @@ def ratio(a, b):
 
 
 def params(run):
-    keys = ("sockets", "rooms", "streams", "rate", "published", "appends", "chars", "dropping_sockets")
+    keys = ("docs", "editors", "sockets", "rooms", "streams", "rate", "updates", "published", "appends", "chars", "dropping_sockets")
     return ", ".join(f"{k} {fmt(run[k])}" for k in keys if k in run)
 
 

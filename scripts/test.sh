@@ -2,7 +2,8 @@
 # Runs every Roomcast test: formatting and lints, the Rust unit and behaviour tests, the
 # bench smoke run, the end-to-end suites with the real socket.io-client (Node) and
 # python-socketio clients, the JS and Python client packages (clients/) against a real
-# server, and the browser tests of /debug and /admin in headless Chromium (/usr/bin/chromium).
+# server, and the browser tests of /debug, /admin and examples/yjs-editor in headless Chromium
+# (/usr/bin/chromium).
 # Installs the JS and Python test dependencies on first use (npm ci, a venv in .venv).
 #
 # It first checks the system prerequisites (cargo, node, npm, python3 with venv, redis-server,

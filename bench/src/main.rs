@@ -18,6 +18,10 @@
 //! - `streams`: N viewers of S AI streams appended over HTTP; append-to-delivery latency,
 //!   deltas (frames) and characters received, server CPU per character; every viewer must
 //!   end with each stream's exact text. `resume`: V viewers resuming a long stream at once.
+//! - `yjs`: D Yjs documents, E editors each, over the stock `y-socket.io` protocol (one
+//!   namespace per document, binary payloads), each editor typing real `yrs` updates;
+//!   update-to-other-editors latency, server CPU per update and memory; every editor must
+//!   end with its document's text.
 //!
 //! Layout: [`proto`] frames packets, [`socket`] runs one socket, [`inbox`] records what it
 //! received, [`crowd`] runs all of them, [`publish`] sends events over HTTP, [`talk`] has
@@ -61,6 +65,10 @@ enum Cli {
     Streams(scenario::streams::Args),
     /// V viewers resuming one long AI stream from offset 0 at once: time and server CPU.
     Resume(scenario::streams::ResumeArgs),
+    /// D Yjs documents with E editors each (stock y-socket.io protocol), each editor typing
+    /// R updates/s: update latency, server CPU and memory; every editor must end with its
+    /// document's text.
+    Yjs(scenario::yjs::Args),
 }
 
 /// Where the sockets connect and how they authenticate; every scenario takes these.
@@ -118,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         Cli::Chat(args) => scenario::chat::run(args).await?,
         Cli::Streams(args) => scenario::streams::run(args).await?,
         Cli::Resume(args) => scenario::streams::run_resume(args).await?,
+        Cli::Yjs(args) => scenario::yjs::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Err(problems) = check(&report) {
@@ -128,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// What the harness saw that it must not: lost, duplicated or reordered events, sockets
-/// that failed, publishes the server refused.
+/// that failed, publishes the server refused, Yjs documents whose editors disagree.
 fn check(report: &Value) -> Result<(), String> {
     let problems: Vec<String> = [
         "lost",
@@ -137,6 +146,7 @@ fn check(report: &Value) -> Result<(), String> {
         "out_of_order",
         "failed_sockets",
         "publish_failed",
+        "diverged_docs",
     ]
     .iter()
     .filter_map(|k| match report[k].as_u64() {

@@ -1,6 +1,9 @@
-//! Engine.IO v4 + Socket.IO v5 framing over one WebSocket, namespace `/` only: just enough
-//! to connect with an auth payload, emit with an ack, answer heartbeats and read events.
-//! Written by hand so the generator spends its CPU on sockets, not on a client library.
+//! Engine.IO v4 + Socket.IO v5 framing over one WebSocket: just enough to connect with an
+//! auth payload, emit with an ack, answer heartbeats and read events. Namespace `/` with
+//! JSON payloads for most scenarios ([`Conn::decode`]); one other namespace with binary
+//! attachments for `yjs` ([`Conn::decode_nsp`]: `451-/nsp,["name",{"_placeholder":true,
+//! "num":0}]` followed by the attachment in a binary WebSocket frame). Written by hand so
+//! the generator spends its CPU on sockets, not on a client library.
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
@@ -17,6 +20,37 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Conn {
     ws: Ws,
     next_ack: u64,
+    /// A binary packet whose attachments are still arriving ([`Conn::decode_nsp`]).
+    partial: Option<NspPacket>,
+}
+
+/// A Socket.IO packet of a namespace other than `/`, its binary attachments in.
+#[derive(Debug)]
+pub struct NspPacket {
+    /// The packet type: `b'0'` CONNECT, `b'1'` DISCONNECT, `b'2'` EVENT, `b'3'` ACK,
+    /// `b'4'` CONNECT_ERROR, `b'5'` BINARY_EVENT, `b'6'` BINARY_ACK.
+    pub kind: u8,
+    pub id: Option<u64>,
+    /// The JSON part (placeholders left as they are).
+    pub json: String,
+    /// How many attachments the packet announced.
+    pub expected: usize,
+    pub attachments: Vec<tungstenite::Bytes>,
+}
+
+impl NspPacket {
+    /// An event (plain or binary) is named `name`.
+    pub fn is_event(&self, name: &str) -> bool {
+        matches!(self.kind, b'2' | b'5')
+            && self.json.starts_with("[\"")
+            && self.json[2..].starts_with(name)
+            && self.json[2 + name.len()..].starts_with('"')
+    }
+
+    /// The first attachment, the payload of every binary packet Yjs sends.
+    pub fn binary(&self) -> Option<&[u8]> {
+        self.attachments.first().map(|b| &b[..])
+    }
 }
 
 /// A Socket.IO packet the server sent.
@@ -69,7 +103,11 @@ impl Conn {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(config), true)
             .await
             .with_context(|| format!("connecting to {url}"))?;
-        Ok(Self { ws, next_ack: 0 })
+        Ok(Self {
+            ws,
+            next_ack: 0,
+            partial: None,
+        })
     }
 
     /// Sends the namespace CONNECT with `auth` as the handshake payload.
@@ -83,6 +121,76 @@ impl Conn {
         self.next_ack += 1;
         self.send(format!("42{id}{}", json!([event, data]))).await?;
         Ok(id)
+    }
+
+    /// Sends the CONNECT of namespace `nsp` (`/name`) with `auth`.
+    pub async fn connect_nsp(&mut self, nsp: &str, auth: &Value) -> anyhow::Result<()> {
+        self.send(format!("40{nsp},{auth}")).await
+    }
+
+    /// Emits `[event, <bytes>]` in namespace `nsp` as a binary event; with `ack`, asks for
+    /// an ack and returns its id.
+    pub async fn emit_binary(
+        &mut self,
+        nsp: &str,
+        event: &str,
+        bytes: Vec<u8>,
+        ack: bool,
+    ) -> anyhow::Result<Option<u64>> {
+        let id = ack.then(|| {
+            self.next_ack += 1;
+            self.next_ack - 1
+        });
+        let id_text = id.map(|i| i.to_string()).unwrap_or_default();
+        let head = format!("451-{nsp},{id_text}[\"{event}\",{PLACEHOLDER}]");
+        self.send_with_attachment(head, bytes).await?;
+        Ok(id)
+    }
+
+    /// Answers the server's ack request `id` in namespace `nsp` with `[<bytes>]`.
+    pub async fn ack_binary(&mut self, nsp: &str, id: u64, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let head = format!("461-{nsp},{id}[{PLACEHOLDER}]");
+        self.send_with_attachment(head, bytes).await
+    }
+
+    /// The packet's text frame and its attachment, written together.
+    async fn send_with_attachment(&mut self, head: String, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.ws.feed(Message::text(head)).await?;
+        Ok(self.ws.send(Message::binary(bytes)).await?)
+    }
+
+    /// Decodes one frame of a namespace connection, answering a heartbeat ping itself;
+    /// `None` until a whole packet is in (a binary packet waits for its attachments).
+    pub async fn decode_nsp(&mut self, msg: Message) -> anyhow::Result<Option<NspPacket>> {
+        let frame = match msg {
+            Message::Binary(bytes) => {
+                let Some(mut packet) = self.partial.take() else {
+                    anyhow::bail!("a binary frame without a packet announcing it");
+                };
+                packet.attachments.push(bytes);
+                if packet.attachments.len() < packet.expected {
+                    self.partial = Some(packet);
+                    return Ok(None);
+                }
+                return Ok(Some(packet));
+            }
+            Message::Text(frame) => frame,
+            Message::Close(_) => return Ok(Some(NspPacket::closed())),
+            _ => return Ok(None),
+        };
+        match frame.as_bytes().first() {
+            Some(b'2') => self.send("3".into()).await.map(|()| None),
+            Some(b'1') => Ok(Some(NspPacket::closed())),
+            Some(b'4') => {
+                let packet = nsp_packet(&frame[1..]).context("a malformed Socket.IO packet")?;
+                if packet.expected > 0 {
+                    self.partial = Some(packet);
+                    return Ok(None);
+                }
+                Ok(Some(packet))
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn send(&mut self, text: String) -> anyhow::Result<()> {
@@ -120,6 +228,47 @@ impl Conn {
             }
         }
     }
+}
+
+const PLACEHOLDER: &str = r#"{"_placeholder":true,"num":0}"#;
+
+impl NspPacket {
+    /// The connection closed (a WebSocket close, or an Engine.IO close packet): a
+    /// DISCONNECT whose text says so (a Socket.IO one has none).
+    fn closed() -> Self {
+        Self {
+            kind: b'1',
+            id: None,
+            json: "the connection was closed".into(),
+            expected: 0,
+            attachments: Vec::new(),
+        }
+    }
+}
+
+/// `<type>[<attachments>-][<nsp>,][<ack id>]<json>`, the namespace dropped (a connection
+/// here has one).
+fn nsp_packet(text: &str) -> Option<NspPacket> {
+    let kind = *text.as_bytes().first()?;
+    let mut rest = &text[1..];
+    let mut expected = 0;
+    if matches!(kind, b'5' | b'6') {
+        let dash = rest.find('-')?;
+        expected = rest[..dash].parse().ok()?;
+        rest = &rest[dash + 1..];
+    }
+    if rest.starts_with('/') {
+        rest = rest.find(',').map_or("", |comma| &rest[comma + 1..]);
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = rest[..digits].parse().ok();
+    Some(NspPacket {
+        kind,
+        id,
+        json: rest[digits..].to_owned(),
+        expected,
+        attachments: Vec::with_capacity(expected),
+    })
 }
 
 /// A Socket.IO packet inside an Engine.IO message (`4<type>[<ack id>]<json>`).

@@ -7,17 +7,16 @@ use futures_util::future::BoxFuture;
 
 use super::{DocError, DocumentStore, merge};
 
+/// Key -> (state, updates appended since).
+type Docs = HashMap<String, (Vec<u8>, Vec<Vec<u8>>)>;
+
 #[derive(Default)]
 pub struct MemoryDocuments {
-    /// Key -> (state, updates appended since).
-    docs: Mutex<HashMap<String, (Vec<u8>, Vec<Vec<u8>>)>>,
+    docs: Mutex<Docs>,
 }
 
 impl MemoryDocuments {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut HashMap<String, (Vec<u8>, Vec<Vec<u8>>)>) -> Result<T, DocError>,
-    ) -> Result<T, DocError> {
+    fn with<T>(&self, f: impl FnOnce(&mut Docs) -> Result<T, DocError>) -> Result<T, DocError> {
         let mut docs = self
             .docs
             .lock()

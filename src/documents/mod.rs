@@ -160,7 +160,7 @@ impl OpenDoc {
 
     /// What the holder of `state_vector` lacks, as an update (v1).
     pub async fn diff(&self, state_vector: &[u8]) -> Result<Vec<u8>, DocError> {
-        let sv = StateVector::decode_v1(state_vector).map_err(|_| DocError::InvalidUpdate)?;
+        let sv = decode::<StateVector>(state_vector)?;
         let inner = self.inner.lock().await;
         Ok(inner.doc.transact().encode_state_as_update_v1(&sv))
     }
@@ -188,7 +188,7 @@ impl OpenDoc {
     /// part that was new here, if any.
     async fn apply_stored(&self, update: &[u8]) -> Result<Option<Vec<u8>>, DocError> {
         let inner = self.inner.lock().await;
-        let update = Update::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?;
+        let update = decode::<Update>(update)?;
         Ok(apply(&inner.doc, update))
     }
 
@@ -221,14 +221,66 @@ impl OpenDoc {
     }
 }
 
-/// Applies `update` to `doc`; the changes it made, as an update, when it made any.
-fn apply(doc: &Doc, update: Update) -> Option<Vec<u8>> {
-    let mut txn = doc.transact_mut();
-    if txn.apply_update(update).is_err() {
-        return None;
+/// The smallest encoding of one entry counted by the leading number of each format: a
+/// client of an update (blocks, client, clock), of a state vector (client, clock), of an
+/// awareness update (client, clock, state length).
+trait Entries {
+    const MIN_ENTRY_BYTES: usize;
+}
+
+impl Entries for Update {
+    const MIN_ENTRY_BYTES: usize = 3;
+}
+
+impl Entries for StateVector {
+    const MIN_ENTRY_BYTES: usize = 2;
+}
+
+impl Entries for AwarenessUpdate {
+    const MIN_ENTRY_BYTES: usize = 3;
+}
+
+/// Whether the leading count (a lib0 varuint) of `bytes` could be true: `yrs` reserves a
+/// hash map of that many entries before reading them, so 20 bytes claiming a hundred
+/// million entries would cost a gigabyte and a second of CPU.
+fn plausible_count(bytes: &[u8], min_entry: usize) -> bool {
+    let mut count: u64 = 0;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        count |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let rest = (bytes.len() - i - 1) as u64;
+            return count.saturating_mul(min_entry as u64) <= rest;
+        }
     }
-    let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
-    changed.then(|| txn.encode_update_v1())
+    false
+}
+
+/// Decodes a client's bytes (v1); a count the bytes cannot hold, or a panic inside `yrs`, is
+/// an invalid update.
+fn decode<T: Decode + Entries>(bytes: &[u8]) -> Result<T, DocError> {
+    if !plausible_count(bytes, T::MIN_ENTRY_BYTES) {
+        return Err(DocError::InvalidUpdate);
+    }
+    std::panic::catch_unwind(|| T::decode_v1(bytes))
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(DocError::InvalidUpdate)
+}
+
+/// Applies `update` to `doc`; the changes it made, as an update, when it made any. A
+/// panic inside `yrs` on a hostile update is caught and taken as no change: a client's
+/// bytes never take the server down.
+fn apply(doc: &Doc, update: Update) -> Option<Vec<u8>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut txn = doc.try_transact_mut().ok()?;
+        if txn.apply_update(update).is_err() {
+            return None;
+        }
+        let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+        changed.then(|| txn.encode_update_v1())
+    }))
+    .ok()
+    .flatten()
 }
 
 /// A handle on an open document; give it back with [`Documents::release`].
@@ -324,10 +376,11 @@ impl Documents {
             }
             last
         };
-        if last && doc.loaded.initialized() {
-            if let Err(e) = self.store.compact(&doc.key).await {
-                tracing::warn!(doc = %doc.key, "cannot compact the document: {e}");
-            }
+        if last
+            && doc.loaded.initialized()
+            && let Err(e) = self.store.compact(&doc.key).await
+        {
+            tracing::warn!(doc = %doc.key, "cannot compact the document: {e}");
         }
     }
 
@@ -357,7 +410,7 @@ impl Documents {
         if inner.size + update.len() > limit {
             return Err(DocError::DocumentTooLarge { limit });
         }
-        let decoded = Update::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?;
+        let decoded = decode::<Update>(update)?;
         let Some(delta) = apply(&inner.doc, decoded) else {
             return Ok(false);
         };
@@ -425,7 +478,7 @@ impl Documents {
         if update.len() > limit {
             return Err(DocError::UpdateTooLarge { limit });
         }
-        let decoded = AwarenessUpdate::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?;
+        let decoded = decode::<AwarenessUpdate>(update)?;
         let clients = decoded.clients.keys().map(|c| c.get()).collect();
         if doc.apply_awareness(&decoded) {
             self.forward(doc, "awareness-update", update.to_vec()).await;
@@ -498,7 +551,7 @@ impl Documents {
         Ok(match stored {
             Some(stored) => {
                 let doc = Doc::new();
-                let update = Update::decode_v1(&stored).map_err(|_| DocError::InvalidUpdate)?;
+                let update = decode::<Update>(&stored)?;
                 apply(&doc, update);
                 Some(
                     doc.transact()
@@ -510,7 +563,7 @@ impl Documents {
     }
 
     /// A change another node applied (`event` `sync-update` or `awareness-update`).
-    async fn from_other_node(&self, event: &str, key: &str, payload: &[u8]) {
+    async fn apply_other_node(&self, event: &str, key: &str, payload: &[u8]) {
         let Some(doc) = self
             .open
             .lock()
@@ -531,7 +584,7 @@ impl Documents {
                 }
             }
             "awareness-update" => {
-                if let Ok(update) = AwarenessUpdate::decode_v1(payload)
+                if let Ok(update) = decode::<AwarenessUpdate>(payload)
                     && doc.apply_awareness(&update)
                     && let Some(sink) = self.sink.get()
                 {
@@ -561,10 +614,7 @@ pub fn to_json(
     use yrs::types::ToJson;
     use yrs::{In, Out};
     let doc = Doc::new();
-    apply(
-        &doc,
-        Update::decode_v1(update).map_err(|_| DocError::InvalidUpdate)?,
-    );
+    apply(&doc, decode::<Update>(update)?);
     let mut names: Vec<(String, Kind)> = Vec::new();
     {
         let txn = doc.transact();
@@ -639,7 +689,7 @@ pub async fn deliver_loop(
         if let Some((event, from, key, payload)) = redis::parse(&message)
             && from != node
         {
-            documents.from_other_node(event, key, payload).await;
+            documents.apply_other_node(event, key, payload).await;
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod cors;
+mod documents;
 mod error;
 mod events;
 mod health;
@@ -152,6 +153,14 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
         (
             e(Method::GET, "/api/v1/locks/{room}/{name}", read),
             get(locks::read),
+        ),
+        (
+            e(Method::GET, "/api/v1/documents/{*name}", read),
+            get(documents::read),
+        ),
+        (
+            e(Method::POST, "/api/v1/documents/{*name}", publish),
+            post(documents::write),
         ),
         (e(Method::GET, "/api/v1/sse", ClientToken), get(sse::sse)),
         (

@@ -7,6 +7,7 @@ pub mod hold;
 pub mod soak;
 pub mod storm;
 pub mod streams;
+pub mod yjs;
 
 use std::time::{Duration, Instant};
 

@@ -242,3 +242,68 @@ test("two editors on two cluster nodes converge, and a third at either node gets
     await cluster.stop();
   }
 });
+
+test("a backend reads a document (Yjs update and JSON) and edits it while people edit it", async () => {
+  const name = docName();
+  const url = `${srv.url}/api/v1/documents/${name}`;
+  assert.equal((await http(url, { key: API_KEY })).body?.error?.code, "document_not_found");
+  assert.equal((await http(`${srv.url}/api/v1/documents/project:42`, { key: API_KEY })).body?.error?.code, "invalid_document");
+  assert.equal((await http(url, { key: PUBLISH_ONLY_KEY })).status, 403);
+  assert.equal((await http(url, { method: "POST", key: READ_KEY, body: { text: { content: { insert: "x" } } } })).status, 403);
+
+  const a = editor(srv.url, name, { user: "ann" });
+  const b = editor(srv.url, name, { user: "bob" });
+  await Promise.all([synced(a), synced(b)]);
+  a.text.insert(0, "Hello people");
+  a.doc.getMap("meta").set("title", "Spec");
+  await eventually(() => b.text.toString() === "Hello people" && b.doc.getMap("meta").get("title") === "Spec", WAIT);
+
+  // The whole document as one Yjs update.
+  const res = await fetch(url, { headers: { authorization: `Bearer ${API_KEY}`, accept: "application/octet-stream" } });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-type"), "application/octet-stream");
+  const copy = new Y.Doc();
+  Y.applyUpdate(copy, new Uint8Array(await res.arrayBuffer()));
+  assert.equal(copy.getText("content").toString(), "Hello people");
+  assert.equal(copy.getMap("meta").get("title"), "Spec");
+
+  // As JSON: roots' types inferred, or named.
+  const json = await http(url, { key: API_KEY });
+  assert.equal(json.status, 200);
+  assert.deepEqual(json.body, { name, tenant: "default", roots: { content: "Hello people", meta: { title: "Spec" } } });
+  const named = await http(`${url}?text=content&map=meta`, { key: API_KEY });
+  assert.deepEqual(named.body.roots, { content: "Hello people", meta: { title: "Spec" } });
+
+  // A server-side Yjs update, made by an "agent" on its own copy.
+  const agent = new Y.Doc();
+  Y.applyUpdate(agent, new Uint8Array(Y.encodeStateAsUpdate(copy)));
+  const before = Y.encodeStateVector(agent);
+  agent.getText("content").insert(5, ",");
+  const diff = Y.encodeStateAsUpdate(agent, before);
+  const posted = await fetch(url, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/octet-stream" },
+    body: diff,
+  });
+  assert.equal(posted.status, 200);
+  assert.deepEqual(await posted.json(), { ok: true, changed: true });
+  await eventually(() => a.text.toString() === "Hello, people" && b.text.toString() === "Hello, people", {
+    ...WAIT,
+    what: "the editors to see the posted update",
+  });
+
+  // The small JSON form.
+  const edit = await http(url, { method: "POST", key: API_KEY, body: { text: { content: { insert: "!" } }, map: { meta: { status: "draft" } } } });
+  assert.deepEqual(edit.body, { ok: true, changed: true });
+  await eventually(() => b.text.toString() === "Hello, people!" && b.doc.getMap("meta").get("status") === "draft", WAIT);
+
+  // Not an update: refused, nothing applied.
+  const garbage = await fetch(url, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/octet-stream" },
+    body: new Uint8Array([255, 255, 255, 255, 1]),
+  });
+  assert.equal(garbage.status, 422);
+  assert.equal((await garbage.json()).error.code, "invalid_update");
+  assert.equal((await http(url, { key: API_KEY })).body.roots.content, "Hello, people!");
+});
