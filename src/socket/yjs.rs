@@ -71,6 +71,8 @@ struct Editor {
     expiry: Mutex<Option<tokio::task::AbortHandle>>,
     /// Set by the first of the disconnect handler and the connect handler's check.
     left: std::sync::atomic::AtomicBool,
+    /// Whether the server's `sync-step-1` was sent (see [`greet`]).
+    greeted: std::sync::atomic::AtomicBool,
 }
 
 /// Registers the dynamic namespace of documents on `io`.
@@ -146,6 +148,7 @@ async fn authenticate<A: Adapter>(
         session,
         expiry: Mutex::new(None),
         left: Default::default(),
+        greeted: Default::default(),
     }));
     s.join(tenant_room(&id.tenant));
     // Here, before socketioxide answers CONNECT (see `register_commands`).
@@ -197,8 +200,11 @@ fn watch_expiry<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, io: &SocketIo<A>,
     }
 }
 
-/// As the `y-socket.io` server does: `sync-step-1` with the server's state vector (the
-/// client's ack, what the server lacks, is applied), then every known awareness state.
+/// How long the server waits for the client's `sync-step-1` before sending its own anyway.
+const GREET_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Sends the server's `sync-step-1` (see [`greet`]) once the client's has been answered, or
+/// after [`GREET_FALLBACK`] for a client that sends none.
 async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
     let Some(editor) = s.extensions.get::<Arc<Editor>>() else {
         let _ = s.disconnect();
@@ -210,6 +216,24 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
         return;
     }
     tracing::debug!(parent: &span_of(&s), doc = %editor.doc.id.path(), "editor connected");
+    tokio::spawn(async move {
+        tokio::time::sleep(GREET_FALLBACK).await;
+        if s.connected() {
+            greet(&s, &ctx, &editor).await;
+        }
+    });
+}
+
+/// As the `y-socket.io` server does on connection: `sync-step-1` with the server's state
+/// vector (the client's ack, what the server lacks, is applied), then every known awareness
+/// state; once per socket. Sent after the answer to the client's own `sync-step-1`, never
+/// before: the stock provider reports `synced` when the server's `sync-step-1` arrives, so
+/// this way `synced` means it holds the server's document (the Node server sends it first,
+/// and `synced` may come before the content).
+async fn greet<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, editor: &Arc<Editor>) {
+    if editor.greeted.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let sv = Bytes::from(editor.doc.state_vector().await);
     match s.emit_with_ack::<_, Bytes>("sync-step-1", &sv) {
         Ok(ack) => {
@@ -220,12 +244,12 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(ctx): State<SocketCtx>) {
                 }
             });
         }
-        Err(e) => tracing::debug!(parent: &span_of(&s), "cannot send sync-step-1: {e}"),
+        Err(e) => tracing::debug!(parent: &span_of(s), "cannot send sync-step-1: {e}"),
     }
     if let Some(states) = editor.doc.awareness_all()
         && let Err(e) = s.emit("awareness-update", &Bytes::from(states))
     {
-        tracing::debug!(parent: &span_of(&s), "cannot send awareness-update: {e}");
+        tracing::debug!(parent: &span_of(s), "cannot send awareness-update: {e}");
     }
 }
 
@@ -247,6 +271,7 @@ async fn on_sync_step_1<A: Adapter>(
             if let Err(e) = ack.send(&Bytes::from(update)) {
                 tracing::debug!(parent: &span_of(&s), "cannot answer sync-step-1: {e}");
             }
+            greet(&s, &ctx, &editor).await;
         }
         Err(e) => refuse(&s, &e),
     }

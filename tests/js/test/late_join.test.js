@@ -17,6 +17,7 @@ import * as Y from "yjs";
 import { SocketIOProvider } from "y-socket.io";
 
 import { blocks } from "../lib/docs.js";
+import { destroyProvider } from "../lib/yjs.js";
 import { REPO_ROOT, eventually, mintToken, publishOk, startServer, trackChild } from "../lib/helpers.js";
 
 const MARKER = "// late-join.mjs: ROOMCAST_URL=";
@@ -36,7 +37,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const p of providers) p.destroy();
+  for (const p of providers) destroyProvider(p);
   if (script) fs.rmSync(script, { force: true });
   await srv?.stop();
 });
@@ -65,8 +66,8 @@ test("a late joiner gets the document, then the room's events in order, then liv
   writer.memories.set("goal", "ship v2");
   writer.memories.set("owner", "wendy");
   await eventually(() => witness.memories.get("owner") === "wendy", { timeout: DEADLINE_MS, what: "the witness sees the memories" });
-  writer.provider.destroy();
-  witness.provider.destroy();
+  destroyProvider(writer.provider);
+  destroyProvider(witness.provider);
 
   const child = trackChild(
     spawn(process.execPath, [script], {
