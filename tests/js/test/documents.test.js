@@ -307,6 +307,10 @@ test("a backend reads a document (Yjs update and JSON) and edits it while people
   assert.equal(garbage.status, 422);
   assert.equal((await garbage.json()).error.code, "invalid_update");
   assert.equal((await http(url, { key: API_KEY })).body.roots.content, "Hello, people!");
+
+  const metrics = (await http(`${srv.url}/metrics`, { key: API_KEY })).text;
+  assert.ok(Number(/^roomcast_documents_open (\d+)$/m.exec(metrics)?.[1]) >= 1, metrics);
+  assert.ok(Number(/^roomcast_document_updates_total (\d+)$/m.exec(metrics)?.[1]) >= 4, metrics);
 });
 
 test("an oversized update is refused with update_too_large and a disconnect; documents per connection are bounded", async () => {
