@@ -23,6 +23,8 @@
 //!   a [`socket::command::Connection`] that knows no socketioxide (so another transport can
 //!   run the same commands); `dispatch` makes a socketioxide socket one and replies
 //!   (`reply`: the ack or an `error` event); `budget` spends the per-socket event budget.
+//!   `socket::yjs` is the other namespace: `/yjs|<room>/<name>`, the `y-socket.io`
+//!   protocol over [`documents`].
 //! - [`tcp`]: the accept loop and the accepted connections: who is admitted (per-address
 //!   cap, descriptor reserve), the request head cap, the idle / header-read timeouts and
 //!   the write timeout;
@@ -31,8 +33,9 @@
 //! - [`stores`]: memory, disk (`[storage] path`) or Redis, chosen once: room history
 //!   ([`history`]), idempotency answers ([`idempotency`]), presence ([`presence`]), AI
 //!   streams ([`streams`]), task progress ([`tasks`]: the rate and ETA the broadcaster
-//!   adds to `task.progress`) and locks ([`locks`]: fencing tokens, expiry claimed once),
-//!   each a module with one file per backend. The publish path and recovery call the store
+//!   adds to `task.progress`), locks ([`locks`]: fencing tokens, expiry claimed once) and
+//!   Yjs documents ([`documents`]: merged with `yrs`, stored before forwarded, relayed
+//!   between nodes), each a module with one file per backend. The publish path and recovery call the store
 //!   (`HistoryStore::publish`, `HistoryStore::catch_up`) and know no backend: how each one
 //!   keeps a room's `seq` order (locks held through delivery on one node, a Lua script and
 //!   a delivery lock in a cluster) lives beside its data. [`disk`] is what the disk backends share (times on

@@ -1,9 +1,11 @@
 //! Where a node keeps what outlives a request: room history, idempotency answers,
-//! presence, AI streams, task progress and locks. The backend is chosen here, once, from the config:
+//! presence, AI streams, task progress, locks and Yjs documents. The backend is chosen here,
+//! once, from the config:
 //! - memory: a single node without `[storage] path` (lost on restart);
 //! - disk: a single node with `[storage] path`: history (room epochs, `seq`s, the events
-//!   within retention) and idempotency answers in one redb file, `<path>/roomcast.redb`,
-//!   each kept event and answer committed (fsynced) before the publish is answered;
+//!   within retention), idempotency answers and documents in one redb file,
+//!   `<path>/roomcast.redb`, each kept event, answer and document update committed
+//!   (fsynced) before the publish is answered (the update forwarded);
 //! - Redis: cluster mode (`cluster.redis_url`), shared by every node; `[storage]` is not
 //!   used then (a warning says so at start).
 //!

@@ -60,6 +60,24 @@ pub(super) async fn metrics(
     );
     sample(
         &mut out,
+        "roomcast_documents_open",
+        "gauge",
+        "Yjs documents open on this node (with an editor, or an HTTP call under way)",
+        state.services.documents.open_count() as u64,
+    );
+    sample(
+        &mut out,
+        "roomcast_document_updates_total",
+        "counter",
+        "Yjs updates that changed a document, applied on this node (editors and POST)",
+        state
+            .services
+            .documents
+            .updates
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    sample(
+        &mut out,
         "roomcast_rooms",
         "gauge",
         "Distinct (tenant, room) pairs with a member on this node",

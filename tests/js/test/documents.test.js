@@ -13,9 +13,11 @@ import path from "node:path";
 
 import * as Y from "yjs";
 import { SocketIOProvider } from "y-socket.io";
+import { Manager } from "socket.io-client";
 
 import { startServer, mintToken, eventually, http, API_KEY, READ_KEY, PUBLISH_ONLY_KEY } from "../lib/helpers.js";
 import { startCluster } from "../lib/cluster.js";
+import { destroyProvider } from "../lib/yjs.js";
 
 const WAIT = { timeout: 10_000 };
 
@@ -26,11 +28,11 @@ before(async () => {
   srv = await startServer({ nodeId: "docs" });
 });
 afterEach(() => {
-  for (const p of providers) p.destroy();
+  for (const p of providers) destroyProvider(p);
   providers.clear();
 });
 after(async () => {
-  for (const p of providers) p.destroy();
+  for (const p of providers) destroyProvider(p);
   await srv?.stop();
 });
 
@@ -55,7 +57,7 @@ function synced(e) {
 }
 
 function close(e) {
-  e.provider.destroy();
+  destroyProvider(e.provider);
   providers.delete(e.provider);
 }
 
@@ -306,4 +308,55 @@ test("a backend reads a document (Yjs update and JSON) and edits it while people
   assert.equal(garbage.status, 422);
   assert.equal((await garbage.json()).error.code, "invalid_update");
   assert.equal((await http(url, { key: API_KEY })).body.roots.content, "Hello, people!");
+
+  const metrics = (await http(`${srv.url}/metrics`, { key: API_KEY })).text;
+  assert.ok(Number(/^roomcast_documents_open (\d+)$/m.exec(metrics)?.[1]) >= 1, metrics);
+  assert.ok(Number(/^roomcast_document_updates_total (\d+)$/m.exec(metrics)?.[1]) >= 4, metrics);
+});
+
+test("an oversized update is refused with update_too_large and a disconnect; documents per connection are bounded", async () => {
+  const limited = await startServer({
+    nodeId: "docs-limits",
+    extraToml: "\n[documents]\nmax_update_bytes = 2048\nmax_documents_per_connection = 2\n",
+  });
+  try {
+    const name = docName();
+    const a = editor(limited.url, name, { user: "ann" });
+    const b = editor(limited.url, name, { user: "bob" });
+    await Promise.all([synced(a), synced(b)]);
+    const errors = [];
+    a.provider.socket.on("error", (e) => errors.push(e));
+    const reasons = [];
+    a.provider.socket.on("disconnect", (reason) => reasons.push(reason));
+    a.text.insert(0, "x".repeat(5000));
+    await eventually(() => reasons.length > 0, { ...WAIT, what: "the disconnect" });
+    assert.equal(reasons[0], "io server disconnect");
+    assert.equal(errors[0]?.code, "update_too_large");
+    assert.match(errors[0]?.message, /2048 bytes/);
+    // Never applied: the other editor and a newcomer see nothing of it.
+    b.text.insert(0, "small");
+    const c = editor(limited.url, name, { user: "cid" });
+    await synced(c);
+    await eventually(() => c.text.toString() === "small", WAIT);
+    assert.equal(b.text.toString(), "small");
+
+    // One Engine.IO connection (a shared Manager) opening three documents: the third is refused.
+    const token = mintToken({ sub: "ann", projects: ["42"] });
+    const manager = new Manager(limited.url, { transports: ["websocket"], reconnection: false });
+    const outcomes = await Promise.all(
+      [1, 2, 3].map(
+        (i) =>
+          new Promise((resolve) => {
+            const s = manager.socket(`/yjs|project:42/multi-${i}`, { auth: { token } });
+            s.on("connect", () => resolve("connected"));
+            s.on("connect_error", (e) => resolve(e.message));
+            s.connect();
+          }),
+      ),
+    );
+    assert.deepEqual(outcomes.sort(), ["connected", "connected", "too_many_documents"]);
+    manager.engine?.close();
+  } finally {
+    await limited.stop();
+  }
 });
