@@ -43,6 +43,8 @@ const SKIP = {
     "a fragment: needs an existing socket and the app's deploy and showBusy; test/locks.test.js runs the same commands",
   'socket.on("typing.start", (e) => showTyping(e.from.user_id));':
     "a fragment: needs an existing socket, a server with [client_events] and the app's show/showTyping; test/client_events.test.js runs the same commands",
+  'provider.on("connection-error", (err) => console.log(err.message)); // e.g. "forbidden"':
+    "a fragment: needs yjs, y-socket.io and the app's own server address and jwt; test/documents.test.js runs the same stock provider",
   "// late-join.mjs: ROOMCAST_URL=": "needs yjs and y-socket.io and a document written before it starts: test/late_join.test.js runs it as written",
 };
 const RUN_DEADLINE_MS = 30_000;
