@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -450,51 +447,7 @@ async fn backends_lock_over_http() {
     assert_eq!((status, &body["error"]["field"]), (422, &json!("ttl_ms")));
 }
 
-/// A `roomcast serve` process on `dir` with `[storage] path = "data"`.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Node {
-    async fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_timeout_secs = 2\n\
-                 [auth]\njwt_secret = \"{SECRET}\"\n\
-                 [[api_keys]]\nname = \"full\"\nkey = \"{KEY}\"\nscopes = [\"publish\", \"read\"]\n\
-                 [storage]\npath = \"data\"\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .current_dir(dir)
-            .env_remove("ROOMCAST_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run roomcast");
-        let node = Self {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let up = reqwest::get(format!("http://{}/health", node.addr)).await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                return node;
-            }
-            assert!(Instant::now() < deadline, "the server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
+impl BinaryNode {
     /// Acquires and releases `project:1/deploy` over HTTP: the token.
     async fn grant(&self) -> u64 {
         let url = format!("http://{}/api/v1/locks/{RESOURCE}", self.addr);
@@ -519,27 +472,6 @@ impl Node {
         assert_eq!(released.status(), 200);
         token
     }
-
-    async fn stop(mut self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the server did not stop");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// With `[storage] path` the fencing counter is on disk: after a restart (even a SIGKILL)
@@ -554,7 +486,7 @@ async fn fencing_tokens_grow_across_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut last = 0;
     for signal in ["TERM", "KILL", "TERM"] {
-        let node = Node::start(&dir).await;
+        let node = BinaryNode::start(&dir, true).await;
         for _ in 0..3 {
             let token = node.grant().await;
             assert!(token > last, "{token} after {last}");

@@ -6,19 +6,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use common::*;
 use serde_json::{Value, json};
 
-/// A `roomcast serve` process.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
+/// The node tests here start and stop.
+type Node = BinaryNode;
 
 /// A fresh directory for one test's config (and data, under `data/`).
 fn workdir(name: &str) -> PathBuf {
@@ -31,70 +26,7 @@ fn workdir(name: &str) -> PathBuf {
     dir
 }
 
-impl Node {
-    /// Starts the binary in `dir` (with `[storage] path = "data"` when `storage`), on a new
-    /// port, and waits until `/health` answers.
-    async fn start(dir: &Path, storage: bool) -> Self {
-        let port = free_port();
-        let storage = if storage {
-            "[storage]\npath = \"data\"\n"
-        } else {
-            ""
-        };
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_timeout_secs = 2\n\
-                 [auth]\njwt_secret = \"{SECRET}\"\n\
-                 [[api_keys]]\nname = \"full\"\nkey = \"{KEY}\"\nscopes = [\"publish\", \"read\"]\n\
-                 {storage}"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .current_dir(dir)
-            .env_remove("ROOMCAST_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run roomcast");
-        let node = Self {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let up = reqwest::get(format!("http://{}/health", node.addr)).await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                return node;
-            }
-            assert!(Instant::now() < deadline, "the server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Stops the process with `signal` and waits until it is gone.
-    async fn stop(mut self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop on {signal}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
+impl BinaryNode {
     async fn publish(&self, n: u64, idempotency_key: Option<&str>) -> (u16, Value, bool) {
         let mut req = reqwest::Client::new()
             .post(format!("http://{}/api/v1/events", self.addr))
@@ -116,13 +48,6 @@ impl Node {
         Client::connect(self.addr, Auth::Payload(auth))
             .await
             .unwrap_or_else(|e| panic!("connect refused: {e}"))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -800,3 +800,85 @@ impl Client {
         );
     }
 }
+
+/// A `roomcast serve` process (the real binary) in a directory of its own, for tests that
+/// stop it with a signal and start it again on the same data.
+pub struct BinaryNode {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl BinaryNode {
+    /// Starts the binary in `dir` (with `[storage] path = "data"` when `storage`), on a new
+    /// port, and waits until `/health` answers.
+    pub async fn start(dir: &std::path::Path, storage: bool) -> Self {
+        let port = free_port();
+        let storage = if storage {
+            "[storage]\npath = \"data\"\n"
+        } else {
+            ""
+        };
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_timeout_secs = 2\n\
+                 [auth]\njwt_secret = \"{SECRET}\"\n\
+                 [[api_keys]]\nname = \"full\"\nkey = \"{KEY}\"\nscopes = [\"publish\", \"read\"]\n\
+                 {storage}"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(dir)
+            .env_remove("ROOMCAST_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("run roomcast");
+        let node = Self {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = reqwest::get(format!("http://{}/health", node.addr)).await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                return node;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the process with `signal` and waits until it is gone.
+    pub async fn stop(mut self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop on {signal}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinaryNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
