@@ -12,7 +12,10 @@
 //! - an Engine.IO session id (a polling bearer credential: `sid`, `socket.id`, the sid of
 //!   a Socket.IO CONNECT answer) is replaced by `~` and the first 8 hex digits of its
 //!   SHA-256, so a session can still be followed through the log and matched by whoever
-//!   knows the sid (`printf %s SID | sha256sum | cut -c1-8`), but not replayed.
+//!   knows the sid (`printf %s SID | sha256sum | cut -c1-8`), but not replayed. In lines
+//!   of socketioxide and engineioxide the field `id` is a session id too (engineioxide's
+//!   `heartbeat error` names the socket `id=<sid>`); elsewhere `id` is an event's or a
+//!   stream's and stays readable.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -33,14 +36,27 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
-        RedactingWriter::new(self.0.make_writer_for(meta))
+        let mut writer = RedactingWriter::new(self.0.make_writer_for(meta));
+        writer.ids_are_sids = ids_are_sids(meta.target());
+        writer
     }
+}
+
+/// Whether an event of `target` calls a session id `id`: the Socket.IO crates' do.
+fn ids_are_sids(target: &str) -> bool {
+    ["engineioxide", "socketioxide"].iter().any(|krate| {
+        target
+            .strip_prefix(krate)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::") || rest.starts_with('_'))
+    })
 }
 
 /// Collects one event's bytes; redacts and writes them on flush or drop.
 pub struct RedactingWriter<W: Write> {
     inner: W,
     buf: Vec<u8>,
+    /// The event is socketioxide's or engineioxide's: its `id` is a session id.
+    ids_are_sids: bool,
 }
 
 impl<W: Write> RedactingWriter<W> {
@@ -48,6 +64,7 @@ impl<W: Write> RedactingWriter<W> {
         Self {
             inner,
             buf: Vec::new(),
+            ids_are_sids: false,
         }
     }
 
@@ -56,7 +73,7 @@ impl<W: Write> RedactingWriter<W> {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&self.buf);
-        let clean = redact(&text).into_owned();
+        let clean = redact_line(&text, self.ids_are_sids).into_owned();
         self.buf.clear();
         self.inner.write_all(clean.as_bytes())
     }
@@ -88,7 +105,7 @@ enum Kind {
     Sid,
 }
 
-fn kind_of(key: &str) -> Option<Kind> {
+fn kind_of(key: &str, ids_are_sids: bool) -> Option<Kind> {
     let key = key.to_ascii_lowercase();
     let key = key.trim_matches(|c| c == '.' || c == '-' || c == '_');
     if key.ends_with("token")
@@ -99,7 +116,12 @@ fn kind_of(key: &str) -> Option<Kind> {
     {
         return Some(Kind::Secret);
     }
-    if key == "sid" || key.ends_with(".sid") || key == "socket.id" || key == "socket_id" {
+    if key == "sid"
+        || key.ends_with(".sid")
+        || key == "socket.id"
+        || key == "socket_id"
+        || (ids_are_sids && key == "id")
+    {
         return Some(Kind::Sid);
     }
     None
@@ -188,14 +210,19 @@ pub fn sid_hash(sid: &str) -> String {
 
 /// A line with every credential it holds redacted (see the module doc).
 pub fn redact(line: &str) -> Cow<'_, str> {
-    let keyed = redact_fields(line);
+    redact_line(line, false)
+}
+
+/// [`redact`]; with `ids_are_sids` a field `id` is a session id as well.
+fn redact_line(line: &str, ids_are_sids: bool) -> Cow<'_, str> {
+    let keyed = redact_fields(line, ids_are_sids);
     match redact_jwts(&keyed) {
         Cow::Borrowed(_) => keyed,
         Cow::Owned(s) => Cow::Owned(s),
     }
 }
 
-fn redact_fields(line: &str) -> Cow<'_, str> {
+fn redact_fields(line: &str, ids_are_sids: bool) -> Cow<'_, str> {
     let s = line.as_bytes();
     let mut out: Option<String> = None;
     let mut copied = 0;
@@ -210,7 +237,7 @@ fn redact_fields(line: &str) -> Cow<'_, str> {
             end += 1;
         }
         let key = &line[i..end];
-        let found = kind_of(key).and_then(|kind| {
+        let found = kind_of(key, ids_are_sids).and_then(|kind| {
             let start = value_start(s, end)?;
             let stop = value_end(s, start);
             (stop > start).then_some((kind, start, stop))
@@ -353,6 +380,26 @@ mod tests {
         ] {
             assert_eq!(redact(line), line);
         }
+    }
+
+    /// engineioxide's `heartbeat error` names the socket `id`: hashed in its lines, while an
+    /// `id` in Roomcast's own lines (an event's) stays readable.
+    #[test]
+    fn the_socket_crates_id_is_a_sid() {
+        let sid = "AbCdEfGh12345678";
+        for line in [
+            format!("heartbeat error: heartbeat timeout id={sid}"),
+            format!("{{\"fields\":{{\"message\":\"heartbeat error\",\"id\":\"{sid}\"}}}}"),
+        ] {
+            let clean = redact_line(&line, true);
+            assert!(!clean.contains(sid), "{line} -> {clean}");
+            assert!(clean.contains(&sid_hash(sid)), "{line} -> {clean}");
+            assert_eq!(redact_line(&line, false), line);
+        }
+        assert!(ids_are_sids("engineioxide::socket"));
+        assert!(ids_are_sids("socketioxide"));
+        assert!(!ids_are_sids("roomcast::broadcaster"));
+        assert!(!ids_are_sids("engineioxidex"));
     }
 
     #[test]
