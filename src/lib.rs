@@ -48,6 +48,10 @@
 //!   queue, handed every event the sockets are (`socket::Sockets` delivers to both; in a
 //!   cluster the adapter's broadcasts from other nodes through `cluster`'s driver); the
 //!   resume token. The endpoint is `http::sse`.
+//! - [`transport`]: Roomcast's own WebSocket transports: [`transport::json`], the plain
+//!   JSON protocol at `/ws/json` (one task per connection writing the hub's shared frames
+//!   in batches; the commands of [`socket`] over a [`socket::command::Connection`]). The
+//!   endpoint (screening, upgrade) is `http::ws_json`.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis, membership only: the adapter's driver,
 //!   heartbeats, reaping dead nodes.
@@ -167,6 +171,7 @@ pub mod stores;
 pub mod streams;
 pub mod tasks;
 pub mod tcp;
+pub mod transport;
 pub mod workers;
 
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! Server-Sent Events: the same rooms as sockets, read with a plain `EventSource`
 //! (`GET /api/v1/sse`, in [`crate::http`]). This module is the delivery side: the
-//! [`SseHub`] holds this node's SSE connections by room, and the socket side's
+//! [`SseHub`] holds this node's SSE connections by room (and the plain JSON WebSocket
+//! connections of [`crate::transport::json`], which take the same frames: each event's
+//! envelope text, made once per publish and shared by every recipient), and the socket side's
 //! [`crate::delivery::Deliver`] hands it every event it hands its own sockets, at the same
 //! point (under the same history and stream delivery locks), so an SSE connection gets a
 //! room's events in the order sockets do, and a catch-up's backlog before any live event.
@@ -23,11 +25,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// One event as an SSE connection writes it: `event:` its type, `data:` the envelope, and
-/// where it puts the connection in its rooms (none for a volatile event or a notice).
+/// where it puts the connection in its rooms (none for a volatile event or a notice). A
+/// `/ws/json` connection writes `data` as one text frame, without a copy.
 #[derive(Debug)]
 pub struct Frame {
     pub event: String,
-    pub data: Arc<str>,
+    pub data: tokio_tungstenite::tungstenite::Utf8Bytes,
     /// `(public room, epoch, seq)` for each room the event is numbered in.
     pub positions: Vec<(String, String, u64)>,
     /// Whether the frame carries the connection's resume token (`id:`). Numbered events do;
@@ -41,7 +44,7 @@ impl Frame {
         let positions = positions_of(payload);
         Self {
             event: event.to_owned(),
-            data: payload.get().into(),
+            data: payload.get().to_owned().into(),
             with_id: !positions.is_empty(),
             positions,
         }
@@ -86,9 +89,27 @@ fn positions_of(payload: &RawValue) -> Vec<(String, String, u64)> {
     out
 }
 
-/// One SSE connection as the hub sees it.
+/// Why the hub closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its queue was full: it read too slowly.
+    Overflowed,
+    /// Its user was disconnected (`POST /api/v1/users/{id}/disconnect`).
+    Revoked,
+    /// The server drains.
+    Draining,
+}
+
+/// One SSE or `/ws/json` connection as the hub sees it.
 pub struct Conn {
     id: u64,
+    /// A `/ws/json` connection's session id: a publish from it skips it (on every node: a
+    /// broadcast names it in its `except` rooms). `None` for SSE.
+    sid: Option<Box<str>>,
+    /// The most live events it may have queued.
+    buffer: usize,
+    /// Set before `closed` is cancelled by the hub (0: by its own side).
+    why: std::sync::atomic::AtomicU8,
     tx: mpsc::UnboundedSender<Arc<Frame>>,
     /// Frames queued and not yet written.
     queued: AtomicUsize,
@@ -112,7 +133,7 @@ impl Conn {
             let waiting = held.as_ref().map_or(0, Vec::len);
             if self.queued.load(Ordering::Relaxed) + waiting >= buffer {
                 tracing::debug!(conn = self.id, "sse buffer full: closing the connection");
-                self.closed.cancel();
+                self.close(CloseReason::Overflowed);
                 return Pushed::Overflowed;
             }
             if let Some(held) = held.as_mut() {
@@ -129,6 +150,36 @@ impl Conn {
             Ok(()) => Pushed::Queued,
             Err(_) => Pushed::Closed,
         }
+    }
+
+    /// Ends the connection for `why` (the first reason given is kept).
+    pub fn close(&self, why: CloseReason) {
+        let code = match why {
+            CloseReason::Overflowed => 1,
+            CloseReason::Revoked => 2,
+            CloseReason::Draining => 3,
+        };
+        let _ = self
+            .why
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+        self.closed.cancel();
+    }
+
+    /// Why the hub closed the connection; `Draining` when the server drains (the hub
+    /// cancels every connection at once then), `None` when it is open or ended by its side.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self.why.load(Ordering::Relaxed) {
+            1 => Some(CloseReason::Overflowed),
+            2 => Some(CloseReason::Revoked),
+            3 => Some(CloseReason::Draining),
+            _ if self.closed.is_cancelled() => Some(CloseReason::Draining),
+            _ => None,
+        }
+    }
+
+    /// The most live events it may have queued.
+    pub fn buffer(&self) -> usize {
+        self.buffer
     }
 
     /// Queues the connection's first event, then the live events held meanwhile.
@@ -169,6 +220,14 @@ impl Queue {
         self.conn.queued.fetch_sub(1, Ordering::Relaxed);
         Some(frame)
     }
+
+    /// The next frame already queued, without waiting (also after the connection closed:
+    /// what was queued can still be written).
+    pub fn try_next(&mut self) -> Option<Arc<Frame>> {
+        let frame = self.rx.try_recv().ok()?;
+        self.conn.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(frame)
+    }
 }
 
 impl Drop for Queue {
@@ -177,11 +236,14 @@ impl Drop for Queue {
     }
 }
 
-/// This node's SSE connections, by scoped room name.
+/// This node's SSE and `/ws/json` connections, by scoped room name.
 pub struct SseHub {
     rooms: RwLock<HashMap<String, Vec<Arc<Conn>>>>,
     next_id: AtomicU64,
+    /// SSE connections open.
     connections: AtomicU64,
+    /// `/ws/json` connections open.
+    json_connections: AtomicU64,
     /// Connections closed because their queue was full.
     overflowed: AtomicU64,
     buffer: usize,
@@ -196,23 +258,38 @@ impl SseHub {
             rooms: RwLock::default(),
             next_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
+            json_connections: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             buffer: buffer.max(1),
             draining: CancellationToken::new(),
         }
     }
 
-    /// A new connection, in no room yet; it leaves the hub when its queue is dropped.
+    /// A new SSE connection, in no room yet; it leaves the hub when its queue is dropped.
     pub fn open(self: &Arc<Self>) -> Queue {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.open_conn(None, self.buffer)
+    }
+
+    /// A new `/ws/json` connection with session id `sid`, queueing at most `buffer` live
+    /// events; in no room yet.
+    pub fn open_json(self: &Arc<Self>, sid: &str, buffer: usize) -> Queue {
+        self.json_connections.fetch_add(1, Ordering::Relaxed);
+        self.open_conn(Some(sid.into()), buffer.max(1))
+    }
+
+    fn open_conn(self: &Arc<Self>, sid: Option<Box<str>>, buffer: usize) -> Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            sid,
+            buffer,
+            why: std::sync::atomic::AtomicU8::new(0),
             tx,
             queued: AtomicUsize::new(0),
             closed: self.draining.child_token(),
             held: Mutex::new(Some(Vec::new())),
         });
-        self.connections.fetch_add(1, Ordering::Relaxed);
         Queue {
             conn,
             rx,
@@ -231,22 +308,41 @@ impl SseHub {
         }
     }
 
+    /// Takes `conn` out of `scoped` rooms.
+    pub fn leave(&self, conn: &Conn, scoped: &[std::borrow::Cow<'static, str>]) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        for room in scoped {
+            if let Some(members) = rooms.get_mut(room.as_ref()) {
+                members.retain(|c| c.id != conn.id);
+                if members.is_empty() {
+                    rooms.remove(room.as_ref());
+                }
+            }
+        }
+    }
+
     fn remove(&self, conn: &Conn) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.retain(|_, members| {
             members.retain(|c| c.id != conn.id);
             !members.is_empty()
         });
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+        let open = match conn.sid {
+            Some(_) => &self.json_connections,
+            None => &self.connections,
+        };
+        open.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Queues `payload` as `event` on every connection in any of `rooms` (scoped names),
-    /// once per connection. Called where sockets are handed the same event.
+    /// once per connection, except the `/ws/json` connections whose session id is in
+    /// `except` (a client event's sender). Called where sockets are handed the same event.
     pub fn deliver(
         &self,
         rooms: &[std::borrow::Cow<'static, str>],
         event: &str,
         payload: &RawValue,
+        except: &[std::borrow::Cow<'static, str>],
     ) {
         let targets: Vec<Arc<Conn>> = {
             let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
@@ -256,7 +352,11 @@ impl SseHub {
             let mut targets: Vec<Arc<Conn>> = Vec::new();
             for room in rooms {
                 for conn in map.get(room.as_ref()).into_iter().flatten() {
-                    if !targets.iter().any(|c| c.id == conn.id) {
+                    let skipped = conn
+                        .sid
+                        .as_deref()
+                        .is_some_and(|sid| except.iter().any(|e| e == sid));
+                    if !skipped && !targets.iter().any(|c| c.id == conn.id) {
                         targets.push(conn.clone());
                     }
                 }
@@ -268,7 +368,7 @@ impl SseHub {
         }
         let frame = Arc::new(Frame::event(event, payload));
         for conn in targets {
-            if conn.push(frame.clone(), true, self.buffer) == Pushed::Overflowed {
+            if conn.push(frame.clone(), true, conn.buffer) == Pushed::Overflowed {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -281,7 +381,7 @@ impl SseHub {
         let mut closed = 0;
         for conn in rooms.iter().filter_map(|r| map.get(r.as_ref())).flatten() {
             if !conn.closed.is_cancelled() {
-                conn.closed.cancel();
+                conn.close(CloseReason::Revoked);
                 closed += 1;
             }
         }
@@ -298,7 +398,12 @@ impl SseHub {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Connections closed so far because they read too slowly.
+    /// `/ws/json` connections open on this node.
+    pub fn json_connections(&self) -> u64 {
+        self.json_connections.load(Ordering::Relaxed)
+    }
+
+    /// SSE and `/ws/json` connections closed so far because they read too slowly.
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }
@@ -432,7 +537,12 @@ mod tests {
         let mut queue = hub.open();
         hub.join(&queue.conn, ["t/global".to_owned()]);
         let payload = RawValue::from_string(r#"{"room":"global","data":1}"#.into()).unwrap();
-        hub.deliver(&[std::borrow::Cow::Borrowed("t/global")], "live", &payload);
+        hub.deliver(
+            &[std::borrow::Cow::Borrowed("t/global")],
+            "live",
+            &payload,
+            &[],
+        );
         let first = Frame::notice("connection.established", &serde_json::json!({}), true);
         queue.conn.first(Arc::new(first));
         let backlog = Frame::notice("backlog", &serde_json::json!({}), false);
@@ -461,10 +571,10 @@ mod tests {
         hub.join(&queue.conn, ["t/global".to_owned()]);
         let payload = RawValue::from_string(r#"{"room":"global","data":1}"#.into()).unwrap();
         let rooms = [std::borrow::Cow::Borrowed("t/global")];
-        hub.deliver(&rooms, "a", &payload);
-        hub.deliver(&rooms, "a", &payload);
+        hub.deliver(&rooms, "a", &payload, &[]);
+        hub.deliver(&rooms, "a", &payload, &[]);
         assert!(!queue.conn.closed.is_cancelled());
-        hub.deliver(&rooms, "a", &payload);
+        hub.deliver(&rooms, "a", &payload, &[]);
         assert!(queue.conn.closed.is_cancelled());
         assert_eq!(hub.overflowed(), 1);
         assert!(queue.next().await.is_none());

@@ -133,11 +133,11 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
     if let Ok(tap) = tap.read()
         && let Some((tapped, hub)) = tap.as_ref()
         && *tapped == chan
-        && hub.connections() > 0
+        && hub.connections() + hub.json_connections() > 0
     {
         match sse_request(&payload) {
-            Some(SseRequest::Broadcast(rooms, event, payload)) => {
-                hub.deliver(&rooms, &event, &payload);
+            Some(SseRequest::Broadcast(rooms, event, payload, except)) => {
+                hub.deliver(&rooms, &event, &payload, &except);
             }
             Some(SseRequest::Disconnect(rooms)) => {
                 hub.close_rooms(&rooms);
@@ -158,8 +158,14 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
 
 /// What a request of the socketioxide-redis adapter asks of this node's SSE connections.
 enum SseRequest {
-    /// An event to the rooms: its name and payload.
-    Broadcast(Vec<Cow<'static, str>>, String, Box<RawValue>),
+    /// An event to the rooms: its name and payload, and the `except` rooms (a `/ws/json`
+    /// sender's session id).
+    Broadcast(
+        Vec<Cow<'static, str>>,
+        String,
+        Box<RawValue>,
+        Vec<Cow<'static, str>>,
+    ),
     /// Disconnect whoever is in the rooms (a user's revocation, by identity room).
     Disconnect(Vec<Cow<'static, str>>),
 }
@@ -172,6 +178,7 @@ fn sse_request(bytes: &[u8]) -> Option<SseRequest> {
     let request: RequestIn = rmp_serde::from_slice(bytes).ok()?;
     let opts = request.opts?;
     let rooms = opts.rooms.into_iter().collect();
+    let except = opts.except.into_iter().collect();
     let packet = match request.r#type {
         RequestTypeIn::Broadcast(packet) => packet,
         RequestTypeIn::DisconnectSockets => return Some(SseRequest::Disconnect(rooms)),
@@ -188,7 +195,7 @@ fn sse_request(bytes: &[u8]) -> Option<SseRequest> {
             (event, serde_json::value::to_raw_value(&payload).ok()?)
         }
     };
-    Some(SseRequest::Broadcast(rooms, event, payload))
+    Some(SseRequest::Broadcast(rooms, event, payload, except))
 }
 
 impl Driver for ResilientDriver {
@@ -244,7 +251,7 @@ mod tests {
             let packet = Packet::event("/", value);
             let request = RequestOut::new(Uid::new(), RequestTypeOut::Broadcast(&packet), &opts);
             let bytes = rmp_serde::to_vec(&request).unwrap();
-            let Some(SseRequest::Broadcast(rooms, event, payload)) = sse_request(&bytes) else {
+            let Some(SseRequest::Broadcast(rooms, event, payload, _)) = sse_request(&bytes) else {
                 panic!("not read as a broadcast");
             };
             assert_eq!(rooms, ["default/project:1", "default/global"]);

@@ -53,9 +53,16 @@ pub(super) async fn metrics(
     );
     sample(
         &mut out,
+        "roomcast_ws_json_connections",
+        "gauge",
+        "Plain JSON WebSocket connections open on this node (GET /ws/json)",
+        state.sse.json_connections(),
+    );
+    sample(
+        &mut out,
         "roomcast_sse_overflows_total",
         "counter",
-        "SSE connections closed because their reader fell sse.buffer events behind",
+        "SSE and /ws/json connections closed because their reader fell too far behind (sse.buffer, limits.socket_buffer_packets)",
         state.sse.overflowed(),
     );
     sample(

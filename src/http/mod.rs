@@ -22,6 +22,7 @@ mod stats;
 mod streams;
 mod users;
 mod webhooks;
+mod ws_json;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -163,6 +164,10 @@ fn endpoints() -> Vec<(Endpoint, MethodRouter<AppState>)> {
             post(documents::write),
         ),
         (e(Method::GET, "/api/v1/sse", ClientToken), get(sse::sse)),
+        (
+            e(Method::GET, "/ws/json", ClientToken),
+            get(ws_json::ws_json),
+        ),
         (
             e(Method::POST, "/webhooks/github", GithubSignature),
             post(webhooks::github),

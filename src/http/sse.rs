@@ -79,33 +79,9 @@ fn refused(
 }
 
 pub(super) async fn sse(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let services = &state.services;
     let (parts, _) = req.into_parts();
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| services.limits.client_ip(peer.ip(), &parts.headers));
-    // Nothing costly for an address over its handshake budget: not even the token.
-    if let Some(ip) = ip
-        && let Err(e) = services.limits.handshake(ip)
-    {
-        services.counters.limited("handshakes_ip");
-        return Err(refused(
-            Message::HandshakesFromAddress,
-            &[],
-            Some(e.retry_after_ms()),
-        ));
-    }
     let params = Params::parse(parts.uri.query());
-    let identity = Arc::new(authenticate(&state, &parts.headers, params.token.as_deref()).await?);
-    if let Err(e) = services.limits.user_handshake(&identity) {
-        services.counters.limited("handshakes_user");
-        return Err(refused(
-            Message::SseUserHandshakes,
-            &[],
-            Some(e.retry_after_ms()),
-        ));
-    }
+    let identity = screen(&state, &parts, params.token.as_deref()).await?;
     let rooms = rooms(&state, &identity, params.rooms.as_deref())?;
     let streams = streams(&state, &identity, &rooms, params.streams.as_deref()).await?;
     let resume = parts
@@ -126,6 +102,42 @@ pub(super) async fn sse(State(state): State<AppState>, req: Request) -> Result<R
         "sse connection opened"
     );
     Ok(respond(&state, &identity, opened, slot))
+}
+
+/// Screens a connection request (SSE, `/ws/json`) as a socket handshake is: the address's
+/// handshake budget first (nothing costly for an address over it: not even the token), then
+/// the client JWT (`Authorization: Bearer`, else `token_in_query`), then the user's
+/// handshake budget.
+pub(super) async fn screen(
+    state: &AppState,
+    parts: &http::request::Parts,
+    token_in_query: Option<&str>,
+) -> Result<Arc<Identity>, ApiError> {
+    let services = &state.services;
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| services.limits.client_ip(peer.ip(), &parts.headers));
+    if let Some(ip) = ip
+        && let Err(e) = services.limits.handshake(ip)
+    {
+        services.counters.limited("handshakes_ip");
+        return Err(refused(
+            Message::HandshakesFromAddress,
+            &[],
+            Some(e.retry_after_ms()),
+        ));
+    }
+    let identity = Arc::new(authenticate(state, &parts.headers, token_in_query).await?);
+    if let Err(e) = services.limits.user_handshake(&identity) {
+        services.counters.limited("handshakes_user");
+        return Err(refused(
+            Message::SseUserHandshakes,
+            &[],
+            Some(e.retry_after_ms()),
+        ));
+    }
+    Ok(identity)
 }
 
 /// The client JWT: the first non-empty `Authorization: Bearer`, else `?token=`.
@@ -251,7 +263,7 @@ async fn streams(
 }
 
 /// Counts the connection against the connection limits, as a socket.
-fn admit(state: &AppState, identity: &Arc<Identity>) -> Result<Slot, ApiError> {
+pub(super) fn admit(state: &AppState, identity: &Arc<Identity>) -> Result<Slot, ApiError> {
     state
         .services
         .limits

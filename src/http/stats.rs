@@ -32,6 +32,9 @@ pub(super) struct Stats {
     /// SSE connections open on this node (node-wide: `null` for a tenant-bound key). They
     /// count against the connection limits with the sockets, not in `connections`.
     sse_connections: Option<u64>,
+    /// `/ws/json` connections open on this node (node-wide: `null` for a tenant-bound key);
+    /// counted like SSE connections.
+    ws_json_connections: Option<u64>,
     top_rooms: Vec<RoomMembers>,
     cluster: ClusterStats,
 }
@@ -154,6 +157,7 @@ async fn gather_tenant(state: &AppState, tenant: &Tenant, top: usize) -> Result<
         auth_failures: None,
         delivery_failures: None,
         sse_connections: None,
+        ws_json_connections: None,
         top_rooms: snapshot.top_rooms,
         cluster,
     })
@@ -211,6 +215,7 @@ pub(super) async fn gather(state: &AppState, top: usize) -> Stats {
         auth_failures: Some(Counters::get(&c.auth_failures)),
         delivery_failures: Some(Counters::get(&c.delivery_failures)),
         sse_connections: Some(state.sse.connections()),
+        ws_json_connections: Some(state.sse.json_connections()),
         top_rooms: snapshot.top_rooms,
         cluster,
     }

@@ -35,9 +35,9 @@ async fn handle<A: Adapter, C: Command>(
 }
 
 /// A socketioxide socket as a [`Connection`].
-struct Socket<'a, A: Adapter> {
-    s: &'a SocketRef<A>,
-    ctx: &'a SocketCtx,
+pub(super) struct Socket<'a, A: Adapter> {
+    pub(super) s: &'a SocketRef<A>,
+    pub(super) ctx: &'a SocketCtx,
 }
 
 impl<A: Adapter> Connection for Socket<'_, A> {

@@ -16,7 +16,7 @@ mod lock_renew;
 mod ping;
 mod presence;
 mod publish;
-mod recover;
+pub mod recover;
 mod refresh;
 mod reply;
 mod rpc;
@@ -122,42 +122,103 @@ pub fn share_of<A: Adapter>(s: &socketioxide::socket::Socket<A>) -> Option<Arc<S
     s.extensions.get::<Arc<Share>>()
 }
 
+/// `connection.established`: the first event of every connection, whatever carries it.
 #[derive(Serialize)]
-struct Established<'a> {
-    sid: String,
-    user_id: &'a str,
-    tenant: &'a str,
-    rooms: Vec<RoomName>,
-    server_time: Timestamp,
-    node_id: &'a str,
+pub struct Established<'a> {
+    pub sid: String,
+    pub user_id: &'a str,
+    pub tenant: &'a str,
+    pub rooms: Vec<RoomName>,
+    pub server_time: Timestamp,
+    pub node_id: &'a str,
     /// True when every room of `auth.since` was recovered completely.
-    recovered: bool,
+    pub recovered: bool,
     /// Per room of `auth.since`: `{replayed, epoch, seq}`, `{gap: true, ...}` or `{error}`.
-    recovery: &'a serde_json::Map<String, serde_json::Value>,
+    pub recovery: &'a serde_json::Map<String, serde_json::Value>,
     /// `{room: {epoch, seq}}` for the rooms the socket was put in: the cursors to recover
     /// from, even for a room with no event yet.
-    positions: &'a crate::history::Positions,
+    pub positions: &'a crate::history::Positions,
 }
 
-/// The client commands, registered by the connect middleware once the handshake is accepted
-/// (before socketioxide answers CONNECT). Every event, known or not, spends from the socket's
-/// budget first.
-pub(crate) fn register_commands<A: Adapter>(s: &SocketRef<A>) {
-    dispatch::on::<A, subscribe::Subscribe>(s);
-    dispatch::on::<A, unsubscribe::Unsubscribe>(s);
-    dispatch::on::<A, ping::Ping>(s);
-    dispatch::on::<A, presence::Presence>(s);
-    dispatch::on::<A, refresh::Refresh>(s);
-    dispatch::on::<A, history::History>(s);
-    dispatch::on::<A, rpc::Rpc>(s);
-    dispatch::on::<A, publish::Publish>(s);
-    dispatch::on::<A, stream_resume::StreamResume>(s);
-    dispatch::on::<A, stream_cancel::StreamCancel>(s);
-    dispatch::on::<A, lock_acquire::LockAcquire>(s);
-    dispatch::on::<A, lock_release::LockRelease>(s);
-    dispatch::on::<A, lock_renew::LockRenew>(s);
-    s.on_fallback(Budgeted(reply::unknown_command::<A>));
+impl<'a> Established<'a> {
+    /// What a connection of `identity` in `defaults` (and the rooms `outcome` recovered)
+    /// is told.
+    pub fn new(
+        sid: String,
+        identity: &'a Identity,
+        node_id: &'a str,
+        defaults: &[RoomName],
+        outcome: &'a recover::Outcome,
+    ) -> Self {
+        let mut rooms: Vec<RoomName> = defaults.to_vec();
+        rooms.extend(
+            outcome
+                .rooms
+                .iter()
+                .filter(|r| !defaults.contains(r))
+                .cloned(),
+        );
+        Self {
+            sid,
+            user_id: identity.user_id.as_str(),
+            tenant: identity.tenant.as_str(),
+            rooms,
+            server_time: Timestamp::now(),
+            node_id,
+            recovered: outcome.recovered,
+            recovery: &outcome.report,
+            positions: &outcome.positions,
+        }
+    }
 }
+
+/// The client commands, once: each type implements [`command::Command`]. Socket.IO sockets
+/// register them ([`register_commands`]); other transports run them by name
+/// ([`execute_named`]).
+macro_rules! client_commands {
+    ($($command:ty),* $(,)?) => {
+        /// The client commands, registered by the connect middleware once the handshake is
+        /// accepted (before socketioxide answers CONNECT). Every event, known or not, spends
+        /// from the socket's budget first.
+        pub(crate) fn register_commands<A: Adapter>(s: &SocketRef<A>) {
+            $(dispatch::on::<A, $command>(s);)*
+            s.on_fallback(Budgeted(reply::unknown_command::<A>));
+        }
+
+        /// Runs the command called `name` for `conn` (a connection of another transport);
+        /// `unknown_command` for a name that is none.
+        pub async fn execute_named(
+            name: &str,
+            conn: &dyn command::Connection,
+            services: &Services,
+            payload: Result<serde_json::Value, String>,
+            held: &command::Held,
+        ) -> Result<command::Reply, CommandError> {
+            $(
+                if name == <$command as command::Command>::NAME {
+                    return Box::pin(command::execute_holding::<$command>(conn, services, payload, held)).await;
+                }
+            )*
+            Err(CommandError::UnknownCommand(name.to_owned()))
+        }
+    };
+}
+
+client_commands!(
+    subscribe::Subscribe,
+    unsubscribe::Unsubscribe,
+    ping::Ping,
+    presence::Presence,
+    refresh::Refresh,
+    history::History,
+    rpc::Rpc,
+    publish::Publish,
+    stream_resume::StreamResume,
+    stream_cancel::StreamCancel,
+    lock_acquire::LockAcquire,
+    lock_release::LockRelease,
+    lock_renew::LockRenew,
+);
 
 async fn on_connect<A: Adapter>(
     s: SocketRef<A>,
@@ -186,24 +247,34 @@ async fn on_connect<A: Adapter>(
 
     tracing::debug!(parent: &span_of(&s), "socket connected");
     // Joins `rooms`, and the rooms of `auth.since` with their backlog.
-    recover::recover(&s, &ctx, &identity, auth.as_ref().ok(), &rooms, |outcome| {
-        let mut joined: Vec<RoomName> = rooms.to_vec();
-        joined.extend(outcome.rooms.iter().filter(|r| !rooms.contains(r)).cloned());
-        let established = Established {
-            sid: s.id.to_string(),
-            user_id: identity.user_id.as_str(),
-            tenant: identity.tenant.as_str(),
-            rooms: joined,
-            server_time: Timestamp::now(),
-            node_id: &ctx.services.node_id,
-            recovered: outcome.recovered,
-            recovery: &outcome.report,
-            positions: &outcome.positions,
-        };
-        if let Err(e) = s.emit("connection.established", &established) {
-            tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send connection.established: {e}");
-        }
-    })
+    let conn = dispatch::Socket { s: &s, ctx: &ctx };
+    let parser = ctx.services.config.server.parser;
+    recover::recover(
+        &conn,
+        &ctx.services,
+        &identity,
+        auth.as_ref().ok(),
+        &rooms,
+        |outcome| {
+            let established = Established::new(
+                s.id.to_string(),
+                &identity,
+                &ctx.services.node_id,
+                &rooms,
+                outcome,
+            );
+            if let Err(e) = s.emit("connection.established", &established) {
+                tracing::debug!(parent: &span_of(&s), sid = %s.id, "cannot send connection.established: {e}");
+            }
+        },
+        |event, payload| match s.emit(event, &Payload::new(parser, payload)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(sid = %s.id, "replay stopped: {e}");
+                false
+            }
+        },
+    )
     .await;
 }
 
@@ -328,18 +399,24 @@ impl<A: Adapter> Deliver for Sockets<A> {
             let mut failed = 0;
             // Here, under the same history and stream delivery locks as the sockets: an SSE
             // connection gets a room's events in the same order, after its backlog.
+            // A `/ws/json` sender is skipped by its session id, named as an `except` room of
+            // the broadcast (no socket is in it): the node that holds it reads it there.
+            let except_rooms: Vec<Cow<'static, str>> = except
+                .map(|sid| Cow::Owned(sid.to_owned()))
+                .into_iter()
+                .collect();
             if local_only || !self.cluster {
-                self.sse.deliver(&rooms, event, payload);
+                self.sse.deliver(&rooms, event, payload, &except_rooms);
             }
             let payload = Payload::new(self.parser, payload);
             // The sender is a socket of this node (it published here): a broadcast from it
             // skips it, on every node the broadcast reaches.
-            let except = except.and_then(|sid| sid.parse::<socketioxide_core::Sid>().ok());
+            let sender = except.and_then(|sid| sid.parse::<socketioxide_core::Sid>().ok());
             for ns in NAMESPACES {
                 let Some(op) = self.io.of(ns) else { continue };
-                let op = match except.and_then(|sid| op.get_socket(sid)) {
+                let op = match sender.and_then(|sid| op.get_socket(sid)) {
                     Some(sender) => sender.to(rooms.clone()),
-                    None => op.to(rooms.clone()),
+                    None => op.to(rooms.clone()).except(except_rooms.clone()),
                 };
                 let op = if local_only { op.local() } else { op };
                 match op.emit(event, &payload).await {

@@ -2,19 +2,20 @@
 //! client stopped; the socket re-joins those rooms (access checked again) and receives
 //! every missed event in order, before any live event of those rooms, or learns of a gap.
 //! The same whichever history store the node has and whichever node the client comes
-//! back to: [`crate::history::HistoryStore::catch_up`] does the ordering.
+//! back to: [`crate::history::HistoryStore::catch_up`] does the ordering. Over any
+//! [`Connection`]: a Socket.IO socket (`auth.since`) or a `/ws/json` one (`?since=`).
 
 use std::collections::HashSet;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
 
-use super::{SocketCtx, share_of};
+use super::command::Connection;
 use crate::auth::Identity;
 use crate::history::{CatchUp, Cursor, Positions, Wanted};
 use crate::rooms::RoomName;
+use crate::services::Services;
 
 #[derive(Deserialize)]
 struct Since {
@@ -23,7 +24,7 @@ struct Since {
 }
 
 /// What `connection.established` reports of a recovery.
-pub(super) struct Outcome {
+pub struct Outcome {
     /// Rooms re-joined, for the `rooms` list.
     pub rooms: Vec<RoomName>,
     /// `{room: {replayed, epoch, seq} | {gap: true, epoch?, seq?} | {error}}`.
@@ -38,14 +39,16 @@ pub(super) struct Outcome {
 /// Joins `defaults` and the rooms of `auth.since`, calls `send_established` with the
 /// report, then sends the backlog; no live event of a recovered room reaches the socket
 /// before its backlog. A room of `since` that is also a default is joined only once its
-/// backlog is ready, so it gets no live event early either.
-pub(super) async fn recover<A: Adapter>(
-    s: &SocketRef<A>,
-    ctx: &SocketCtx,
+/// backlog is ready, so it gets no live event early either. `emit` sends one event of the
+/// backlog (false: the connection is gone, stop).
+pub async fn recover(
+    conn: &dyn Connection,
+    services: &Services,
     identity: &Identity,
     auth: Option<&Value>,
     defaults: &[RoomName],
     send_established: impl FnOnce(&Outcome),
+    emit: impl FnMut(&str, &RawValue) -> bool,
 ) {
     let since = auth
         .and_then(|a| serde_json::from_value::<Since>(a.clone()).ok())
@@ -63,43 +66,47 @@ pub(super) async fn recover<A: Adapter>(
         .filter(|r| !named.contains(&Some((*r).clone())))
         .cloned()
         .collect();
-    s.join(
+    conn.join(
         defaults
             .iter()
             .map(|r| r.scoped(&identity.tenant))
             .collect::<Vec<_>>(),
     );
-    let accepted = check(s, ctx, identity, since, &mut outcome);
+    let accepted = check(conn, services, identity, since, &mut outcome);
     let mut send_established = Some(send_established);
-    ctx.services
+    services
         .history
         .catch_up(
             &identity.tenant,
             &accepted,
             &defaults,
-            || join(s, ctx, identity, &accepted),
+            || join(conn, services, identity, &accepted),
             |found| {
-                record(s, &accepted, found, &mut outcome);
+                record(conn, &accepted, found, &mut outcome);
                 if let Some(send) = send_established.take() {
                     send(&outcome);
                 }
             },
-            |event, payload| emit(s, ctx, event, payload),
+            emit,
         )
         .await;
 }
 
 /// Checks every room of `since` against the token and the room limit; refused rooms go
 /// into the report.
-fn check<A: Adapter>(
-    s: &SocketRef<A>,
-    ctx: &SocketCtx,
+fn check(
+    conn: &dyn Connection,
+    services: &Services,
     identity: &Identity,
     since: Map<String, Value>,
     outcome: &mut Outcome,
 ) -> Vec<Wanted> {
     let mut accepted = Vec::new();
-    let mut count = super::public_room_count(s);
+    let mut count = conn
+        .rooms()
+        .iter()
+        .filter(|r| !crate::rooms::is_identity_room(r))
+        .count();
     for (name, cursor) in since {
         let refuse = |code: crate::errors::Code| json!({ "error": code.as_str() });
         let Some(room) = RoomName::parse(&name) else {
@@ -117,7 +124,7 @@ fn check<A: Adapter>(
             continue;
         }
         count += 1;
-        if count > ctx.services.config.limits.max_rooms_per_socket {
+        if count > services.config.limits.max_rooms_per_socket {
             outcome
                 .report
                 .insert(name, refuse(crate::errors::Code::TooManyRooms));
@@ -134,37 +141,32 @@ fn check<A: Adapter>(
 }
 
 /// Joins the accepted rooms and records the join for presence.
-fn join<A: Adapter>(s: &SocketRef<A>, ctx: &SocketCtx, identity: &Identity, rooms: &[Wanted]) {
-    let scoped: Vec<String> = rooms.iter().map(|a| a.scoped.clone()).collect();
-    s.join(scoped.clone());
-    if let Some(share) = share_of(s)
-        && !ctx
-            .services
+fn join(conn: &dyn Connection, services: &Services, identity: &Identity, rooms: &[Wanted]) {
+    let scoped: Vec<std::borrow::Cow<'static, str>> =
+        rooms.iter().map(|a| a.scoped.clone().into()).collect();
+    conn.join(scoped.clone());
+    if let Some(share) = conn.share()
+        && !services
             .presence
             .joined(&share, identity, rooms.iter().map(|a| &a.room))
     {
         // The socket left meanwhile: the adapter must not keep it in these rooms.
-        s.leave(scoped);
+        conn.leave(scoped);
     }
 }
 
 /// Puts what the catch-up found into the outcome: the rooms re-joined, each one's report
 /// entry and position, and the positions of the rooms joined by default. Without history
 /// (the store unreachable) the socket connects all the same, every room of `since` a gap.
-fn record<A: Adapter>(
-    s: &SocketRef<A>,
-    accepted: &[Wanted],
-    found: CatchUp,
-    outcome: &mut Outcome,
-) {
+fn record(conn: &dyn Connection, accepted: &[Wanted], found: CatchUp, outcome: &mut Outcome) {
     match found.defaults {
         Ok(positions) => outcome.positions = positions,
-        Err(e) => tracing::warn!(sid = %s.id, "connect without positions: {e}"),
+        Err(e) => tracing::warn!(sid = %conn.id(), "connect without positions: {e}"),
     }
     let caught = match found.rooms {
         Ok(caught) => caught,
         Err(e) => {
-            tracing::warn!(sid = %s.id, "recovery could not read history: {e}");
+            tracing::warn!(sid = %conn.id(), "recovery could not read history: {e}");
             outcome.recovered = false;
             for w in accepted {
                 outcome.rooms.push(w.room.clone());
@@ -195,23 +197,5 @@ fn report(epoch: &str, seq: u64, replayed: Option<usize>) -> Value {
     match replayed {
         Some(n) => json!({ "epoch": epoch, "seq": seq, "replayed": n }),
         None => json!({ "epoch": epoch, "seq": seq, "gap": true }),
-    }
-}
-
-fn emit<A: Adapter>(
-    s: &SocketRef<A>,
-    ctx: &SocketCtx,
-    event: &str,
-    payload: &serde_json::value::RawValue,
-) -> bool {
-    match s.emit(
-        event,
-        &super::Payload::new(ctx.services.config.server.parser, payload),
-    ) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(sid = %s.id, "replay stopped: {e}");
-            false
-        }
     }
 }
