@@ -1,6 +1,7 @@
 //! `GET /ws/json`: the plain JSON WebSocket (WEBSOCKET_API.md section 17). The request is
 //! screened as an SSE request is (`sse::screen`: the address's handshake budget, the client
-//! JWT from `Authorization: Bearer` or `?token=`, the user's budget), `?since=` is read,
+//! JWT from `Authorization: Bearer` or `?token=`, the user's budget), then the upgrade
+//! headers (a plain GET with a good token is a 422), `?since=` is read,
 //! the connection is counted against the connection limits, and only then is the upgrade
 //! answered: a refusal is the usual JSON error instead of `101`. The connection itself is
 //! [`crate::transport::json`].
@@ -44,9 +45,9 @@ pub(super) async fn ws_json(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _) = req.into_parts();
-    let key = websocket_key(&parts.headers)?;
     let params = Params::parse(parts.uri.query());
     let identity = super::sse::screen(&state, &parts, params.token.as_deref()).await?;
+    let key = websocket_key(&parts.headers)?;
     let since = match params.since.as_deref() {
         None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {

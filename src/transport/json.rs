@@ -154,6 +154,8 @@ enum End {
     Gone,
     /// Closed with this code and reason, after what was queued.
     Close(CloseCode, &'static str),
+    /// The same, after this last message: the hub's queue has ended already (a drain).
+    CloseAfter(Value, CloseCode, &'static str),
 }
 
 /// A client command: `{"id"?, "type", "data"?}`.
@@ -235,7 +237,7 @@ where
     let identity = conn.current();
     let reason = match &end {
         End::Gone => "transport close",
-        End::Close(_, reason) => reason,
+        End::Close(_, reason) | End::CloseAfter(_, _, reason) => reason,
     };
     tracing::debug!(sid = %conn.sid_text, reason, "ws/json connection closed");
     if services.presence.disconnected(&conn.share, &identity) {
@@ -336,12 +338,22 @@ where
             }
         }
     };
-    if let End::Close(code, reason) = &end {
+    let (last, code, reason) = match &end {
+        End::Gone => return end,
+        End::Close(code, reason) => (None, code, reason),
+        End::CloseAfter(last, code, reason) => (Some(last), code, reason),
+    };
+    {
         // What was queued (the notice that says why among it) first, then the close.
         while let Some(frame) = queue.try_next() {
             if sink.feed(Message::Text(frame.data.clone())).await.is_err() {
                 return End::Gone;
             }
+        }
+        if let Some(last) = last
+            && sink.feed(Message::Text(last.to_string().into())).await.is_err()
+        {
+            return End::Gone;
         }
         let close = CloseFrame {
             code: *code,
@@ -355,16 +367,18 @@ where
 
 /// The hub ended the connection: why, and the notice that says so.
 fn closed_by_hub(conn: &JsonConn, services: &Services) -> End {
+    // The queue has ended: a notice for the client goes with the end itself.
     match conn.queued.close_reason() {
         Some(CloseReason::Overflowed) => End::Close(CloseCode::Library(4008), "buffer_full"),
         Some(CloseReason::Revoked) => End::Close(CloseCode::Library(4003), "disconnected"),
-        Some(CloseReason::Draining) | None => {
-            conn.notice(
-                "server.shutdown",
-                json!({"reconnect_after_ms": services.config.server.reconnect_after_ms}),
-            );
-            End::Close(CloseCode::Restart, "server_shutdown")
-        }
+        Some(CloseReason::Draining) | None => End::CloseAfter(
+            json!({
+                "type": "server.shutdown",
+                "data": {"reconnect_after_ms": services.config.server.reconnect_after_ms},
+            }),
+            CloseCode::Restart,
+            "server_shutdown",
+        ),
     }
 }
 
