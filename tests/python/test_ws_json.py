@@ -100,9 +100,9 @@ class JsonClient:
     def envelope(self, event_id: str) -> dict:
         return self.next(lambda m: m.get("id") == event_id and "room" in m, f"the event {event_id}")
 
-    def envelopes(self, room: str) -> list[dict]:
+    def envelopes(self, room: str, type_: str) -> list[dict]:
         with self._lock:
-            return [m for m in self.frames if m.get("room") == room and "timestamp" in m]
+            return [m for m in self.frames if m.get("room") == room and m.get("type") == type_]
 
     def close(self) -> None:
         """Sends a close frame and stops the reader (a plain ws.close() would wait for the
@@ -155,7 +155,7 @@ def refusal(server: Server, header: list[str] | None = None, **query: Any):
 def test_refused_without_a_token_or_with_a_bad_one(server):
     status, body = refusal(server)
     assert (status, body["error"]["code"]) == (401, "token_missing"), body
-    forged = server.mint_token(secret="another-secret-0123456789abcdef", sub="mallory")
+    forged = server.mint_token(secret="another-secret-0123456789abcdef-0123", sub="mallory")
     status, body = refusal(server, token=forged)
     assert (status, body["error"]["code"]) == (401, "token_invalid"), body
     status, body = refusal(server, header=[f"Authorization: Bearer {forged}"])
@@ -215,8 +215,8 @@ def test_recovery_with_since_replays_in_order_before_live(open_json, server):
     assert est["data"]["recovery"][room]["replayed"] == 2, est
     live = server.publish_ok("project.updated", {"project_id": "77", "status": "r4"})
     again.envelope(live["id"])
-    assert [e["data"]["status"] for e in again.envelopes(room)] == ["r2", "r3", "r4"]
-    assert again.envelopes(room)[:2] == envs[1:]
+    assert [e["data"]["status"] for e in again.envelopes(room, "project.updated")] == ["r2", "r3", "r4"]
+    assert again.envelopes(room, "project.updated")[:2] == envs[1:]
 
 
 def test_a_malformed_frame_is_invalid_payload_and_the_connection_stays(open_json):
