@@ -446,8 +446,8 @@ describe("commands and acks", () => {
     const c = await jsonAs({ sub: "big" });
     await c.established();
     c.send({ id: 1, type: "ping", data: { pad: "x".repeat(70_000) } }); // default limit 65536
-    const { code } = await withDeadline(c.closed, "the close");
-    assert.equal(code, 1009);
+    const closed = await withDeadline(c.closed, "the close");
+    assert.deepEqual(closed, { code: 1009, reason: "message_too_big" });
   });
 });
 
@@ -638,6 +638,21 @@ describe("presence, revocation, expiry", () => {
     assert.deepEqual(closed, { code: 4001, reason: "token_expired" });
   });
 
+  test("the locks a connection holds are released when it closes", async () => {
+    const holder = await jsonAs({ sub: "locker", projects: ["61"] });
+    await holder.established();
+    const watcher = await jsonAs({ sub: "watcher", projects: ["61"] });
+    await watcher.established();
+    await watcher.subscribe("project:61");
+    const lock = await holder.command("lock.acquire", { resource: "project:61/deploy", ttl_ms: 60_000 });
+    assert.equal(lock.ok, true, JSON.stringify(lock));
+    holder.ws.close();
+    const released = await watcher.next((m) => m.type === "lock.released", { what: "lock.released" });
+    assert.equal(released.data.resource, "project:61/deploy");
+    assert.equal(released.data.token, lock.token);
+    assert.equal(released.data.reason, "disconnected", JSON.stringify(released));
+  });
+
   test("auth.refresh moves the expiry", async () => {
     const c = await jsonAs({ sub: "refresher", exp: Math.floor(Date.now() / 1000) + 3 });
     await c.established();
@@ -651,7 +666,13 @@ describe("the event budget", () => {
   let limited;
   before(async () => {
     limited = await startServer({
-      limits: { events_per_sec: 1, events_burst: 3, event_abuse_refusals: 5, event_abuse_window_secs: 10 },
+      limits: {
+        events_per_sec: 1,
+        events_burst: 3,
+        event_abuse_refusals: 5,
+        event_abuse_window_secs: 10,
+        socket_buffer_packets: 8,
+      },
     });
   });
   after(async () => {
@@ -687,6 +708,31 @@ describe("the event budget", () => {
     c.send({ id: "after-junk", type: "ping" });
     const ack = await c.ack("after-junk");
     assert.equal(ack.data.error?.code, "rate_limited", JSON.stringify(ack));
+  });
+
+  test("a client that reads too slowly is closed with 4008 after what was queued", async () => {
+    const c = await jsonAs({ sub: "sleepy" }, { server: limited });
+    await c.established();
+    c.ws.pause(); // stops reading: the kernel's buffers fill, then the server's queue
+    const pad = "x".repeat(50_000);
+    // 20 MB at most (the kernel's buffers hold a few), stopping once /metrics shows the
+    // connection gone.
+    let sent = 0;
+    while (sent < 400) {
+      for (let i = 0; i < 20; i++) {
+        const res = await broadcast(limited.url, limited.apiKey, { event: "bulk.data", room: "user:sleepy", data: { n: sent++, pad } });
+        assert.equal(res.status, 202, res.text);
+      }
+      const metrics = await http(`${limited.url}/metrics`, { key: limited.apiKey });
+      if (/^roomcast_ws_json_connections 0$/m.test(metrics.text)) break;
+    }
+    c.ws.resume();
+    const closed = await withDeadline(c.closed, "the close", 15_000);
+    assert.deepEqual(closed, { code: 4008, reason: "buffer_full" });
+    // Everything it read came in order, with no hole before the close.
+    const ns = c.envelopes((m) => m.type === "bulk.data").map((m) => m.data.n);
+    assert.ok(ns.length > 0 && ns.length < sent, `${ns.length} of ${sent} read`);
+    assert.deepEqual(ns, ns.map((_, i) => i), "a prefix of what was published");
   });
 
   test("persistent abuse: error rate_limit_exceeded, then close 4029", async () => {
@@ -735,7 +781,7 @@ describe("keep-alive and drain", () => {
     const notice = await c.next((m) => m.type === "server.shutdown", { what: "server.shutdown" });
     assert.ok(Number.isInteger(notice.data.reconnect_after_ms), JSON.stringify(notice));
     const closed = await withDeadline(c.closed, "the close", 10_000);
-    assert.equal(closed.code, 1012);
+    assert.deepEqual(closed, { code: 1012, reason: "server_shutdown" });
     await stopping;
     quick = undefined;
   });
