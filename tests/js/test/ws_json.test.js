@@ -23,10 +23,13 @@ import { isDeepStrictEqual } from "node:util";
 
 import WebSocket from "ws";
 
+import { startCluster } from "../lib/cluster.js";
 import {
   startServer,
   mintToken,
+  connect,
   connectAs,
+  connectError,
   disconnectAll,
   emitWithAck,
   waitForEvent,
@@ -284,6 +287,12 @@ describe("the handshake", () => {
       query: { token: mintToken({ sub: "loser" }) },
     });
     assert.equal((await both.established()).user_id, "winner");
+    // The header wins: a query token that would be refused is not even read.
+    const garbage = await openJson(srv, {
+      headers: { authorization: `Bearer ${mintToken({ sub: "header-only" })}` },
+      query: { token: "not-a-jwt" },
+    });
+    assert.equal((await garbage.established()).user_id, "header-only");
   });
 
   test("an unreadable `since`: 422 invalid_payload (field since)", async () => {
@@ -428,10 +437,15 @@ describe("commands and acks", () => {
       assert.equal(notice.data.code, "invalid_payload", `${frame} -> ${JSON.stringify(notice)}`);
     }
     // An id that could be read: the answer is an ack with it.
-    c.send('{"id": 9, "type": 7}');
-    const ack = await c.ack(9);
-    assert.equal(ack.data.ok, false);
-    assert.equal(ack.data.error.code, "invalid_payload", JSON.stringify(ack));
+    for (const [id, frame] of [[9, '{"id": 9, "type": 7}'], ["no-type", '{"id": "no-type"}']]) {
+      c.send(frame);
+      const ack = await c.ack(id);
+      assert.equal(ack.data.ok, false);
+      assert.equal(ack.data.error.code, "invalid_payload", `${frame} -> ${JSON.stringify(ack)}`);
+    }
+    // A known command without its payload.
+    const noData = await c.command("subscribe", undefined, "no-data");
+    assert.equal(noData.error?.code, "invalid_payload", JSON.stringify(noData));
     // A binary frame likewise.
     c.ws.send(Buffer.from([1, 2, 3]), { binary: true });
     const binary = await c.next((m) => m.type === "error", { what: "the notice for a binary frame" });
@@ -547,6 +561,46 @@ describe("recovery with ?since=", () => {
     assert.equal(got[2].seq, envs[2].seq + 1);
   });
 
+  test("`global` and the user room recover too: their cursors from connection.established", async () => {
+    const tenant = "quiet-ws";
+    const claims = { sub: "carrie", tenant };
+    const first = await jsonAs(claims);
+    const { positions } = await first.established();
+    first.ws.close();
+    await first.closed;
+    const missed = [];
+    for (const n of [1, 2]) {
+      const body = { type: "system.notification", data: { title: "t", message: `m${n}` }, tenant };
+      missed.push((await publishOk(srv, body)).id);
+    }
+    const dm = await broadcast(srv.url, srv.apiKey, { event: "note.direct", room: "user:carrie", data: {}, tenant });
+    assert.equal(dm.status, 202, dm.text);
+
+    const again = await jsonAs(claims, { query: { since: positions } });
+    const e = await again.established();
+    assert.equal(e.recovered, true, JSON.stringify(e));
+    assert.equal(e.recovery.global.replayed, 2, JSON.stringify(e.recovery));
+    assert.equal(e.recovery["user:carrie"].replayed, 1, JSON.stringify(e.recovery));
+    assert.deepEqual(e.rooms.slice().sort(), ["global", "user:carrie"], "joined once each");
+    const live = await publishOk(srv, { type: "system.notification", data: { title: "t", message: "live" }, tenant });
+    await again.envelope(live.id);
+    await again.envelope(dm.body.id);
+    const globals = again.envelopes((m) => m.room === "global").map((m) => m.id);
+    assert.deepEqual(globals, [...missed, live.id], "each once, the missed ones first");
+  });
+
+  test("history answers a subscriber, as for a socket", async () => {
+    const c = await jsonAs({ sub: "historian", projects: ["80"] });
+    await c.established();
+    await c.subscribe("project:80");
+    const ids = [];
+    for (const n of [1, 2, 3]) ids.push((await projectUpdated("80", `h${n}`)).id);
+    await c.envelope(ids.at(-1));
+    const page = await c.command("history", { room: "project:80" });
+    assert.equal(page.ok, true, JSON.stringify(page));
+    assert.deepEqual(page.events.filter((e) => e.type === "project.updated").map((e) => e.id), ids);
+  });
+
   test("a room whose epoch the server does not know: gap, nothing replayed", async () => {
     const c = await jsonAs({ sub: "gappy", projects: ["78"] }, { query: { since: { "project:78": { epoch: "0000000000000000", seq: 3 } } } });
     const e = await c.established();
@@ -659,6 +713,100 @@ describe("presence, revocation, expiry", () => {
     const ack = await c.command("auth.refresh", { token: mintToken({ sub: "refresher" }) });
     assert.equal(ack.ok, true, JSON.stringify(ack));
     assert.ok(Date.parse(ack.expires_at) > Date.now() + 3_000_000, ack.expires_at);
+  });
+});
+
+describe("handshake and connection limits", () => {
+  let tight;
+  before(async () => {
+    tight = await startServer({
+      limits: { max_connections_per_user: 1, handshakes_per_user_per_sec: 1, handshakes_per_user_burst: 3 },
+    });
+  });
+  after(async () => {
+    closeAll();
+    disconnectAll();
+    await tight?.stop();
+  });
+
+  test("a /ws/json connection counts like a socket: 429 too_many_connections, freed at close", async () => {
+    const claims = { sub: "solo" };
+    const c = await jsonAs(claims, { server: tight });
+    await c.established();
+    const second = await refused(tight, { query: { token: mintToken(claims) } });
+    assertRefusal(second, 429, "too_many_connections");
+    assert.equal(await connectError(tight.url, { auth: { token: mintToken(claims) } }), "too_many_connections");
+    c.ws.close();
+    await c.closed;
+    const again = await eventually(() => jsonAs(claims, { server: tight }), { what: "the slot to be freed" });
+    await again.established();
+  });
+
+  test("over the user's handshake budget: 429 rate_limited with Retry-After", async () => {
+    const claims = { sub: "eager" };
+    let res;
+    for (let i = 0; i < 10 && !res; i++) {
+      try {
+        const c = await jsonAs(claims, { server: tight });
+        c.ws.terminate();
+        await c.closed;
+      } catch (err) {
+        if (err.status === undefined) throw err;
+        res = err;
+      }
+    }
+    assert.ok(res, "ten handshakes in a row were all accepted (burst 3, 1/s)");
+    assertRefusal(res, 429, "rate_limited");
+    assert.ok(Number(res.headers["retry-after"]) >= 1, `Retry-After: ${res.headers["retry-after"]}`);
+    assert.ok(res.body.error.retry_after_ms > 0, res.text);
+  });
+});
+
+describe("in a cluster", () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster(["wj-a", "wj-b"], {
+      label: "wsjson",
+      nodeOptions: { extraToml: '[client_events]\nrooms = ["project"]\nevents = ["chat.*"]' },
+    });
+  });
+  after(async () => {
+    closeAll();
+    disconnectAll();
+    await cluster?.stop();
+  });
+
+  test("an event published at one node reaches a /ws/json connection at the other, and recovers there", async () => {
+    const [a, b] = cluster.list;
+    const claims = { sub: "roamer", projects: ["90"] };
+    const atA = await jsonAs(claims, { server: a });
+    await atA.established();
+    const ack = await atA.subscribe("project:90");
+    const viaB = await publish(b.url, b.apiKey, { type: "project.updated", data: { project_id: "90", status: "c1" } });
+    assert.equal(viaB.status, 202, viaB.text);
+    const env = await atA.envelope(viaB.body.id);
+    assert.equal(env.seq, ack.positions["project:90"].seq + 1);
+    atA.ws.close();
+    await atA.closed;
+
+    const missed = await publish(a.url, a.apiKey, { type: "project.updated", data: { project_id: "90", status: "c2" } });
+    const atB = await jsonAs(claims, { server: b, query: { since: { "project:90": { epoch: env.epoch, seq: env.seq } } } });
+    const e = await atB.established();
+    assert.equal(e.recovered, true, JSON.stringify(e));
+    const got = await atB.envelope(missed.body.id);
+    assert.equal(got.seq, env.seq + 1);
+    // A publish from the /ws/json connection at B reaches a socket.io-client socket at A.
+    const socket = await connect(a.url, { auth: { token: mintToken({ sub: "listener", projects: ["90"] }) } });
+    assert.equal((await emitWithAck(socket, "subscribe", { room: "project:90" })).ok, true);
+    const said = await atB.command("publish", { room: "project:90", event: "chat.message", data: { text: "from b" } });
+    assert.equal(said.ok, true, JSON.stringify(said));
+    const heard = await waitForEvent(socket, "chat.message", { match: (m) => m.id === said.id });
+    assert.equal(heard.seq, said.seq);
+    assert.deepEqual(heard.from, { user_id: "roamer", sid: e.sid });
+    // Revoked at A, closed at B.
+    const revoked = await http(`${a.url}/api/v1/users/roamer/disconnect`, { method: "POST", key: a.apiKey });
+    assert.equal(revoked.status, 200, revoked.text);
+    assert.deepEqual(await withDeadline(atB.closed, "the close"), { code: 4003, reason: "disconnected" });
   });
 });
 
