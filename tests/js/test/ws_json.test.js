@@ -304,9 +304,10 @@ describe("the handshake", () => {
     }
   });
 
-  test("a plain GET without the WebSocket upgrade headers is refused, not upgraded", async () => {
+  test("a plain GET without the WebSocket upgrade headers: 422 invalid_payload (field upgrade)", async () => {
     const res = await http(`${srv.url}/ws/json?token=${mintToken({ sub: "plain" })}`);
-    assert.ok(res.status >= 400 && res.status < 500, `status ${res.status}: ${res.text}`);
+    assertRefusal(res, 422, "invalid_payload");
+    assert.equal(res.body.error.field, "upgrade", res.text);
   });
 
   test("the first frame is connection.established, as a socket's", async () => {
