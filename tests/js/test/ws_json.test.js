@@ -602,6 +602,30 @@ describe("recovery with ?since=", () => {
     assert.deepEqual(page.events.filter((e) => e.type === "project.updated").map((e) => e.id), ids);
   });
 
+  test("reconnecting while the room is busy: every event once, in seq order, no hole", async () => {
+    const claims = { sub: "busy", projects: ["81"] };
+    const first = await jsonAs(claims);
+    await first.established();
+    const cursor = (await first.subscribe("project:81")).positions["project:81"];
+    first.ws.close();
+    await first.closed;
+    // A publisher keeps going while the client comes back: some events are backlog, some
+    // are live while the backlog is read, some are live after.
+    const ids = [];
+    const publisher = (async () => {
+      for (let n = 0; n < 60; n++) ids.push((await projectUpdated("81", `b${n}`)).id);
+    })();
+    await eventually(() => ids.length >= 10, { what: "a backlog" });
+    const again = await jsonAs(claims, { query: { since: { "project:81": cursor } } });
+    const e = await again.established();
+    assert.equal(e.recovered, true, JSON.stringify(e));
+    await publisher;
+    await again.envelope(ids.at(-1), { timeout: 10_000 });
+    const got = again.envelopes((m) => m.type === "project.updated" && m.room === "project:81");
+    assert.deepEqual(got.map((m) => m.id), ids, "every event once, in publish order");
+    assert.deepEqual(got.map((m) => m.seq), ids.map((_, i) => cursor.seq + 1 + i), "contiguous seqs");
+  });
+
   test("a room whose epoch the server does not know: gap, nothing replayed", async () => {
     const c = await jsonAs({ sub: "gappy", projects: ["78"] }, { query: { since: { "project:78": { epoch: "0000000000000000", seq: 3 } } } });
     const e = await c.established();
