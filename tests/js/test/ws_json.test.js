@@ -2,17 +2,19 @@
 // `ws` package: what a client without a Socket.IO library sees.
 //
 // - Refusals are HTTP answers instead of the 101 (`ws` emits 'unexpected-response'): 401
-//   token_missing / token_invalid / token_expired, 422 for an unreadable `since`.
+//   token_missing / token_invalid / token_expired, 422 for an unreadable `since` or a request
+//   that is no upgrade, 429 too_many_connections (counted with sockets) and rate_limited.
 // - The first frame is `connection.established`; commands are `{id?, type, data?}` and are
 //   answered `{type: "ack", id, data}` (the id as sent, any JSON) or, without an id, only on
 //   failure, as an `error` notice.
 // - Events are the envelope a socket receives, only where the connection is subscribed, the
 //   same (id, seq) as a socket.io-client socket in the room gets; `?since=` replays what was
-//   missed before anything live, or reports a gap.
+//   missed before anything live (also while the room is busy, and at another cluster node),
+//   or reports a gap. Client events cross between /ws/json and Socket.IO both ways.
 // - Limits: the event budget (rate_limited, then rate_limit_exceeded and close 4029),
 //   unknown commands, unreadable frames (the connection stays usable), 1009 for a message
-//   over limits.ws_max_message_bytes, too_many_rooms; keep-alive, revocation (4003), token
-//   expiry (4001) and a draining server (1012).
+//   over limits.ws_max_message_bytes, too_many_rooms, a slow reader (4008); keep-alive,
+//   presence and locks, revocation (4003), token expiry (4001) and a draining server (1012).
 //
 // Every wait has a deadline; every "not delivered" is proven with a barrier event.
 
