@@ -104,9 +104,9 @@ def without_positions(ack: Any) -> Any:
 
 def render_config(port: int, max_rooms: int = 100, max_body: int = 262144,
                   node_id: str = NODE_ID, cluster: dict | None = None,
-                  client_events: dict | None = None) -> str:
+                  client_events: dict | None = None, limits: dict | None = None) -> str:
     """The node's config.toml. `cluster` ({"redis_url", "key_prefix"}) adds a [cluster] table,
-    `client_events` a [client_events] one."""
+    `client_events` a [client_events] one; `limits` adds [limits] keys (events_per_sec, …)."""
     return harness.config_toml(
         port,
         node_id=node_id,
@@ -114,7 +114,7 @@ def render_config(port: int, max_rooms: int = 100, max_body: int = 262144,
         leeway_secs=0,
         # One server per module connects the same few users far more often than a person would.
         limits={"max_rooms_per_socket": max_rooms, "max_http_body_bytes": max_body,
-                "handshakes_per_user_per_sec": 0},
+                "handshakes_per_user_per_sec": 0, **(limits or {})},
         api_keys=[
             {"name": "backend", "key": API_KEY, "scopes": ["publish", "read"]},
             {"name": "acme-only", "key": ACME_KEY, "tenant": "acme", "scopes": ["publish"]},
