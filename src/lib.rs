@@ -44,8 +44,8 @@
 //! - [`delivery`]: the seams, a leaf: [`delivery::Deliver`] (the broadcaster hands an event
 //!   to the sockets of some rooms), [`delivery::Census`] / [`delivery::Hub`] (what HTTP,
 //!   stats and the heartbeat need of the Socket.IO server) and [`delivery::ClusterStatus`].
-//! - [`sse`]: Server-Sent Events: this node's SSE connections by room, each with a bounded
-//!   queue, handed every event the sockets are (`socket::Sockets` delivers to both; in a
+//! - [`sse`]: Server-Sent Events: this node's SSE (and `/ws/json`) connections by room, each
+//!   with a bounded queue of shared frames, handed every event the sockets are (`socket::Sockets` delivers to both; in a
 //!   cluster the adapter's broadcasts from other nodes through `cluster`'s driver); the
 //!   resume token. The endpoint is `http::sse`.
 //! - [`transport`]: Roomcast's own WebSocket transports: [`transport::json`], the plain

@@ -32,7 +32,9 @@ struct Ended {
 impl Json {
     async fn open(server: &TestServer, token: &str) -> Self {
         let url = format!("ws://{}/ws/json?token={token}", server.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade");
         let mut conn = Self { ws, next_id: 1 };
         let first = conn.next().await.expect("connection.established");
         assert_eq!(first["type"], "connection.established", "{first}");
@@ -56,7 +58,10 @@ impl Json {
     /// The next message of `type`, skipping others.
     async fn until(&mut self, kind: &str) -> Value {
         loop {
-            let message = self.next().await.unwrap_or_else(|| panic!("closed before {kind}"));
+            let message = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("closed before {kind}"));
             if message["type"] == kind {
                 return message;
             }
@@ -93,7 +98,9 @@ impl Json {
             match message {
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(&text).unwrap();
-                    ended.types.push(value["type"].as_str().unwrap_or("").to_owned());
+                    ended
+                        .types
+                        .push(value["type"].as_str().unwrap_or("").to_owned());
                 }
                 Some(Ok(Message::Close(frame))) => {
                     ended.close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
@@ -120,7 +127,10 @@ async fn a_connection_ends_at_token_expiry_revocation_and_shutdown_with_its_code
         Some("auth.expired"),
         "{ended:?}"
     );
-    assert!(ended.types.contains(&"auth.expiring".to_owned()), "{ended:?}");
+    assert!(
+        ended.types.contains(&"auth.expiring".to_owned()),
+        "{ended:?}"
+    );
     assert_eq!(ended.close, Some((4001, "token_expired".into())));
 
     // Revocation: the user's connection ends with 4003, counted; another user's goes on.
@@ -163,7 +173,9 @@ async fn in_a_cluster_a_publish_skips_its_sender_on_every_node_and_reaches_the_o
     let mut there = Json::open(&a, &bob).await;
     let mut socket = a.connect(&bob).await;
     for conn in [&mut sender, &mut here, &mut there] {
-        let ack = conn.command("subscribe", json!({"room": "project:1"})).await;
+        let ack = conn
+            .command("subscribe", json!({"room": "project:1"}))
+            .await;
         assert_eq!(ack["ok"], true, "{ack}");
     }
     socket.subscribe("project:1").await;
@@ -196,7 +208,10 @@ async fn in_a_cluster_a_publish_skips_its_sender_on_every_node_and_reaches_the_o
     assert_eq!(status, 202);
     loop {
         let message = sender.next().await.expect("open");
-        assert_ne!(message["type"], "chat.message", "the sender got its own event");
+        assert_ne!(
+            message["type"], "chat.message",
+            "the sender got its own event"
+        );
         if message["type"] == "marker" {
             break;
         }

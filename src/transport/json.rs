@@ -351,7 +351,10 @@ where
             }
         }
         if let Some(last) = last
-            && sink.feed(Message::Text(last.to_string().into())).await.is_err()
+            && sink
+                .feed(Message::Text(last.to_string().into()))
+                .await
+                .is_err()
         {
             return End::Gone;
         }
