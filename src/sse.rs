@@ -344,32 +344,31 @@ impl SseHub {
         payload: &RawValue,
         except: &[std::borrow::Cow<'static, str>],
     ) {
-        let targets: Vec<Arc<Conn>> = {
-            let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-            if map.is_empty() {
-                return;
-            }
-            let mut targets: Vec<Arc<Conn>> = Vec::new();
-            for room in rooms {
-                for conn in map.get(room.as_ref()).into_iter().flatten() {
-                    let skipped = conn
-                        .sid
-                        .as_deref()
-                        .is_some_and(|sid| except.iter().any(|e| e == sid));
-                    if !skipped && !targets.iter().any(|c| c.id == conn.id) {
-                        targets.push(conn.clone());
-                    }
-                }
-            }
-            targets
-        };
-        if targets.is_empty() {
+        let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
             return;
         }
-        let frame = Arc::new(Frame::event(event, payload));
-        for conn in targets {
-            if conn.push(frame.clone(), true, conn.buffer) == Pushed::Overflowed {
-                self.overflowed.fetch_add(1, Ordering::Relaxed);
+        // Made once, for the first recipient, and shared by every other.
+        let mut frame: Option<Arc<Frame>> = None;
+        // A connection in two of the rooms gets the event once; with one room (the usual
+        // publish) there is nothing to deduplicate.
+        let mut seen = std::collections::HashSet::new();
+        for room in rooms {
+            for conn in map.get(room.as_ref()).into_iter().flatten() {
+                let skipped = conn
+                    .sid
+                    .as_deref()
+                    .is_some_and(|sid| except.iter().any(|e| e == sid));
+                if skipped || (rooms.len() > 1 && !seen.insert(conn.id)) {
+                    continue;
+                }
+                let frame = frame
+                    .get_or_insert_with(|| Arc::new(Frame::event(event, payload)))
+                    .clone();
+                // Queueing takes no lock of the hub's: done under its read lock.
+                if conn.push(frame, true, conn.buffer) == Pushed::Overflowed {
+                    self.overflowed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -45,6 +45,10 @@ pub const PATH: &str = "/ws/json";
 /// in one wake-up go out together up to this size.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
+/// How long the last frames and the close may take to write before the connection is
+/// dropped without them.
+const CLOSE_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
 /// What the HTTP side hands over with an accepted request.
 pub struct Accepted {
     pub identity: Arc<Identity>,
@@ -265,6 +269,7 @@ where
     let server = &services.config.server;
     let ping_every = Duration::from_millis(server.ping_interval_ms.max(1));
     let silence = ping_every + Duration::from_millis(server.ping_timeout_ms);
+    let write_limit = Duration::from_millis(server.write_timeout_ms.max(1));
     let (mut sink, mut stream) = ws.split();
     let mut heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -278,15 +283,21 @@ where
                 let Some(frame) = frame else {
                     break closed_by_hub(conn, services);
                 };
-                let mut batch = Some(frame);
-                let mut failed = false;
-                while let Some(frame) = batch.take().or_else(|| queue.try_next()) {
-                    if sink.feed(Message::Text(frame.data.clone())).await.is_err() {
-                        failed = true;
-                        break;
+                let write = async {
+                    sink.feed(Message::Text(frame.data.clone())).await?;
+                    while let Some(frame) = queue.try_next() {
+                        sink.feed(Message::Text(frame.data.clone())).await?;
                     }
-                }
-                if failed || sink.flush().await.is_err() {
+                    sink.flush().await
+                };
+                // A client that stopped reading blocks the write: its queue overflowing (or
+                // the server draining) ends the connection now, and no write waits longer
+                // than `server.write_timeout_ms`.
+                let written = tokio::select! {
+                    written = tokio::time::timeout(write_limit, write) => written,
+                    () = conn.queued.closed.cancelled() => break closed_by_hub(conn, services),
+                };
+                if !matches!(written, Ok(Ok(()))) {
                     break End::Gone;
                 }
             }
@@ -340,30 +351,31 @@ where
     };
     let (last, code, reason) = match &end {
         End::Gone => return end,
-        End::Close(code, reason) => (None, code, reason),
-        End::CloseAfter(last, code, reason) => (Some(last), code, reason),
+        End::Close(code, reason) => (None, *code, *reason),
+        End::CloseAfter(last, code, reason) => (Some(last.clone()), *code, *reason),
     };
-    {
+    // A client that read too slowly is not written its backlog (it recovers with `since`).
+    let backlog = conn.queued.close_reason() != Some(CloseReason::Overflowed);
+    let close = async {
         // What was queued (the notice that says why among it) first, then the close.
-        while let Some(frame) = queue.try_next() {
-            if sink.feed(Message::Text(frame.data.clone())).await.is_err() {
-                return End::Gone;
-            }
+        while let Some(frame) = queue.try_next().filter(|_| backlog) {
+            sink.feed(Message::Text(frame.data.clone())).await?;
         }
-        if let Some(last) = last
-            && sink
-                .feed(Message::Text(last.to_string().into()))
-                .await
-                .is_err()
-        {
-            return End::Gone;
+        if let Some(last) = last {
+            sink.feed(Message::Text(last.to_string().into())).await?;
         }
         let close = CloseFrame {
-            code: *code,
-            reason: (*reason).into(),
+            code,
+            reason: reason.into(),
         };
-        let _ = sink.send(Message::Close(Some(close))).await;
-        let _ = sink.close().await;
+        sink.send(Message::Close(Some(close))).await?;
+        sink.close().await
+    };
+    if !matches!(
+        tokio::time::timeout(CLOSE_WRITE_LIMIT, close).await,
+        Ok(Ok(()))
+    ) {
+        tracing::debug!(sid = %conn.sid_text, "ws/json close not written: dropped");
     }
     end
 }
