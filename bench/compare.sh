@@ -33,9 +33,14 @@
 #                                                      sending YJS_RATE updates/s (the reference:
 #                                                      the stock y-socket.io server,
 #                                                      reference/yjs-server.js)
+#   json-hold, json-fanout                             hold and fanout (HOLD_SOCKETS, FANOUT_*) with
+#                                                      Roomcast's sockets on the plain JSON
+#                                                      WebSocket (--protocol json, GET /ws/json);
+#                                                      the reference has none, so its column is
+#                                                      its Socket.IO hold / fanout, run again
 #   (streams, cluster-streams and resume run with --users 1: no presence storm at connect)
 #   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm
-#              streams streams-window resume cluster-streams yjs"
+#              streams streams-window resume cluster-streams yjs json-hold json-fanout"
 #   BENCH_ARGS="..."     extra roomcast-bench arguments for every run (e.g. --users 1)
 #   OUT=DIR              keep each run's JSON and stderr there (default: a temporary directory)
 # In the cluster scenarios the reference runs two socket.io processes on socket.io's own
@@ -61,10 +66,13 @@ source "$root/bench/lib.sh"
 : "${STREAMS_SOCKETS:=1000}" "${STREAMS:=10}" "${STREAMS_RATE:=50}" "${STREAMS_SECS:=10}"
 : "${STREAMS_WINDOW_MS:=50}" "${RESUME_SOCKETS:=1000}" "${RESUME_CHARS:=20000}"
 : "${YJS_DOCS:=100}" "${YJS_EDITORS:=10}" "${YJS_RATE:=5}" "${YJS_SECS:=10}"
-: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams streams-window resume cluster-streams yjs}" "${BENCH_ARGS:=}"
+: "${SCENARIOS:=hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm streams streams-window resume cluster-streams yjs json-hold json-fanout}" "${BENCH_ARGS:=}"
 
-# The roomcast-bench arguments of a scenario (without --url and --pids).
+# The roomcast-bench arguments of SCENARIO against SERVER (without --url and --pids).
 scenario_args() {
+  # json-*: Roomcast's sockets speak /ws/json; the reference's, Socket.IO (it has no other).
+  local json=""
+  [ "${2:-}" = roomcast ] && json="--protocol json"
   case $1 in
     hold) echo "hold --sockets $HOLD_SOCKETS" ;;
     connect) echo "hold --sockets $HOLD_SOCKETS --no-subscribe" ;;
@@ -79,6 +87,8 @@ scenario_args() {
     streams|streams-window|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
     resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
     yjs) echo "yjs --docs $YJS_DOCS --editors $YJS_EDITORS --rate $YJS_RATE --duration $YJS_SECS" ;;
+    json-hold) echo "hold --sockets $HOLD_SOCKETS $json" ;;
+    json-fanout) echo "fanout --sockets $FANOUT_SOCKETS --rate $FANOUT_RATE --duration $FANOUT_SECS $json" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
@@ -87,7 +97,7 @@ scenario_args() {
 # nodes and a fresh redis-server for the cluster scenarios.
 run_one() {
   local scenario=$1 server=$2 args port urls=() node_pids=() publish=()
-  args=$(scenario_args "$scenario")
+  args=$(scenario_args "$scenario" "$server")
   local nodes=1 redis=""
   case $scenario in cluster*) nodes=2; start_redis; redis=$redis_port ;; esac
   local adapter=redis

@@ -66,6 +66,9 @@ yjs_tiny=(--docs 4 --editors 3 --rate 5 --duration 2)
 p=$(free_port); start_roomcast single "$p"
 every_scenario roomcast "http://127.0.0.1:$p"
 run "roomcast yjs" yjs --url "http://127.0.0.1:$p" "${yjs_tiny[@]}"
+# The plain JSON WebSocket (GET /ws/json) instead of Socket.IO.
+run "roomcast json fanout" fanout --url "http://127.0.0.1:$p" --protocol json \
+  --sockets 50 --rate 20 --duration 1
 
 start_redis; rp=$redis_port
 pa=$(free_port); pb=$(free_port)

@@ -88,6 +88,9 @@ FIGURES["resume"] = [
     ("resumes per server CPU-second", "resumes_per_server_cpu_sec"),
     ("not resumed whole", "lost"),
 ]
+# Roomcast over /ws/json against the reference over Socket.IO (it has no plain WebSocket).
+FIGURES["json-hold"] = FIGURES["hold"]
+FIGURES["json-fanout"] = FIGURES["fanout"]
 FIGURES["yjs"] = [
     ("updates/s (sent by the editors)", "updates_per_sec"),
     ("deliveries (updates at another editor)", "deliveries"),
@@ -123,6 +126,8 @@ TITLES = {
     "streams-window": "streams with Roomcast's [streams] coalesce_ms = STREAMS_WINDOW_MS (the reference has no window)",
     "cluster-streams": "streams on two nodes on Redis, appended at node A (Roomcast only)",
     "resume": "resume: viewers resuming one long AI stream from offset 0 at once",
+    "json-hold": "json-hold: idle sockets subscribed to project:bench; Roomcast's over /ws/json (--protocol json), Node's over Socket.IO (it has no plain WebSocket)",
+    "json-fanout": "json-fanout: one room, fixed rate; Roomcast's sockets over /ws/json (--protocol json), Node's over Socket.IO (it has no plain WebSocket)",
     "yjs": "yjs: Yjs documents, editors each typing `rate` updates/s (stock y-socket.io protocol; Node: the stock y-socket.io server)",
 }
 
@@ -160,7 +165,7 @@ def ratio(a, b):
 
 
 def params(run):
-    keys = ("docs", "editors", "sockets", "rooms", "streams", "rate", "updates", "published", "appends", "chars", "dropping_sockets")
+    keys = ("protocol", "docs", "editors", "sockets", "rooms", "streams", "rate", "updates", "published", "appends", "chars", "dropping_sockets")
     return ", ".join(f"{k} {fmt(run[k])}" for k in keys if k in run)
 
 

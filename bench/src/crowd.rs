@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::Common;
 use crate::inbox::Inbox;
+use crate::proto::Protocol;
 use crate::socket::{Drops, Phase, Plan, Shared, life};
 use crate::talk::Talk;
 
@@ -47,9 +48,11 @@ impl Crowd {
     /// Connects `common.sockets` sockets, socket `i` to room `i % rooms.len()` (none when
     /// `subscribe` is false), and waits until every one joined or failed. With `drops`
     /// `(how, k)`, the first `k` sockets drop now and then; with `talk`, every subscribed
-    /// socket publishes into its room once the phase is [`Phase::Talking`].
+    /// socket publishes into its room once the phase is [`Phase::Talking`]. Every socket
+    /// speaks `protocol`.
     pub async fn gather(
         common: &Common,
+        protocol: Protocol,
         rooms: &[String],
         subscribe: bool,
         drops: Option<(Drops, usize)>,
@@ -67,6 +70,7 @@ impl Crowd {
                 index: i,
                 urls: urls.clone(),
                 token: token(&common.secret, common.sub(i), &rooms[r])?,
+                protocol,
                 room: subscribe.then(|| (r, rooms[r].clone())),
                 drops: drops.filter(|(_, k)| i < *k).map(|(d, _)| d),
                 talk: talk.clone().filter(|_| subscribe),

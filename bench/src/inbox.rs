@@ -27,6 +27,7 @@ pub struct Progress {
 
 /// `42["bench.tick", envelope, offset?]` (or `bench.chat`): socket.io's connection state recovery appends
 /// the packet's offset as a last argument; Roomcast puts `seq`/`epoch` in the envelope.
+/// (A `/ws/json` frame is the envelope alone.)
 #[derive(Deserialize)]
 struct Frame<'a>(
     IgnoredAny,
@@ -188,8 +189,8 @@ impl Inbox {
         }
     }
 
-    /// Records one `42[...]` event payload; anything but `bench.tick` and `bench.chat` (e.g.
-    /// Roomcast's `presence.joined`) is ignored.
+    /// Records one event (`42[...]`, or a `/ws/json` envelope); anything but `bench.tick` and
+    /// `bench.chat` (e.g. Roomcast's `presence.joined`) is ignored.
     pub fn on_event(
         &mut self,
         packet: &crate::proto::Text,
@@ -199,7 +200,12 @@ impl Inbox {
             return Ok(());
         }
         let arrived = clock();
-        let Frame(_, env, offset) = serde_json::from_str(packet.json())?;
+        let (env, offset) = if packet.is_plain() {
+            (serde_json::from_str(packet.json())?, None)
+        } else {
+            let Frame(_, env, offset) = serde_json::from_str(packet.json())?;
+            (env, offset)
+        };
         let n = env.data.n;
         self.received += 1;
         progress.received.fetch_add(1, Ordering::Relaxed);

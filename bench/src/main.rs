@@ -23,6 +23,9 @@
 //!   update-to-other-editors latency, server CPU per update and memory; every editor must
 //!   end with its document's text.
 //!
+//! `hold`, `fanout`, `cluster`, `rooms`, `storm` and `soak` take `--protocol json`: the
+//! sockets then speak Roomcast's plain JSON WebSocket (`GET /ws/json`) instead of Socket.IO.
+//!
 //! Layout: [`proto`] frames packets, [`socket`] runs one socket, [`inbox`] records what it
 //! received, [`crowd`] runs all of them, [`publish`] sends events over HTTP, [`talk`] has
 //! sockets send them, [`measure`] reads clocks and /proc, [`scenario`] puts them together.

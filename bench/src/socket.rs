@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::inbox::{Inbox, Progress};
 use crate::measure::{clock, micros_since};
-use crate::proto::{Conn, Packet};
+use crate::proto::{Conn, Packet, Protocol};
 use crate::talk::{self, Talk, Talker};
 
 /// Where a run is; sockets watch it.
@@ -80,6 +80,7 @@ pub struct Plan {
     /// so in a cluster a dropped socket comes back at another node.
     pub urls: Arc<[String]>,
     pub token: String,
+    pub protocol: Protocol,
     /// Room to subscribe to and its index; `None` only connects.
     pub room: Option<(usize, String)>,
     pub drops: Option<Drops>,
@@ -111,7 +112,7 @@ async fn live(plan: &Plan, shared: &Shared, inbox: &mut Inbox) -> anyhow::Result
     let mut conn = {
         let _slot = shared.gate.acquire().await?;
         let auth = json!({ "token": plan.token });
-        let (mut conn, established) = handshake(plan.url(0), &auth, inbox, shared).await?;
+        let (mut conn, established) = handshake(plan, 0, &auth, inbox, shared).await?;
         if let Some((_, room)) = &plan.room {
             // A room the server put the socket in (`global`, `user:`) has its position here.
             inbox.cursor.position(&established["positions"], room);
@@ -222,7 +223,7 @@ async fn come_back(
         let _slot = shared.gate.acquire().await?;
         let room = plan.room.as_ref().map_or("", |(_, r)| r.as_str());
         let auth = inbox.cursor.auth(&plan.token, room);
-        let (mut conn, established) = handshake(plan.url(reconnects), &auth, inbox, shared).await?;
+        let (mut conn, established) = handshake(plan, reconnects, &auth, inbox, shared).await?;
         if established["recovered"] == true {
             inbox.recovered += 1;
         } else {
@@ -246,25 +247,24 @@ fn joined_at_connect(room: &str) -> bool {
     room == "global" || room.starts_with("user:")
 }
 
-/// Opens a connection and connects with `auth`; returns it with `connection.established`.
-/// Events that arrive first (socket.io replays missed packets before its CONNECT answer)
-/// are recorded.
+/// Opens the connection of the `reconnects`-th attempt and connects with `auth`; returns
+/// it with `connection.established`. Events that arrive first (socket.io replays missed
+/// packets before its CONNECT answer) are recorded.
 async fn handshake(
-    url: &str,
+    plan: &Plan,
+    reconnects: usize,
     auth: &Value,
     inbox: &mut Inbox,
     shared: &Shared,
 ) -> anyhow::Result<(Conn, Value)> {
     let started = clock();
-    let mut conn = Conn::open(url).await?;
-    conn.connect(auth).await?;
+    let mut conn = Conn::connect_with(plan.url(reconnects), plan.protocol, auth).await?;
     loop {
         match conn.next().await? {
             Packet::Connected(answer) => inbox.cursor.connected(answer.json()),
             Packet::Event(e) if e.is_event("connection.established") => {
                 inbox.handshake_us.push(micros_since(started));
-                let v: Value = serde_json::from_str(e.json())?;
-                return Ok((conn, v[1].clone()));
+                return Ok((conn, e.event_arg()?));
             }
             Packet::Event(e) => inbox.on_event(&e, &shared.progress)?,
             Packet::Refused(why) => bail!("connect refused: {}", why.json()),
@@ -288,10 +288,10 @@ async fn subscribe(
     loop {
         match conn.next().await? {
             Packet::Ack(got, answer) if got == id => {
-                let v: Value = serde_json::from_str(answer.json())?;
-                ensure!(v[0]["ok"] == true, "subscribe refused: {}", answer.json());
+                let answer = answer.ack_answer()?;
+                ensure!(answer["ok"] == true, "subscribe refused: {answer}");
                 // Where the room is: a drop before its first event still recovers.
-                inbox.cursor.position(&v[0]["positions"], room);
+                inbox.cursor.position(&answer["positions"], room);
                 inbox.subscribe_us.push(micros_since(started));
                 return Ok(());
             }

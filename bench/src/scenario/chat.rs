@@ -12,6 +12,7 @@ use super::{Sent, delivery_report, measured};
 use crate::Common;
 use crate::crowd::{Crowd, Totals, room_names};
 use crate::measure::{round, rss_kib};
+use crate::proto::Protocol;
 use crate::socket::Phase;
 use crate::talk::{Ledger, Talk};
 
@@ -44,7 +45,15 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     let pids = &args.common.pids;
     let rss_before = rss_kib(pids);
-    let crowd = Crowd::gather(&args.common, &names, true, None, Some(talk)).await?;
+    let crowd = Crowd::gather(
+        &args.common,
+        Protocol::Socketio,
+        &names,
+        true,
+        None,
+        Some(talk),
+    )
+    .await?;
     let connect_secs = crowd.connect_secs;
     let duration = Duration::from_secs_f64(args.duration);
     let delivered = measured(&crowd, &args.common, Duration::from_secs(2), async {

@@ -9,6 +9,7 @@ use super::{Publishing, delivery_report, publish_and_drain};
 use crate::Common;
 use crate::crowd::{Crowd, Totals, room_names};
 use crate::measure::round;
+use crate::proto::Protocol;
 use crate::publish::Order;
 
 #[derive(clap::Args, Debug)]
@@ -17,6 +18,9 @@ pub struct Args {
     pub common: Common,
     #[command(flatten)]
     pub publishing: Publishing,
+    /// What the sockets speak: Socket.IO, or Roomcast's plain JSON WebSocket (`/ws/json`).
+    #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
+    pub protocol: Protocol,
     /// Concurrent publishers when publishing flat out.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
@@ -34,7 +38,7 @@ pub struct RoomsArgs {
 pub async fn run(scenario: &str, args: Args, rooms: usize) -> anyhow::Result<Value> {
     anyhow::ensure!(rooms >= 1, "--rooms must be at least 1");
     let names = room_names(rooms);
-    let crowd = Crowd::gather(&args.common, &names, true, None, None).await?;
+    let crowd = Crowd::gather(&args.common, args.protocol, &names, true, None, None).await?;
     let connect_secs = crowd.connect_secs;
     let order = Order::Any {
         workers: args.publishers,
@@ -48,6 +52,7 @@ pub async fn run(scenario: &str, args: Args, rooms: usize) -> anyhow::Result<Val
         "scenario": scenario,
         "sockets": args.common.sockets,
         "nodes": args.common.url.len(),
+        "protocol": args.protocol,
         "rooms": rooms,
         "connect_secs": round(connect_secs),
         "connects_per_sec": round(args.common.sockets as f64 / connect_secs),

@@ -8,11 +8,15 @@ use serde_json::{Value, json};
 use crate::Common;
 use crate::crowd::{Crowd, Totals, room_names};
 use crate::measure::{cpu_secs, per, percentiles_ms, round, rss_kib};
+use crate::proto::Protocol;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
+    /// What the sockets speak: Socket.IO, or Roomcast's plain JSON WebSocket (`/ws/json`).
+    #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
+    pub protocol: Protocol,
     /// Seconds to wait after the last socket joined before reading memory.
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
@@ -25,7 +29,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let pids = &args.common.pids;
     let rss_before = rss_kib(pids);
     let cpu_before = cpu_secs(pids);
-    let crowd = Crowd::gather(&args.common, &room_names(1), !args.no_subscribe, None, None).await?;
+    let rooms = room_names(1);
+    let subscribe = !args.no_subscribe;
+    let crowd = Crowd::gather(&args.common, args.protocol, &rooms, subscribe, None, None).await?;
     let connect_cpu = cpu_secs(pids).zip(cpu_before).map(|(a, b)| a - b);
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_after = rss_kib(pids);
@@ -39,6 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "scenario": "hold",
         "sockets": sockets,
         "nodes": args.common.url.len(),
+        "protocol": args.protocol,
         "subscribe": !args.no_subscribe,
         "connect_secs": round(connect_secs),
         "connects_per_sec": round(sockets as f64 / connect_secs),

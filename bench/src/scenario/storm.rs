@@ -14,6 +14,7 @@ use super::{Publishing, delivery_report, publish_and_drain};
 use crate::Common;
 use crate::crowd::{Crowd, Totals, room_names};
 use crate::measure::{percentiles_ms, round};
+use crate::proto::Protocol;
 use crate::publish::Order;
 use crate::socket::Drops;
 
@@ -23,6 +24,9 @@ pub struct Args {
     pub common: Common,
     #[command(flatten)]
     pub publishing: Publishing,
+    /// What the sockets speak: Socket.IO, or Roomcast's plain JSON WebSocket (`/ws/json`).
+    #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
+    pub protocol: Protocol,
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
     /// Every socket in `global`, where the server puts it at connect (no subscribe; the
@@ -57,7 +61,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     let unstable =
         (args.common.sockets as f64 * args.drop_fraction.clamp(0.0, 1.0)).round() as usize;
-    let crowd = Crowd::gather(&args.common, &names, true, Some((drops, unstable)), None).await?;
+    let drops = Some((drops, unstable));
+    let crowd = Crowd::gather(&args.common, args.protocol, &names, true, drops, None).await?;
     let connect_secs = crowd.connect_secs;
     // A dropped socket may need a reconnect, a replay and a slow handshake: wait longer.
     let quiet = Duration::from_secs(3);
@@ -76,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "scenario": "storm",
         "sockets": args.common.sockets,
         "nodes": args.common.url.len(),
+        "protocol": args.protocol,
         "rooms": args.rooms,
         "dropping_sockets": unstable,
         "connect_secs": round(connect_secs),
