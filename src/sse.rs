@@ -110,6 +110,8 @@ pub struct Conn {
     buffer: usize,
     /// Set before `closed` is cancelled by the hub (0: by its own side).
     why: std::sync::atomic::AtomicU8,
+    /// Out of the hub (its rooms and its count) already.
+    removed: std::sync::atomic::AtomicBool,
     tx: mpsc::UnboundedSender<Arc<Frame>>,
     /// Frames queued and not yet written.
     queued: AtomicUsize,
@@ -230,6 +232,14 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// Takes the connection out of the hub now (its rooms, its count), while its end is
+    /// still being written: a closed connection is no longer counted as open.
+    pub fn leave_hub(&self) {
+        self.hub.remove(&self.conn);
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         self.hub.remove(&self.conn);
@@ -285,6 +295,7 @@ impl SseHub {
             sid,
             buffer,
             why: std::sync::atomic::AtomicU8::new(0),
+            removed: std::sync::atomic::AtomicBool::new(false),
             tx,
             queued: AtomicUsize::new(0),
             closed: self.draining.child_token(),
@@ -322,6 +333,9 @@ impl SseHub {
     }
 
     fn remove(&self, conn: &Conn) {
+        if conn.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.retain(|_, members| {
             members.retain(|c| c.id != conn.id);

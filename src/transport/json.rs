@@ -349,6 +349,8 @@ where
             }
         }
     };
+    // Closed: no longer counted as open while the last frames go out.
+    queue.leave_hub();
     let (last, code, reason) = match &end {
         End::Gone => return end,
         End::Close(code, reason) => (None, *code, *reason),
