@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// One event as an SSE connection writes it: `event:` its type, `data:` the envelope, and
 /// where it puts the connection in its rooms (none for a volatile event or a notice). A
@@ -112,11 +111,21 @@ pub struct Conn {
     why: std::sync::atomic::AtomicU8,
     /// Out of the hub (its rooms and its count) already.
     removed: std::sync::atomic::AtomicBool,
-    tx: mpsc::UnboundedSender<Arc<Frame>>,
+    /// The rooms it is in, so that leaving the hub touches only those.
+    in_rooms: Mutex<Vec<String>>,
+    /// The queue; `None` is the mark of its end, queued when the connection is closed so
+    /// the reader wakes. Checked per frame with atomics only (no lock: a publish to a room
+    /// of thousands queues on each).
+    tx: mpsc::UnboundedSender<Option<Arc<Frame>>>,
     /// Frames queued and not yet written.
     queued: AtomicUsize,
-    /// Cancelled to end the connection: its queue overflowed, or the server drains.
-    pub closed: CancellationToken,
+    /// Set to end the connection: its queue overflowed, its user was revoked, or the
+    /// server drains.
+    closed: std::sync::atomic::AtomicBool,
+    /// Woken when `closed` is set, for a writer that waits on something else.
+    on_close: tokio::sync::Notify,
+    /// Its first event is queued: `held` is `None` for good.
+    started: std::sync::atomic::AtomicBool,
     /// Live events held until the connection's first event is queued ([`Conn::first`]), so
     /// `connection.established` comes first even when its rooms are live before it is
     /// written; `None` from then on.
@@ -127,16 +136,20 @@ impl Conn {
     /// Queues `frame`; a live one (`bounded`) that finds the queue full closes the
     /// connection instead.
     pub fn push(&self, frame: Arc<Frame>, bounded: bool, buffer: usize) -> Pushed {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return Pushed::Closed;
         }
         if bounded {
+            if self.started.load(Ordering::Acquire) {
+                if self.queued.load(Ordering::Relaxed) >= buffer {
+                    return self.overflowed();
+                }
+                return self.send(frame);
+            }
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let waiting = held.as_ref().map_or(0, Vec::len);
             if self.queued.load(Ordering::Relaxed) + waiting >= buffer {
-                tracing::debug!(conn = self.id, "sse buffer full: closing the connection");
-                self.close(CloseReason::Overflowed);
-                return Pushed::Overflowed;
+                return self.overflowed();
             }
             if let Some(held) = held.as_mut() {
                 held.push(frame);
@@ -146,11 +159,35 @@ impl Conn {
         self.send(frame)
     }
 
+    fn overflowed(&self) -> Pushed {
+        tracing::debug!(conn = self.id, "buffer full: closing the connection");
+        self.close(CloseReason::Overflowed);
+        Pushed::Overflowed
+    }
+
     fn send(&self, frame: Arc<Frame>) -> Pushed {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.send(frame) {
+        match self.tx.send(Some(frame)) {
             Ok(()) => Pushed::Queued,
             Err(_) => Pushed::Closed,
+        }
+    }
+
+    /// Whether the connection is closed (or closing).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the connection is closed.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.on_close.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -164,17 +201,19 @@ impl Conn {
         let _ = self
             .why
             .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-        self.closed.cancel();
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            // The mark wakes a reader waiting for a frame; the notice, one waiting otherwise.
+            let _ = self.tx.send(None);
+            self.on_close.notify_waiters();
+        }
     }
 
-    /// Why the hub closed the connection; `Draining` when the server drains (the hub
-    /// cancels every connection at once then), `None` when it is open or ended by its side.
+    /// Why the hub closed the connection; `None` while it is open.
     pub fn close_reason(&self) -> Option<CloseReason> {
         match self.why.load(Ordering::Relaxed) {
             1 => Some(CloseReason::Overflowed),
             2 => Some(CloseReason::Revoked),
             3 => Some(CloseReason::Draining),
-            _ if self.closed.is_cancelled() => Some(CloseReason::Draining),
             _ => None,
         }
     }
@@ -191,6 +230,7 @@ impl Conn {
         for frame in held.take().unwrap_or_default() {
             self.send(frame);
         }
+        self.started.store(true, Ordering::Release);
     }
 }
 
@@ -207,26 +247,29 @@ pub enum Pushed {
 /// The reading end of a connection's queue, for the response stream.
 pub struct Queue {
     pub conn: Arc<Conn>,
-    rx: mpsc::UnboundedReceiver<Arc<Frame>>,
+    rx: mpsc::UnboundedReceiver<Option<Arc<Frame>>>,
     hub: Arc<SseHub>,
 }
 
 impl Queue {
     /// The next frame; `None` once the connection is closed.
     pub async fn next(&mut self) -> Option<Arc<Frame>> {
-        let frame = tokio::select! {
-            biased;
-            _ = self.conn.closed.cancelled() => None,
-            frame = self.rx.recv() => frame,
-        }?;
+        if self.conn.is_closed() {
+            return None;
+        }
+        // A closed connection queues the end mark (`None`): the wait ends with it.
+        let frame = self.rx.recv().await.flatten()?;
         self.conn.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.conn.is_closed() {
+            return None;
+        }
         Some(frame)
     }
 
     /// The next frame already queued, without waiting (also after the connection closed:
     /// what was queued can still be written).
     pub fn try_next(&mut self) -> Option<Arc<Frame>> {
-        let frame = self.rx.try_recv().ok()?;
+        let frame = self.rx.try_recv().ok().flatten()?;
         self.conn.queued.fetch_sub(1, Ordering::Relaxed);
         Some(frame)
     }
@@ -248,7 +291,8 @@ impl Drop for Queue {
 
 /// This node's SSE and `/ws/json` connections, by scoped room name.
 pub struct SseHub {
-    rooms: RwLock<HashMap<String, Vec<Arc<Conn>>>>,
+    /// Members by connection id: joining and leaving a room of thousands costs one entry.
+    rooms: RwLock<HashMap<String, HashMap<u64, Arc<Conn>>>>,
     next_id: AtomicU64,
     /// SSE connections open.
     connections: AtomicU64,
@@ -257,8 +301,8 @@ pub struct SseHub {
     /// Connections closed because their queue was full.
     overflowed: AtomicU64,
     buffer: usize,
-    /// Cancelled when the server drains: every connection ends, new ones end at once.
-    draining: CancellationToken,
+    /// Set when the server drains: every connection ends, new ones end at once.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl SseHub {
@@ -271,7 +315,7 @@ impl SseHub {
             json_connections: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             buffer: buffer.max(1),
-            draining: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -296,11 +340,17 @@ impl SseHub {
             buffer,
             why: std::sync::atomic::AtomicU8::new(0),
             removed: std::sync::atomic::AtomicBool::new(false),
+            in_rooms: Mutex::default(),
             tx,
             queued: AtomicUsize::new(0),
-            closed: self.draining.child_token(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            on_close: tokio::sync::Notify::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::new(Some(Vec::new())),
         });
+        if self.is_draining() {
+            conn.close(CloseReason::Draining);
+        }
         Queue {
             conn,
             rx,
@@ -311,10 +361,14 @@ impl SseHub {
     /// Puts `conn` in `scoped` rooms: every event delivered to them from now on is queued.
     pub fn join(&self, conn: &Arc<Conn>, scoped: impl IntoIterator<Item = String>) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut mine = conn.in_rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if conn.removed.load(Ordering::Acquire) {
+            return; // gone already: it must not come back into a room
+        }
         for room in scoped {
-            let members = rooms.entry(room).or_default();
-            if !members.iter().any(|c| c.id == conn.id) {
-                members.push(conn.clone());
+            let members = rooms.entry(room.clone()).or_default();
+            if members.insert(conn.id, conn.clone()).is_none() {
+                mine.push(room);
             }
         }
     }
@@ -322,25 +376,31 @@ impl SseHub {
     /// Takes `conn` out of `scoped` rooms.
     pub fn leave(&self, conn: &Conn, scoped: &[std::borrow::Cow<'static, str>]) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut mine = conn.in_rooms.lock().unwrap_or_else(|e| e.into_inner());
         for room in scoped {
-            if let Some(members) = rooms.get_mut(room.as_ref()) {
-                members.retain(|c| c.id != conn.id);
-                if members.is_empty() {
-                    rooms.remove(room.as_ref());
-                }
+            Self::take_out(&mut rooms, room, conn.id);
+        }
+        mine.retain(|r| !scoped.iter().any(|s| s == r));
+    }
+
+    fn take_out(rooms: &mut HashMap<String, HashMap<u64, Arc<Conn>>>, room: &str, id: u64) {
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&id);
+            if members.is_empty() {
+                rooms.remove(room);
             }
         }
     }
 
     fn remove(&self, conn: &Conn) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut mine = conn.in_rooms.lock().unwrap_or_else(|e| e.into_inner());
         if conn.removed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        rooms.retain(|_, members| {
-            members.retain(|c| c.id != conn.id);
-            !members.is_empty()
-        });
+        for room in mine.drain(..) {
+            Self::take_out(&mut rooms, &room, conn.id);
+        }
         let open = match conn.sid {
             Some(_) => &self.json_connections,
             None => &self.connections,
@@ -368,7 +428,7 @@ impl SseHub {
         // publish) there is nothing to deduplicate.
         let mut seen = std::collections::HashSet::new();
         for room in rooms {
-            for conn in map.get(room.as_ref()).into_iter().flatten() {
+            for conn in map.get(room.as_ref()).into_iter().flat_map(|m| m.values()) {
                 let skipped = conn
                     .sid
                     .as_deref()
@@ -392,8 +452,12 @@ impl SseHub {
     pub fn close_rooms(&self, rooms: &[std::borrow::Cow<'static, str>]) -> u64 {
         let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
-        for conn in rooms.iter().filter_map(|r| map.get(r.as_ref())).flatten() {
-            if !conn.closed.is_cancelled() {
+        for conn in rooms
+            .iter()
+            .filter_map(|r| map.get(r.as_ref()))
+            .flat_map(|m| m.values())
+        {
+            if !conn.is_closed() {
                 conn.close(CloseReason::Revoked);
                 closed += 1;
             }
@@ -423,11 +487,16 @@ impl SseHub {
 
     /// Ends every connection (the server drains); the clients reconnect elsewhere.
     pub fn close_all(&self) {
-        self.draining.cancel();
+        self.draining.store(true, Ordering::Release);
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        // Every connection is in its identity room at least.
+        for conn in rooms.values().flat_map(|m| m.values()) {
+            conn.close(CloseReason::Draining);
+        }
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -586,9 +655,9 @@ mod tests {
         let rooms = [std::borrow::Cow::Borrowed("t/global")];
         hub.deliver(&rooms, "a", &payload, &[]);
         hub.deliver(&rooms, "a", &payload, &[]);
-        assert!(!queue.conn.closed.is_cancelled());
+        assert!(!queue.conn.is_closed());
         hub.deliver(&rooms, "a", &payload, &[]);
-        assert!(queue.conn.closed.is_cancelled());
+        assert!(queue.conn.is_closed());
         assert_eq!(hub.overflowed(), 1);
         assert!(queue.next().await.is_none());
         assert_eq!(hub.connections(), 1);

@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide_core::Sid;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -68,8 +67,6 @@ struct JsonConn {
     rooms: Mutex<Vec<Cow<'static, str>>>,
     hub: Arc<SseHub>,
     queued: Arc<crate::sse::Conn>,
-    /// Woken by `auth.refresh`: the token deadlines move.
-    refreshed: Notify,
     open: AtomicBool,
 }
 
@@ -109,8 +106,8 @@ impl Connection for JsonConn {
     }
 
     fn replace_identity(&self, _old: &Identity, new: Arc<Identity>) {
+        // The connection's task reads the new expiry at its next ping or deadline.
         *self.identity.write().unwrap_or_else(|e| e.into_inner()) = new;
-        self.refreshed.notify_one();
     }
 
     fn connected(&self) -> bool {
@@ -201,7 +198,6 @@ where
         rooms: Mutex::default(),
         queued: queue.conn.clone(),
         hub,
-        refreshed: Notify::new(),
         open: AtomicBool::new(true),
     });
     tracing::debug!(sid = %conn.sid_text, user_id = %identity.user_id, tenant = %identity.tenant, "ws/json connection opened");
@@ -295,7 +291,7 @@ where
                 // than `server.write_timeout_ms`.
                 let written = tokio::select! {
                     written = tokio::time::timeout(write_limit, write) => written,
-                    () = conn.queued.closed.cancelled() => break closed_by_hub(conn, services),
+                    () = conn.queued.closed() => break closed_by_hub(conn, services),
                 };
                 if !matches!(written, Ok(Ok(()))) {
                     break End::Gone;
@@ -333,18 +329,22 @@ where
                 if heard.elapsed() > silence {
                     break End::Gone;
                 }
+                // `auth.refresh` moved the expiry: the deadlines follow (a later expiry is
+                // also seen when the old deadline comes).
+                if lifetime.exp != conn.current().expires_at {
+                    lifetime = Lifetime::new(services, &conn.current());
+                    deadline.as_mut().reset(lifetime.next());
+                }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break End::Gone;
                 }
             }
             () = &mut deadline => {
-                match lifetime.due(conn) {
-                    Some(end) => break end,
-                    None => deadline.as_mut().reset(lifetime.next()),
+                if lifetime.exp != conn.current().expires_at {
+                    lifetime = Lifetime::new(services, &conn.current());
+                } else if let Some(end) = lifetime.due(conn) {
+                    break end;
                 }
-            }
-            () = conn.refreshed.notified() => {
-                lifetime = Lifetime::new(services, &conn.current());
                 deadline.as_mut().reset(lifetime.next());
             }
         }
