@@ -206,7 +206,9 @@ where
     services.presence.connected(&identity);
     hook(&services, &conn, &identity, None);
     let defaults = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    recover::recover(
+    // Boxed: the catch-up's state is large and needed only now; in the connection's own
+    // future it would stay reserved for the connection's life (every idle connection).
+    Box::pin(recover::recover(
         &*conn,
         &services,
         &identity,
@@ -228,7 +230,7 @@ where
             let frame = Arc::new(Frame::event(event, payload));
             conn.queued.push(frame, false, conn.queued.buffer()) == crate::sse::Pushed::Queued
         },
-    )
+    ))
     .await;
 
     let end = run(ws, &conn, queue, &services).await;
