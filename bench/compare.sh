@@ -33,6 +33,9 @@
 #                                                      sending YJS_RATE updates/s (the reference:
 #                                                      the stock y-socket.io server,
 #                                                      reference/yjs-server.js)
+#   lean-<scenario>                                    <scenario> (hold, connect, fanout, flat, storm, ...)
+#                                                      with server.lean_websocket on: the generator's
+#                                                      Socket.IO websockets on Roomcast's lean path;
 #   json-hold, json-fanout                             hold and fanout (HOLD_SOCKETS, FANOUT_*) with
 #                                                      Roomcast's sockets on the plain JSON
 #                                                      WebSocket (--protocol json, GET /ws/json);
@@ -87,6 +90,7 @@ scenario_args() {
     streams|streams-window|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
     resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
     yjs) echo "yjs --docs $YJS_DOCS --editors $YJS_EDITORS --rate $YJS_RATE --duration $YJS_SECS" ;;
+    lean-*) scenario_args "${1#lean-}" "${2:-}" ;;
     json-hold) echo "hold --sockets $HOLD_SOCKETS $json" ;;
     json-fanout) echo "fanout --sockets $FANOUT_SOCKETS --rate $FANOUT_RATE --duration $FANOUT_SECS $json" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
@@ -106,7 +110,11 @@ run_one() {
     port=$(free_port)
     local extra=${EXTRA_CONFIG:-}
     [ "$scenario" = streams-window ] && extra=$(printf '%s\n[streams]\ncoalesce_ms = %s' "$extra" "$STREAMS_WINDOW_MS")
-    if [ "$server" = roomcast ]; then EXTRA_CONFIG=$extra start_roomcast "compare-$scenario-$i" "$port" "$redis"
+    # lean-*: the scenario with Socket.IO websocket clients on Roomcast's lean path.
+    local lean=false
+    case $scenario in lean-*) lean=true ;; esac
+    if [ "$server" = roomcast ]; then
+      ROOMCAST_SERVER__LEAN_WEBSOCKET=$lean EXTRA_CONFIG=$extra start_roomcast "compare-$scenario-$i" "$port" "$redis"
     elif [ "$scenario" = yjs ]; then start_reference_yjs "$port"
     else start_reference "$port" "$redis" "$adapter"; fi
     urls+=("http://127.0.0.1:$port"); node_pids+=("$server_pid")

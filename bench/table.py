@@ -109,6 +109,10 @@ FIGURES["yjs"] = [
     ("documents diverged", "diverged_docs"),
     ("failed sockets", "failed_sockets"),
 ]
+# lean-<scenario>: the scenario with server.lean_websocket on (Roomcast's own websocket path).
+LEAN = ("hold", "connect", "fanout", "flat", "storm", "rooms", "chat")
+for _name in LEAN:
+    FIGURES[f"lean-{_name}"] = FIGURES[_name]
 # The reference keeps a stream in one process: no cluster streams there.
 ROOMCAST_ONLY = {"cluster-streams"}
 TITLES = {
@@ -130,6 +134,10 @@ TITLES = {
     "json-fanout": "json-fanout: one room, fixed rate; Roomcast's sockets over /ws/json (--protocol json), Node's over Socket.IO (it has no plain WebSocket)",
     "yjs": "yjs: Yjs documents, editors each typing `rate` updates/s (stock y-socket.io protocol; Node: the stock y-socket.io server)",
 }
+for _name in LEAN:
+    TITLES[f"lean-{_name}"] = (
+        f"lean-{TITLES[_name]}; Roomcast's Socket.IO websockets on its lean path (server.lean_websocket)"
+    )
 
 
 def load(path):

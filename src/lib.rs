@@ -224,6 +224,8 @@ struct Parts {
     jwks: Option<Arc<auth::Jwks>>,
     /// For the HTTP screening of handshakes in front of Socket.IO.
     socket_ctx: SocketCtx,
+    /// The SSE and lean WebSocket connections' hub.
+    sse: Arc<sse::SseHub>,
 }
 
 impl Roomcast {
@@ -277,11 +279,16 @@ impl Roomcast {
             broadcaster: std::sync::OnceLock::new(),
             hooks,
         });
+        let sse = Arc::new(sse::SseHub::new(config.sse.buffer));
+        let lean = config.server.lean_websocket
+            && config.server.parser == config::Parser::Json
+            && offered_transports(&config.server).contains(&TransportType::Websocket);
         let ctx = SocketCtx::new(SocketCtxInner {
             services: services.clone(),
             lifetimes: lifetimes.clone(),
             transports: offered_transports(&config.server),
             yjs: Arc::default(),
+            lean: lean.then(|| sse.clone()),
         });
         let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
@@ -292,6 +299,7 @@ impl Roomcast {
             cluster: cluster.clone(),
             jwks,
             socket_ctx: ctx,
+            sse,
         };
         match &cluster {
             Some(c) => {
@@ -324,7 +332,7 @@ impl Roomcast {
             .deliver_through(Arc::new(socket::yjs::Editors::new(io.clone())));
         let yjs_io = io.clone();
         let sockets = io.clone();
-        let sse = Arc::new(sse::SseHub::new(p.services.config.sse.buffer));
+        let sse = p.sse.clone();
         let io = Arc::new(socket::Sockets::new(
             io,
             p.services.config.server.parser,

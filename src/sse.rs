@@ -30,6 +30,9 @@ use tokio::sync::mpsc;
 pub struct Frame {
     pub event: String,
     pub data: tokio_tungstenite::tungstenite::Utf8Bytes,
+    /// The Socket.IO text of the event on `/` (`42["<event>",<data>]`), made by the first
+    /// lean socket that writes it and shared by the others.
+    socketio: std::sync::OnceLock<tokio_tungstenite::tungstenite::Utf8Bytes>,
     /// `(public room, epoch, seq)` for each room the event is numbered in.
     pub positions: Vec<(String, String, u64)>,
     /// Whether the frame carries the connection's resume token (`id:`). Numbered events do;
@@ -44,9 +47,37 @@ impl Frame {
         Self {
             event: event.to_owned(),
             data: payload.get().to_owned().into(),
+            socketio: std::sync::OnceLock::new(),
             with_id: !positions.is_empty(),
             positions,
         }
+    }
+
+    /// A frame a lean connection made for itself (a notice, an answer), `text` exactly as
+    /// its protocol writes it.
+    pub fn wire(text: String) -> Self {
+        Self {
+            event: String::new(),
+            socketio: std::sync::OnceLock::new(),
+            data: text.into(),
+            positions: Vec::new(),
+            with_id: false,
+        }
+    }
+
+    /// The Socket.IO text of the frame for a socket of namespace `ns`: an event packet
+    /// (made once for `/`, the usual namespace), or the frame's own text ([`Frame::wire`]).
+    pub fn socketio(&self, ns: &str) -> tokio_tungstenite::tungstenite::Utf8Bytes {
+        if self.event.is_empty() {
+            return self.data.clone();
+        }
+        if ns == "/" {
+            return self
+                .socketio
+                .get_or_init(|| socketio_event(ns, &self.event, &self.data).into())
+                .clone();
+        }
+        socketio_event(ns, &self.event, &self.data).into()
     }
 
     /// A notice of the connection itself (`connection.established`, `gap`,
@@ -55,10 +86,29 @@ impl Frame {
         Self {
             event: event.to_owned(),
             data: data.to_string().into(),
+            socketio: std::sync::OnceLock::new(),
             positions: Vec::new(),
             with_id,
         }
     }
+}
+
+/// `42<ns>,["<event>",<data>]`: a Socket.IO event packet in an Engine.IO message, with
+/// `data` (JSON text) as it is.
+pub fn socketio_event(ns: &str, event: &str, data: &str) -> String {
+    let name = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
+    let mut text = String::with_capacity(6 + ns.len() + name.len() + data.len());
+    text.push_str("42");
+    if !ns.is_empty() && ns != "/" {
+        text.push_str(ns);
+        text.push(',');
+    }
+    text.push('[');
+    text.push_str(&name);
+    text.push(',');
+    text.push_str(data);
+    text.push(']');
+    text
 }
 
 /// The envelope's numbering: `room`, `seq`, `epoch` and `also` (section 5.1).
@@ -99,12 +149,25 @@ pub enum CloseReason {
     Draining,
 }
 
-/// One SSE or `/ws/json` connection as the hub sees it.
+/// What a hub connection is, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sse,
+    /// `/ws/json`.
+    Json,
+    /// A Socket.IO socket of namespace `ns` on the lean websocket path.
+    Socket {
+        ns: &'static str,
+    },
+}
+
+/// One SSE or lean WebSocket connection as the hub sees it.
 pub struct Conn {
     id: u64,
-    /// A `/ws/json` connection's session id: a publish from it skips it (on every node: a
+    /// A lean connection's session id: a publish from it skips it (on every node: a
     /// broadcast names it in its `except` rooms). `None` for SSE.
     sid: Option<Box<str>>,
+    kind: Kind,
     /// The most live events it may have queued.
     buffer: usize,
     /// Set before `closed` is cancelled by the hub (0: by its own side).
@@ -223,6 +286,12 @@ impl Conn {
         self.buffer
     }
 
+    /// The scoped rooms it is in.
+    pub fn rooms(&self) -> Vec<std::borrow::Cow<'static, str>> {
+        let rooms = self.in_rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.iter().cloned().map(std::borrow::Cow::Owned).collect()
+    }
+
     /// Queues the connection's first event, then the live events held meanwhile.
     pub fn first(&self, frame: Arc<Frame>) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -298,6 +367,8 @@ pub struct SseHub {
     connections: AtomicU64,
     /// `/ws/json` connections open.
     json_connections: AtomicU64,
+    /// Socket.IO sockets open on the lean websocket path.
+    lean_sockets: AtomicU64,
     /// Connections closed because their queue was full.
     overflowed: AtomicU64,
     buffer: usize,
@@ -313,6 +384,7 @@ impl SseHub {
             next_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             json_connections: AtomicU64::new(0),
+            lean_sockets: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             buffer: buffer.max(1),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -321,22 +393,30 @@ impl SseHub {
 
     /// A new SSE connection, in no room yet; it leaves the hub when its queue is dropped.
     pub fn open(self: &Arc<Self>) -> Queue {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.open_conn(None, self.buffer)
+        self.open_conn(Kind::Sse, None, self.buffer)
     }
 
-    /// A new `/ws/json` connection with session id `sid`, queueing at most `buffer` live
-    /// events; in no room yet.
-    pub fn open_json(self: &Arc<Self>, sid: &str, buffer: usize) -> Queue {
-        self.json_connections.fetch_add(1, Ordering::Relaxed);
-        self.open_conn(Some(sid.into()), buffer.max(1))
+    /// A new lean connection (`/ws/json` or a Socket.IO socket) with session id `sid`,
+    /// queueing at most `buffer` live events; in no room yet.
+    pub fn open_lean(self: &Arc<Self>, kind: Kind, sid: &str, buffer: usize) -> Queue {
+        self.open_conn(kind, Some(sid.into()), buffer.max(1))
     }
 
-    fn open_conn(self: &Arc<Self>, sid: Option<Box<str>>, buffer: usize) -> Queue {
+    fn count(&self, kind: Kind) -> &AtomicU64 {
+        match kind {
+            Kind::Sse => &self.connections,
+            Kind::Json => &self.json_connections,
+            Kind::Socket { .. } => &self.lean_sockets,
+        }
+    }
+
+    fn open_conn(self: &Arc<Self>, kind: Kind, sid: Option<Box<str>>, buffer: usize) -> Queue {
+        self.count(kind).fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sid,
+            kind,
             buffer,
             why: std::sync::atomic::AtomicU8::new(0),
             removed: std::sync::atomic::AtomicBool::new(false),
@@ -401,11 +481,7 @@ impl SseHub {
         for room in mine.drain(..) {
             Self::take_out(&mut rooms, &room, conn.id);
         }
-        let open = match conn.sid {
-            Some(_) => &self.json_connections,
-            None => &self.connections,
-        };
-        open.fetch_sub(1, Ordering::Relaxed);
+        self.count(conn.kind).fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Queues `payload` as `event` on every connection in any of `rooms` (scoped names),
@@ -480,7 +556,29 @@ impl SseHub {
         self.json_connections.load(Ordering::Relaxed)
     }
 
-    /// SSE and `/ws/json` connections closed so far because they read too slowly.
+    /// Calls `each` with the namespace and the scoped rooms (its identity room among them)
+    /// of every Socket.IO socket on this node's lean path: the census of sockets counts
+    /// them with socketioxide's.
+    pub fn each_lean_socket(&self, mut each: impl FnMut(&'static str, &[String])) {
+        let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        // Every connection is in exactly one identity room: each is visited once.
+        let members = map
+            .iter()
+            .filter(|(room, _)| crate::rooms::is_identity_room(room))
+            .flat_map(|(_, members)| members.values());
+        for conn in members {
+            if let Kind::Socket { ns } = conn.kind {
+                each(ns, &conn.in_rooms.lock().unwrap_or_else(|e| e.into_inner()));
+            }
+        }
+    }
+
+    /// Socket.IO sockets open on this node's lean websocket path.
+    pub fn lean_sockets(&self) -> u64 {
+        self.lean_sockets.load(Ordering::Relaxed)
+    }
+
+    /// SSE and lean connections closed so far because they read too slowly.
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }

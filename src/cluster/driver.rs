@@ -133,7 +133,7 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
     if let Ok(tap) = tap.read()
         && let Some((tapped, hub)) = tap.as_ref()
         && *tapped == chan
-        && hub.connections() + hub.json_connections() > 0
+        && hub.connections() + hub.json_connections() + hub.lean_sockets() > 0
     {
         match sse_request(&payload) {
             Some(SseRequest::Broadcast(rooms, event, payload, except)) => {

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// The Socket.IO parser every client of this server must use: one per server (and the
     /// same on every node of a cluster).
     pub parser: Parser,
+    /// Serve Socket.IO clients that open a websocket directly (`transports: ["websocket"]`)
+    /// on Roomcast's lean path instead of socketioxide's sessions (WEBSOCKET_API.md
+    /// section 18). Only with the JSON parser; polling and upgrades stay socketioxide's.
+    pub lean_websocket: bool,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             reconnect_after_ms: 1000,
             cors_origins: Vec::new(),
             parser: Parser::Json,
+            lean_websocket: false,
         }
     }
 }

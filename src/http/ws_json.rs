@@ -7,14 +7,13 @@
 //! [`crate::transport::json`].
 
 use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use http::{HeaderValue, header};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{ApiError, AppState};
 use crate::events::FieldError;
-use crate::transport::json::Accepted;
+use crate::transport::Accepted;
 
 /// The query of the request; other parameters are ignored.
 #[derive(Default)]
@@ -80,14 +79,7 @@ pub(super) async fn ws_json(
             Err(e) => tracing::debug!("ws/json upgrade failed: {e}"),
         }
     });
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    Ok(response)
+    Ok(crate::transport::switching_protocols(&key))
 }
 
 /// The `Sec-WebSocket-Key` of a WebSocket upgrade request (version 13); a request that is

@@ -29,6 +29,7 @@ use crate::auth::{AuthError, Identity};
 use crate::errors::Message;
 use crate::limits::{LimitError, PendingGuard, Slot};
 use crate::presence::Share;
+use crate::services::Services;
 
 /// Socket.IO's request path (socketioxide's default `req_path`, which Roomcast keeps).
 const REQ_PATH: &str = "/socket.io";
@@ -194,6 +195,14 @@ pub async fn screen_handshake(
         req.uri().query(),
         &ctx.transports,
     );
+    let direct_websocket = matches!(
+        route,
+        EioRequest::Opens {
+            version: "4",
+            transport: "websocket",
+            b64: None
+        }
+    );
     let v3 = match route {
         EioRequest::Opens { version, .. } => version == "3",
         EioRequest::Upgrade { .. } => {
@@ -240,13 +249,35 @@ pub async fn screen_handshake(
         match result {
             Ok(identity) => screened = Some(Screened(Arc::new(Mutex::new(Some(identity))))),
             Err(e) => {
-                let message = auth_failed(&ctx, e, "/", "HTTP 401");
+                let message = auth_failed(&ctx.services, e, "/", "HTTP 401");
                 tracing::debug!(ip = ?ip, code = e.code(), "Engine.IO v3 handshake refused");
                 return Err(refused(message, None));
             }
         }
     }
-    let mut head = minimal_head(&req, route.minimal_uri(), Some(Arc::new(guard)));
+    let uri = route.minimal_uri();
+    if direct_websocket
+        && let Some(hub) = &ctx.lean
+        && let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned()
+        && let Some(upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+    {
+        let handshake = LeanHandshake {
+            pending: Some(Arc::new(guard)),
+            token,
+        };
+        let (services, hub) = (ctx.services.clone(), hub.clone());
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let io = hyper_util::rt::TokioIo::new(upgraded);
+                    crate::transport::sio::serve(io, services, hub, handshake).await;
+                }
+                Err(e) => tracing::debug!("lean websocket upgrade failed: {e}"),
+            }
+        });
+        return Err(crate::transport::switching_protocols(&key));
+    }
+    let mut head = minimal_head(&req, uri, Some(Arc::new(guard)));
     head.extensions
         .insert(Arc::new(super::yjs::SessionDocuments::default()));
     if let Some(token) = token {
@@ -324,11 +355,11 @@ fn refused(message: Message, retry_after_ms: Option<u64>) -> Response {
 
 /// Counts and records a handshake refused for its token (`how` the client was told);
 /// returns the message.
-fn auth_failed(ctx: &SocketCtx, e: AuthError, ns: &str, how: &str) -> Message {
-    ctx.services.counters.auth_failed(e.code());
+fn auth_failed(services: &Services, e: AuthError, ns: &str, how: &str) -> Message {
+    services.counters.auth_failed(e.code());
     let message = e.handshake_message();
     // Anyone can send a bad token: counted apart, so it never pushes real errors out.
-    ctx.services.counters.errors.refused(
+    services.counters.errors.refused(
         "handshake",
         e.code(),
         ns.to_owned(),
@@ -402,58 +433,115 @@ pub(super) async fn admit<A: Adapter>(
     auth: Option<&serde_json::Value>,
 ) -> Result<(Arc<Identity>, Slot), Refusal> {
     let req = s.req_parts();
-    let pending = req.extensions.get::<Arc<PendingGuard>>();
     let screened = req.extensions.get::<Screened>().and_then(Screened::take);
-    let result = match screened {
-        Some(identity) => Ok(identity),
-        None => match find_token(auth, req.extensions.get::<RequestToken>()) {
-            Err(e) => Err(e),
-            Ok(token) => ctx.services.verifier.verify_or_refresh(&token).await,
-        },
+    let session = Session {
+        pending: req.extensions.get::<Arc<PendingGuard>>(),
+        token: req.extensions.get::<RequestToken>(),
     };
-    let identity = match result {
-        Ok(identity) => Arc::new(identity),
-        Err(e) => {
-            auth_failed(ctx, e, s.ns(), "connect_error");
-            tracing::debug!(sid = %s.id, code = e.code(), "handshake refused");
-            return Err(Refusal::Auth(e));
-        }
-    };
-    // Once per session: a second namespace of a session already accepted is not a new
-    // handshake.
-    if !pending.is_some_and(|p| p.accepted())
-        && let Err(e) = ctx.services.limits.user_handshake(&identity)
-    {
-        ctx.services.counters.limited("handshakes_user");
-        tracing::debug!(
-            sid = %s.id,
-            user_id = %identity.user_id,
-            tenant = %identity.tenant,
-            "handshake over the user's budget: rate_limited"
-        );
-        return Err(Refusal::Limit(e));
-    }
-    let slot: Slot = match ctx.services.limits.connections.admit(&identity) {
-        Ok(slot) => slot,
-        Err(e) => {
-            if let LimitError::TooManyConnections { which, .. } = &e {
-                ctx.services.counters.limited(match *which {
-                    "node" => "connections_node",
-                    "tenant" => "connections_tenant",
-                    _ => "connections_user",
-                });
-                tracing::debug!(
-                    sid = %s.id,
-                    user_id = %identity.user_id,
-                    tenant = %identity.tenant,
-                    limit = which,
-                    "handshake refused: too_many_connections"
-                );
+    session
+        .admit(&ctx.services, s.ns(), &s.id, screened, auth)
+        .await
+}
+
+/// What a session's request left for its namespace connects to read.
+struct Session<'a> {
+    pending: Option<&'a Arc<PendingGuard>>,
+    token: Option<&'a RequestToken>,
+}
+
+impl Session<'_> {
+    /// [`admit`] for a connect to `ns` of this session (`sid` for the logs).
+    async fn admit(
+        &self,
+        services: &Services,
+        ns: &str,
+        sid: &(dyn std::fmt::Display + Sync),
+        screened: Option<Identity>,
+        auth: Option<&serde_json::Value>,
+    ) -> Result<(Arc<Identity>, Slot), Refusal> {
+        let result = match screened {
+            Some(identity) => Ok(identity),
+            None => match find_token(auth, self.token) {
+                Err(e) => Err(e),
+                Ok(token) => services.verifier.verify_or_refresh(&token).await,
+            },
+        };
+        let identity = match result {
+            Ok(identity) => Arc::new(identity),
+            Err(e) => {
+                auth_failed(services, e, ns, "connect_error");
+                tracing::debug!(%sid, code = e.code(), "handshake refused");
+                return Err(Refusal::Auth(e));
             }
+        };
+        // Once per session: a second namespace of a session already accepted is not a new
+        // handshake.
+        if !self.pending.is_some_and(|p| p.accepted())
+            && let Err(e) = services.limits.user_handshake(&identity)
+        {
+            services.counters.limited("handshakes_user");
+            tracing::debug!(
+                %sid,
+                user_id = %identity.user_id,
+                tenant = %identity.tenant,
+                "handshake over the user's budget: rate_limited"
+            );
             return Err(Refusal::Limit(e));
         }
-    };
-    Ok((identity, slot))
+        let slot: Slot = match services.limits.connections.admit(&identity) {
+            Ok(slot) => slot,
+            Err(e) => {
+                if let LimitError::TooManyConnections { which, .. } = &e {
+                    services.counters.limited(match *which {
+                        "node" => "connections_node",
+                        "tenant" => "connections_tenant",
+                        _ => "connections_user",
+                    });
+                    tracing::debug!(
+                        %sid,
+                        user_id = %identity.user_id,
+                        tenant = %identity.tenant,
+                        limit = which,
+                        "handshake refused: too_many_connections"
+                    );
+                }
+                return Err(Refusal::Limit(e));
+            }
+        };
+        Ok((identity, slot))
+    }
+}
+
+/// A direct Socket.IO websocket the screening passed to the lean path
+/// ([`crate::transport::sio`]): what its session keeps of the request (the pre-auth place,
+/// the token it brought) until a namespace connect is admitted with it.
+pub struct LeanHandshake {
+    pending: Option<Arc<PendingGuard>>,
+    token: Option<RequestToken>,
+}
+
+impl LeanHandshake {
+    /// Admits a connect to `ns` as the connect middleware does; the `connect_error` message
+    /// when refused. Once admitted the session is no longer pre-auth.
+    pub async fn admit(
+        &self,
+        services: &Services,
+        ns: &str,
+        auth: Option<&serde_json::Value>,
+    ) -> Result<(Arc<Identity>, Slot), String> {
+        let session = Session {
+            pending: self.pending.as_ref(),
+            token: self.token.as_ref(),
+        };
+        let admitted = session
+            .admit(services, ns, &"lean", None, auth)
+            .await
+            .map_err(|refusal| refusal.to_string())?;
+        if let Some(pending) = &self.pending {
+            pending.accept();
+        }
+        Ok(admitted)
+    }
 }
 
 /// The socket is accepted: its span, identity and slot go on it, and its session is no

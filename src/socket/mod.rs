@@ -7,7 +7,7 @@ mod budget;
 pub mod command;
 mod dispatch;
 
-pub use auth::screen_handshake;
+pub use auth::{LeanHandshake, screen_handshake};
 mod history;
 pub mod lifetime;
 mod lock_acquire;
@@ -72,6 +72,9 @@ pub struct SocketCtxInner {
     pub transports: Vec<socketioxide::TransportType>,
     /// The `/yjs|...` namespaces of this node (see [`yjs`]).
     pub yjs: Arc<yjs::Namespaces>,
+    /// With `server.lean_websocket` on (and the JSON parser): the hub whose members the
+    /// direct websocket connects become ([`crate::transport::sio`]).
+    pub lean: Option<Arc<SseHub>>,
 }
 
 impl SocketCtx {
@@ -494,8 +497,33 @@ struct Walk {
 
 /// Walks this node's sockets once (only `tenant`'s when set); rooms are counted only when
 /// `with_rooms`, identity rooms never.
-fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool, tenant: Option<&Tenant>) -> Walk {
+fn walk<A: Adapter>(
+    io: &SocketIo<A>,
+    lean: &SseHub,
+    with_rooms: bool,
+    tenant: Option<&Tenant>,
+) -> Walk {
     let mut found = Walk::default();
+    lean.each_lean_socket(|_, rooms| {
+        // The identity room `#<tenant>/<user>` says whose socket it is.
+        let Some((t, u)) = rooms
+            .iter()
+            .find_map(|r| r.strip_prefix('#')?.split_once('/'))
+            .and_then(|(t, u)| Some((Id::parse(t)?, Id::parse(u)?)))
+        else {
+            return;
+        };
+        if tenant.is_some_and(|tenant| *tenant != t) {
+            return;
+        }
+        found.connections += 1;
+        found.users.insert((t, u));
+        if with_rooms {
+            for room in rooms.iter().filter(|r| !is_identity_room(r)) {
+                *found.rooms.entry(Cow::Owned(room.clone())).or_default() += 1;
+            }
+        }
+    });
     for ns in NAMESPACES {
         let Some(op) = io.of(ns) else { continue };
         for s in op.sockets() {
@@ -523,7 +551,7 @@ fn walk<A: Adapter>(io: &SocketIo<A>, with_rooms: bool, tenant: Option<&Tenant>)
 
 impl<A: Adapter> Census for Sockets<A> {
     fn per_namespace(&self) -> Vec<(&'static str, u64)> {
-        NAMESPACES
+        let mut counts: Vec<(&'static str, u64)> = NAMESPACES
             .iter()
             .map(|ns| {
                 (
@@ -531,11 +559,17 @@ impl<A: Adapter> Census for Sockets<A> {
                     self.io.of(ns).map_or(0, |op| op.sockets().len() as u64),
                 )
             })
-            .collect()
+            .collect();
+        self.sse.each_lean_socket(|ns, _| {
+            if let Some((_, n)) = counts.iter_mut().find(|(n, _)| *n == ns) {
+                *n += 1;
+            }
+        });
+        counts
     }
 
     fn counts(&self) -> (u64, u64) {
-        let found = walk(&self.io, false, None);
+        let found = walk(&self.io, &self.sse, false, None);
         (found.connections, found.users.len() as u64)
     }
 
@@ -544,7 +578,7 @@ impl<A: Adapter> Census for Sockets<A> {
             connections,
             users,
             rooms,
-        } = walk(&self.io, true, tenant);
+        } = walk(&self.io, &self.sse, true, tenant);
         let tenants: HashSet<&Id> = users.iter().map(|(tenant, _)| tenant).collect();
         let mut top_rooms: Vec<RoomMembers> = rooms
             .iter()

@@ -1,163 +1,21 @@
-//! One `/ws/json` connection (WEBSOCKET_API.md section 17), from the upgrade to its end.
-//!
-//! Lean by construction: one task per connection, which reads the client's frames, writes
-//! what the hub queued and keeps the connection's timers; no channel or task of its own
-//! besides the hub's queue of shared frames (an event's text is made once per publish and
-//! written to every recipient as it is: no copy, no per-recipient encoding); every frame
-//! queued when the task wakes is written with one flush (one syscall for a burst); the
-//! read buffer is `limits.ws_read_buffer_bytes`. Commands run as the Socket.IO side's do
-//! (`socket::execute_named` over a [`Connection`]), each in a task of its own so a slow
-//! one (`rpc`, `lock.acquire` waiting) holds up neither the events nor the next command.
+//! `/ws/json` (WEBSOCKET_API.md section 17): after the HTTP side accepted the upgrade
+//! (`http::ws_json`), the connection is a [`super::Member`] speaking [`super::Wire::Json`];
+//! this is how its client's frames are read.
 
-use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide_core::Sid;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::auth::Identity;
-use crate::errors::{Code, Message as Text};
-use crate::events::Timestamp;
-use crate::hooks_out::{HookEvent, HookKind};
-use crate::limits::{EventVerdict, Slot};
-use crate::presence::Share;
-use crate::rooms::{RoomName, identity_room};
+use super::{Accepted, End, Member, Wire};
 use crate::services::Services;
-use crate::socket::command::{Connection, Held};
-use crate::socket::{CommandError, Established, execute_named, recover};
-use crate::sse::{CloseReason, Frame, Queue, SseHub};
+use crate::socket::CommandError;
+use crate::sse::SseHub;
 
 /// The namespace a `/ws/json` connection is reported under (webhooks, logs).
 pub const PATH: &str = "/ws/json";
-
-/// How many bytes tungstenite gathers before it writes without being flushed: frames fed
-/// in one wake-up go out together up to this size.
-const WRITE_BATCH_BYTES: usize = 16 * 1024;
-
-/// How long the last frames and the close may take to write before the connection is
-/// dropped without them.
-const CLOSE_WRITE_LIMIT: Duration = Duration::from_secs(5);
-
-/// What the HTTP side hands over with an accepted request.
-pub struct Accepted {
-    pub identity: Arc<Identity>,
-    /// `{"since": {...}}` from `?since=`, as a socket's `auth` carries it.
-    pub since: Option<Value>,
-    /// Counted against the connection limits until the connection ends.
-    pub slot: Slot,
-}
-
-/// A `/ws/json` connection as commands and the hub see it.
-struct JsonConn {
-    sid: Sid,
-    sid_text: String,
-    identity: RwLock<Arc<Identity>>,
-    share: Arc<Share>,
-    /// Scoped room names, as the hub has them.
-    rooms: Mutex<Vec<Cow<'static, str>>>,
-    hub: Arc<SseHub>,
-    queued: Arc<crate::sse::Conn>,
-    open: AtomicBool,
-}
-
-impl Connection for JsonConn {
-    fn id(&self) -> String {
-        self.sid_text.clone()
-    }
-
-    fn identity(&self) -> Option<Arc<Identity>> {
-        Some(self.current())
-    }
-
-    fn share(&self) -> Option<Arc<Share>> {
-        Some(self.share.clone())
-    }
-
-    fn rooms(&self) -> Vec<Cow<'static, str>> {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn join(&self, rooms: Vec<Cow<'static, str>>) {
-        let mut held = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let new: Vec<String> = rooms
-            .into_iter()
-            .filter(|r| !held.contains(r))
-            .map(Cow::into_owned)
-            .collect();
-        held.extend(new.iter().cloned().map(Cow::Owned));
-        // Under the lock: a concurrent leave cannot come between the list and the hub.
-        self.hub.join(&self.queued, new);
-    }
-
-    fn leave(&self, rooms: Vec<Cow<'static, str>>) {
-        let mut held = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        held.retain(|r| !rooms.contains(r));
-        self.hub.leave(&self.queued, &rooms);
-    }
-
-    fn replace_identity(&self, _old: &Identity, new: Arc<Identity>) {
-        // The connection's task reads the new expiry at its next ping or deadline.
-        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = new;
-    }
-
-    fn connected(&self) -> bool {
-        self.open.load(Ordering::Relaxed)
-    }
-}
-
-impl JsonConn {
-    fn current(&self) -> Arc<Identity> {
-        self.identity
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Queues `{"type": kind, "data": data}` (a notice or an answer: never refused).
-    fn send(&self, message: &Value) {
-        let frame = Frame::notice("", message, false);
-        self.queued
-            .push(Arc::new(frame), false, self.queued.buffer());
-    }
-
-    fn notice(&self, kind: &str, data: Value) {
-        self.send(&json!({ "type": kind, "data": data }));
-    }
-
-    /// The answer to a command: an `ack` when it has an id, else an `error` for a failure.
-    fn answer(&self, id: Option<Value>, result: Result<Value, CommandError>) {
-        match (id, result) {
-            (Some(id), Ok(data)) => self.send(&json!({"type": "ack", "id": id, "data": data})),
-            (Some(id), Err(e)) => self.send(&json!({
-                "type": "ack",
-                "id": id,
-                "data": {"ok": false, "error": e.body()},
-            })),
-            (None, Ok(_)) => {}
-            (None, Err(e)) => self.notice("error", e.body()),
-        }
-    }
-}
-
-/// How a connection ended, as the server tells the client.
-enum End {
-    /// The client closed, went away or stopped answering pings: nothing to say.
-    Gone,
-    /// Closed with this code and reason, after what was queued.
-    Close(CloseCode, &'static str),
-    /// The same, after this last message: the hub's queue has ended already (a drain).
-    CloseAfter(Value, CloseCode, &'static str),
-}
 
 /// A client command: `{"id"?, "type", "data"?}`.
 #[derive(Deserialize)]
@@ -175,235 +33,13 @@ pub async fn serve<S>(io: S, services: Arc<Services>, hub: Arc<SseHub>, accepted
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &services.config.limits;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(limits.ws_read_buffer_bytes.max(256))
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_message_size(Some(limits.ws_max_message_bytes))
-        .max_frame_size(Some(limits.ws_max_frame_bytes));
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let Accepted {
-        identity,
-        since,
-        slot,
-    } = accepted;
-    let sid = Sid::new();
-    let sid_text = sid.to_string();
-    let queue = hub.open_json(&sid_text, limits.socket_buffer_packets);
-    let conn = Arc::new(JsonConn {
-        sid,
-        sid_text,
-        identity: RwLock::new(identity.clone()),
-        share: Arc::default(),
-        rooms: Mutex::default(),
-        queued: queue.conn.clone(),
-        hub,
-        open: AtomicBool::new(true),
-    });
-    tracing::debug!(sid = %conn.sid_text, user_id = %identity.user_id, tenant = %identity.tenant, "ws/json connection opened");
-    // First, so a revocation finds the connection by its identity room from here on.
-    conn.join(vec![identity_room(&identity.tenant, &identity.user_id)]);
-    services.presence.connected(&identity);
-    hook(&services, &conn, &identity, None);
-    let defaults = [RoomName::Global, RoomName::User(identity.user_id.clone())];
-    // Boxed: the catch-up's state is large and needed only now; in the connection's own
-    // future it would stay reserved for the connection's life (every idle connection).
-    Box::pin(recover::recover(
-        &*conn,
-        &services,
-        &identity,
-        since.as_ref(),
-        &defaults,
-        |outcome| {
-            let established = Established::new(
-                conn.sid_text.clone(),
-                &identity,
-                &services.node_id,
-                &defaults,
-                outcome,
-            );
-            let message = json!({"type": "connection.established", "data": established});
-            conn.queued
-                .first(Arc::new(Frame::notice("", &message, false)));
-        },
-        |event, payload| {
-            let frame = Arc::new(Frame::event(event, payload));
-            conn.queued.push(frame, false, conn.queued.buffer()) == crate::sse::Pushed::Queued
-        },
-    ))
-    .await;
-
-    let end = run(ws, &conn, queue, &services).await;
-
-    conn.open.store(false, Ordering::Relaxed);
-    let identity = conn.current();
-    let reason = match &end {
-        End::Gone => "transport close",
-        End::Close(_, reason) | End::CloseAfter(_, _, reason) => reason,
-    };
-    tracing::debug!(sid = %conn.sid_text, reason, "ws/json connection closed");
-    if services.presence.disconnected(&conn.share, &identity) {
-        hook(&services, &conn, &identity, Some(reason));
-    }
-    if services.locks.held_by(&conn.sid_text) > 0
-        && let Some(broadcaster) = services.broadcaster.get()
-    {
-        broadcaster.release_socket_locks(&conn.sid_text).await;
-    }
-    drop(slot);
-}
-
-/// The connection's loop: frames in, queued frames out, pings and the token's deadlines.
-/// Returns how it ended, once what the client should read has been written.
-async fn run<S>(
-    ws: WebSocketStream<S>,
-    conn: &Arc<JsonConn>,
-    mut queue: Queue,
-    services: &Arc<Services>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let server = &services.config.server;
-    let ping_every = Duration::from_millis(server.ping_interval_ms.max(1));
-    let silence = ping_every + Duration::from_millis(server.ping_timeout_ms);
-    let write_limit = Duration::from_millis(server.write_timeout_ms.max(1));
-    let (mut sink, mut stream) = ws.split();
-    let mut heard = Instant::now();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lifetime = Lifetime::new(services, &conn.current());
-    let deadline = tokio::time::sleep_until(lifetime.next());
-    tokio::pin!(deadline);
-    let end = loop {
-        tokio::select! {
-            frame = queue.next() => {
-                let Some(frame) = frame else {
-                    break closed_by_hub(conn, services);
-                };
-                let write = async {
-                    sink.feed(Message::Text(frame.data.clone())).await?;
-                    while let Some(frame) = queue.try_next() {
-                        sink.feed(Message::Text(frame.data.clone())).await?;
-                    }
-                    sink.flush().await
-                };
-                // A client that stopped reading blocks the write: its queue overflowing (or
-                // the server draining) ends the connection now, and no write waits longer
-                // than `server.write_timeout_ms`.
-                let written = tokio::select! {
-                    written = tokio::time::timeout(write_limit, write) => written,
-                    () = conn.queued.closed() => break closed_by_hub(conn, services),
-                };
-                if !matches!(written, Ok(Ok(()))) {
-                    break End::Gone;
-                }
-            }
-            message = stream.next() => {
-                heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(end) = command(conn, services, text.as_str()) {
-                            break end;
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let error = CommandError::InvalidPayload(
-                            "binary frames are not read: send JSON text frames".into(),
-                        );
-                        conn.answer(None, Err(error));
-                    }
-                    // tungstenite queues the pong of a ping; the next flush sends it.
-                    Some(Ok(Message::Ping(_))) => {
-                        if sink.flush().await.is_err() {
-                            break End::Gone;
-                        }
-                    }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break End::Gone,
-                    Some(Err(WsError::Capacity(_))) => {
-                        break End::Close(CloseCode::Size, "message_too_big");
-                    }
-                    Some(Err(_)) => break End::Gone,
-                }
-            }
-            _ = ping.tick() => {
-                if heard.elapsed() > silence {
-                    break End::Gone;
-                }
-                // `auth.refresh` moved the expiry: the deadlines follow (a later expiry is
-                // also seen when the old deadline comes).
-                if lifetime.exp != conn.current().expires_at {
-                    lifetime = Lifetime::new(services, &conn.current());
-                    deadline.as_mut().reset(lifetime.next());
-                }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::Gone;
-                }
-            }
-            () = &mut deadline => {
-                if lifetime.exp != conn.current().expires_at {
-                    lifetime = Lifetime::new(services, &conn.current());
-                } else if let Some(end) = lifetime.due(conn) {
-                    break end;
-                }
-                deadline.as_mut().reset(lifetime.next());
-            }
-        }
-    };
-    // Closed: no longer counted as open while the last frames go out.
-    queue.leave_hub();
-    let (last, code, reason) = match &end {
-        End::Gone => return end,
-        End::Close(code, reason) => (None, *code, *reason),
-        End::CloseAfter(last, code, reason) => (Some(last.clone()), *code, *reason),
-    };
-    // A client that read too slowly is not written its backlog (it recovers with `since`).
-    let backlog = conn.queued.close_reason() != Some(CloseReason::Overflowed);
-    let close = async {
-        // What was queued (the notice that says why among it) first, then the close.
-        while let Some(frame) = queue.try_next().filter(|_| backlog) {
-            sink.feed(Message::Text(frame.data.clone())).await?;
-        }
-        if let Some(last) = last {
-            sink.feed(Message::Text(last.to_string().into())).await?;
-        }
-        let close = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        sink.send(Message::Close(Some(close))).await?;
-        sink.close().await
-    };
-    if !matches!(
-        tokio::time::timeout(CLOSE_WRITE_LIMIT, close).await,
-        Ok(Ok(()))
-    ) {
-        tracing::debug!(sid = %conn.sid_text, "ws/json close not written: dropped");
-    }
-    end
-}
-
-/// The hub ended the connection: why, and the notice that says so.
-fn closed_by_hub(conn: &JsonConn, services: &Services) -> End {
-    // The queue has ended: a notice for the client goes with the end itself.
-    match conn.queued.close_reason() {
-        Some(CloseReason::Overflowed) => End::Close(CloseCode::Library(4008), "buffer_full"),
-        Some(CloseReason::Revoked) => End::Close(CloseCode::Library(4003), "disconnected"),
-        Some(CloseReason::Draining) | None => End::CloseAfter(
-            json!({
-                "type": "server.shutdown",
-                "data": {"reconnect_after_ms": services.config.server.reconnect_after_ms},
-            }),
-            CloseCode::Restart,
-            "server_shutdown",
-        ),
-    }
+    let ws = super::websocket(io, &services).await;
+    super::serve(ws, Wire::Json, Sid::new(), services, hub, accepted).await;
 }
 
 /// One text frame from the client: spends the event budget, then runs the command in a
 /// task of its own. `Some` ends the connection (the budget was abused).
-fn command(conn: &Arc<JsonConn>, services: &Arc<Services>, text: &str) -> Option<End> {
+pub(super) fn command(conn: &Arc<Member>, services: &Arc<Services>, text: &str) -> Option<End> {
     let request = serde_json::from_str::<Value>(text);
     // An id is echoed even when the rest of the frame is unreadable.
     let id = request
@@ -412,23 +48,8 @@ fn command(conn: &Arc<JsonConn>, services: &Arc<Services>, text: &str) -> Option
         .and_then(|v| v.get("id"))
         .filter(|id| !id.is_null())
         .cloned();
-    match services.limits.event(conn.sid) {
-        EventVerdict::Allowed => {}
-        EventVerdict::Refused(retry_after) => {
-            services.counters.limited("events");
-            let retry_after_ms = crate::limits::ceil_ms(retry_after);
-            conn.answer(id, Err(CommandError::RateLimited { retry_after_ms }));
-            return None;
-        }
-        EventVerdict::Abusive => {
-            services.counters.limited("events");
-            crate::metrics::Counters::incr(&services.counters.rate_limit_disconnects, 1);
-            conn.notice(
-                "error",
-                json!({"code": Text::EventAbuse.code().as_str(), "message": Text::EventAbuse.text()}),
-            );
-            return Some(End::Close(CloseCode::Library(4029), "rate_limit_exceeded"));
-        }
+    if let Err(end) = conn.spend(services, &id) {
+        return end;
     }
     let request = match request.map(serde_json::from_value::<Request>) {
         Ok(Ok(request)) => request,
@@ -439,89 +60,7 @@ fn command(conn: &Arc<JsonConn>, services: &Arc<Services>, text: &str) -> Option
             return None;
         }
     };
-    let (conn, services) = (conn.clone(), services.clone());
-    tokio::spawn(async move {
-        let payload = request.data.ok_or_else(|| "no data".to_owned());
-        let held = Held::default();
-        let answer = execute_named(&request.kind, &*conn, &services, payload, &held).await;
-        // Queued before what `held` keeps back (a stream's deltas) can follow.
-        conn.answer(request.id, answer);
-        drop(held);
-    });
+    let payload = request.data.ok_or_else(|| "no data".to_owned());
+    conn.execute(services, request.id, request.kind, payload);
     None
-}
-
-/// `connection.opened` / `connection.closed` for the outbound webhooks.
-fn hook(services: &Services, conn: &JsonConn, identity: &Identity, closed: Option<&str>) {
-    let kind = match closed {
-        Some(_) => HookKind::ConnectionClosed,
-        None => HookKind::ConnectionOpened,
-    };
-    if services.hooks.wants(kind) {
-        services.hooks.notify(HookEvent::connection(
-            &identity.tenant,
-            &identity.user_id,
-            &conn.sid_text,
-            PATH,
-            &services.node_id,
-            closed,
-        ));
-    }
-}
-
-/// The token's deadlines on a live connection: `auth.expiring` `auth.expiry_warning_secs`
-/// before its end (`exp` plus `auth.leeway_secs`), then `auth.expired` and the close.
-struct Lifetime {
-    exp: u64,
-    warn_at: Option<Instant>,
-    end_at: Option<Instant>,
-}
-
-impl Lifetime {
-    fn new(services: &Services, identity: &Identity) -> Self {
-        let auth = &services.config.auth;
-        let exp = identity.expires_at;
-        if exp > crate::socket::lifetime::NO_EXPIRY_AFTER {
-            return Self {
-                exp,
-                warn_at: None,
-                end_at: None,
-            };
-        }
-        let now_secs = crate::auth::jwt::now_secs();
-        let now = Instant::now();
-        let at = |secs: u64| now + Duration::from_secs(secs.saturating_sub(now_secs));
-        let end = exp.saturating_add(auth.leeway_secs);
-        Self {
-            exp,
-            warn_at: Some(at(end.saturating_sub(auth.expiry_warning_secs))),
-            end_at: Some(at(end)),
-        }
-    }
-
-    /// When the next deadline is (far away when there is none).
-    fn next(&self) -> Instant {
-        self.warn_at
-            .or(self.end_at)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
-    }
-
-    /// Acts on the deadline that came: the warning, or the end.
-    fn due(&mut self, conn: &JsonConn) -> Option<End> {
-        let expires_at = Timestamp::from_unix_secs(self.exp);
-        if self.warn_at.take().is_some() {
-            let left = self.exp.saturating_sub(crate::auth::jwt::now_secs());
-            conn.notice(
-                "auth.expiring",
-                json!({"expires_at": expires_at, "expires_in_secs": left}),
-            );
-            return None;
-        }
-        self.end_at.take()?;
-        conn.notice(
-            "auth.expired",
-            json!({"code": Code::TokenExpired.as_str(), "expired_at": expires_at}),
-        );
-        Some(End::Close(CloseCode::Library(4001), "token_expired"))
-    }
 }

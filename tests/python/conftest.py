@@ -13,6 +13,7 @@ has arrived the forbidden event would already have arrived too.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import sys
 import threading
@@ -403,6 +404,9 @@ def open_client(server: Server, *, token: str | None = None, claims: dict | None
         url = f"{url}/?token={token}"
     if query:
         url = f"{url}{'&' if '?' in url else '/?'}{query}"
+    if transports is None and os.environ.get("TEST_WEBSOCKET_PATH") == "lean":
+        # The suite's run against the lean path: a websocket from the start.
+        transports = ["websocket"]
     try:
         sio.connect(url, headers=hdrs, auth=auth, transports=transports,
                     namespaces=namespaces, wait_timeout=EVENT_TIMEOUT_S)

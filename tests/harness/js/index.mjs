@@ -197,7 +197,7 @@ export function configToml({
 /**
  * Environment for a child: ours, minus any ROOMCAST_* setting and RUST_LOG from the shell (a
  * developer's ROOMCAST_SERVER__BIND must not leak into a test: the child reads only our file),
- * plus `extra`.
+ * plus the websocket path of TEST_WEBSOCKET_PATH, plus `extra`.
  */
 export function childEnv(extra = {}) {
   const env = {};
@@ -205,6 +205,10 @@ export function childEnv(extra = {}) {
     if (k.startsWith("ROOMCAST_") || k === "RUST_LOG") continue;
     env[k] = v;
   }
+  // The websocket path every server of the run takes (`lean` or `socketioxide`): how
+  // scripts/test.sh runs a suite against both.
+  const path = process.env.TEST_WEBSOCKET_PATH;
+  if (path) env.ROOMCAST_SERVER__LEAN_WEBSOCKET = path === "lean" ? "true" : "false";
   return { ...env, ...extra };
 }
 

@@ -83,8 +83,12 @@ def roomcast_bin() -> Path:
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment minus ROOMCAST_* and RUST_LOG (the child must read only our file),
-    plus `extra`."""
+    plus the websocket path of TEST_WEBSOCKET_PATH (`lean` or `socketioxide`: how
+    scripts/test.sh runs a suite against both), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_") and k != "RUST_LOG"}
+    path = os.environ.get("TEST_WEBSOCKET_PATH")
+    if path:
+        env["ROOMCAST_SERVER__LEAN_WEBSOCKET"] = "true" if path == "lean" else "false"
     env.update(extra or {})
     return env
 

@@ -149,6 +149,15 @@ function instrument(socket) {
   return socket;
 }
 
+/**
+ * The transports a socket uses unless a test names its own: with TEST_WEBSOCKET_PATH=lean
+ * (the suite's run against the lean path) a websocket from the start, as production clients
+ * behind load balancers connect; otherwise socket.io-client's default (polling, then the
+ * upgrade).
+ */
+export const DEFAULT_TRANSPORTS =
+  process.env.TEST_WEBSOCKET_PATH === "lean" ? { transports: ["websocket"] } : {};
+
 /** Creates a socket (not yet connected) with test defaults: no reconnection, no multiplexing. */
 export function createSocket(url, opts = {}) {
   const socket = io(url, {
@@ -156,6 +165,7 @@ export function createSocket(url, opts = {}) {
     reconnection: false,
     timeout: DEFAULT_WAIT_MS,
     autoConnect: false,
+    ...DEFAULT_TRANSPORTS,
     ...opts,
   });
   openSockets.add(socket);
