@@ -288,7 +288,12 @@ impl Roomcast {
             lifetimes: lifetimes.clone(),
             transports: offered_transports(&config.server),
             yjs: Arc::default(),
-            lean: lean.then(|| sse.clone()),
+            lean: lean.then(|| {
+                Arc::new(transport::Lean {
+                    hub: sse.clone(),
+                    editors: Arc::default(),
+                })
+            }),
         });
         let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
@@ -327,9 +332,16 @@ impl Roomcast {
             init.spawn();
         }
         socket::yjs::register(&io)?;
+        let sessions: Arc<dyn documents::DocSink> = Arc::new(socket::yjs::Editors::new(io.clone()));
         p.services
             .documents
-            .deliver_through(Arc::new(socket::yjs::Editors::new(io.clone())));
+            .deliver_through(match &p.socket_ctx.lean {
+                Some(lean) => Arc::new(transport::yjs::BothEditors {
+                    sessions,
+                    lean: lean.editors.clone(),
+                }),
+                None => sessions,
+            });
         let yjs_io = io.clone();
         let sockets = io.clone();
         let sse = p.sse.clone();
@@ -702,7 +714,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// How long the binary attachments of one packet may take to arrive (socketioxide: 60 s):
 /// a partial packet holds up to `limits.max_binary_bytes` meanwhile.
-const BINARY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BINARY_COMPLETION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

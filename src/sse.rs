@@ -33,6 +33,9 @@ pub struct Frame {
     /// The Socket.IO text of the event on `/` (`42["<event>",<data>]`), made by the first
     /// lean socket that writes it and shared by the others.
     socketio: std::sync::OnceLock<tokio_tungstenite::tungstenite::Utf8Bytes>,
+    /// The binary attachments written after the text (a Socket.IO binary packet: a Yjs
+    /// update to a lean editor).
+    pub binary: Vec<bytes::Bytes>,
     /// `(public room, epoch, seq)` for each room the event is numbered in.
     pub positions: Vec<(String, String, u64)>,
     /// Whether the frame carries the connection's resume token (`id:`). Numbered events do;
@@ -48,6 +51,7 @@ impl Frame {
             event: event.to_owned(),
             data: payload.get().to_owned().into(),
             socketio: std::sync::OnceLock::new(),
+            binary: Vec::new(),
             with_id: !positions.is_empty(),
             positions,
         }
@@ -56,9 +60,15 @@ impl Frame {
     /// A frame a lean connection made for itself (a notice, an answer), `text` exactly as
     /// its protocol writes it.
     pub fn wire(text: String) -> Self {
+        Self::binary(text, Vec::new())
+    }
+
+    /// [`Frame::wire`] with binary attachments, written after the text.
+    pub fn binary(text: String, binary: Vec<bytes::Bytes>) -> Self {
         Self {
             event: String::new(),
             socketio: std::sync::OnceLock::new(),
+            binary,
             data: text.into(),
             positions: Vec::new(),
             with_id: false,
@@ -87,6 +97,7 @@ impl Frame {
             event: event.to_owned(),
             data: data.to_string().into(),
             socketio: std::sync::OnceLock::new(),
+            binary: Vec::new(),
             positions: Vec::new(),
             with_id,
         }
@@ -155,6 +166,9 @@ pub enum Kind {
     Sse,
     /// `/ws/json`.
     Json,
+    /// A Yjs document's socket on the lean websocket path: in its user's identity room
+    /// only (so a revocation and a drain reach it), counted nowhere.
+    Editor,
     /// A Socket.IO socket of namespace `ns` on the lean websocket path.
     Socket {
         ns: &'static str,
@@ -323,16 +337,30 @@ pub struct Queue {
 impl Queue {
     /// The next frame; `None` once the connection is closed.
     pub async fn next(&mut self) -> Option<Arc<Frame>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Queue::next`] as a poll, for a writer that waits on several queues.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Arc<Frame>>> {
+        use std::task::Poll;
         if self.conn.is_closed() {
-            return None;
+            return Poll::Ready(None);
         }
         // A closed connection queues the end mark (`None`): the wait ends with it.
-        let frame = self.rx.recv().await.flatten()?;
-        self.conn.queued.fetch_sub(1, Ordering::Relaxed);
-        if self.conn.is_closed() {
-            return None;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Some(frame))) => {
+                self.conn.queued.fetch_sub(1, Ordering::Relaxed);
+                if self.conn.is_closed() {
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(frame))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-        Some(frame)
     }
 
     /// The next frame already queued, without waiting (also after the connection closed:
@@ -369,6 +397,8 @@ pub struct SseHub {
     json_connections: AtomicU64,
     /// Socket.IO sockets open on the lean websocket path.
     lean_sockets: AtomicU64,
+    /// Yjs document sockets open on the lean websocket path.
+    editors: AtomicU64,
     /// Connections closed because their queue was full.
     overflowed: AtomicU64,
     buffer: usize,
@@ -385,6 +415,7 @@ impl SseHub {
             connections: AtomicU64::new(0),
             json_connections: AtomicU64::new(0),
             lean_sockets: AtomicU64::new(0),
+            editors: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             buffer: buffer.max(1),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -407,6 +438,7 @@ impl SseHub {
             Kind::Sse => &self.connections,
             Kind::Json => &self.json_connections,
             Kind::Socket { .. } => &self.lean_sockets,
+            Kind::Editor => &self.editors,
         }
     }
 

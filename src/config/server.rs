@@ -65,7 +65,7 @@ impl Default for ServerConfig {
             reconnect_after_ms: 1000,
             cors_origins: Vec::new(),
             parser: Parser::Json,
-            lean_websocket: false,
+            lean_websocket: true,
         }
     }
 }

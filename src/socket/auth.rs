@@ -257,7 +257,7 @@ pub async fn screen_handshake(
     }
     let uri = route.minimal_uri();
     if direct_websocket
-        && let Some(hub) = &ctx.lean
+        && let Some(lean) = &ctx.lean
         && let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned()
         && let Some(upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
     {
@@ -265,12 +265,12 @@ pub async fn screen_handshake(
             pending: Some(Arc::new(guard)),
             token,
         };
-        let (services, hub) = (ctx.services.clone(), hub.clone());
+        let (services, lean) = (ctx.services.clone(), lean.clone());
         tokio::spawn(async move {
             match upgrade.await {
                 Ok(upgraded) => {
                     let io = hyper_util::rt::TokioIo::new(upgraded);
-                    crate::transport::sio::serve(io, services, hub, handshake).await;
+                    crate::transport::sio::serve(io, services, lean, handshake).await;
                 }
                 Err(e) => tracing::debug!("lean websocket upgrade failed: {e}"),
             }

@@ -74,7 +74,7 @@ pub struct SocketCtxInner {
     pub yjs: Arc<yjs::Namespaces>,
     /// With `server.lean_websocket` on (and the JSON parser): the hub whose members the
     /// direct websocket connects become ([`crate::transport::sio`]).
-    pub lean: Option<Arc<SseHub>>,
+    pub lean: Option<Arc<crate::transport::Lean>>,
 }
 
 impl SocketCtx {

@@ -87,7 +87,7 @@ fn tenant_room(tenant: &Tenant) -> String {
 }
 
 /// The document of a namespace, without its tenant: `(room, name)` as they parse.
-fn document_of(ns: &str) -> Option<&str> {
+pub(crate) fn document_of(ns: &str) -> Option<&str> {
     let path = ns.strip_prefix(PREFIX)?;
     // The tenant is not known yet; the parse is the same for every tenant.
     DocId::parse(Tenant::default_tenant(), path).map(|_| path)
@@ -316,10 +316,9 @@ async fn on_awareness_update<A: Adapter>(
     }
 }
 
-/// An update that was not applied: the socket is sent `error` `{code, message}` and, but
-/// for a storage failure, disconnected (its copy now holds what the others never will).
-fn refuse<A: Adapter>(s: &SocketRef<A>, e: &DocError) {
-    let (message, text) = match e {
+/// The code and message of an update that was not applied.
+pub(crate) fn refusal(e: &DocError) -> (Message, String) {
+    match e {
         DocError::InvalidUpdate => (Message::InvalidUpdate, Message::InvalidUpdate.text()),
         DocError::UpdateTooLarge { limit } => (
             Message::UpdateTooLarge,
@@ -333,7 +332,13 @@ fn refuse<A: Adapter>(s: &SocketRef<A>, e: &DocError) {
             Message::DocumentUnavailable,
             Message::DocumentUnavailable.render(&[("reason", reason)]),
         ),
-    };
+    }
+}
+
+/// An update that was not applied: the socket is sent `error` `{code, message}` and, but
+/// for a storage failure, disconnected (its copy now holds what the others never will).
+fn refuse<A: Adapter>(s: &SocketRef<A>, e: &DocError) {
+    let (message, text) = refusal(e);
     let who = identity_of(s);
     tracing::info!(
         parent: &span_of(s),

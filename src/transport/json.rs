@@ -9,7 +9,7 @@ use serde_json::Value;
 use socketioxide_core::Sid;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Accepted, End, Member, Wire};
+use super::{Accepted, Member, Outcome, Session, Wire};
 use crate::services::Services;
 use crate::socket::CommandError;
 use crate::sse::SseHub;
@@ -34,12 +34,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ws = super::websocket(io, &services).await;
-    super::serve(ws, Wire::Json, Sid::new(), services, hub, accepted).await;
+    let sock = super::open_member(Wire::Json, Sid::new(), &services, &hub, accepted, None).await;
+    super::run(ws, Session::new(vec![sock], None), services, hub, None).await;
 }
 
 /// One text frame from the client: spends the event budget, then runs the command in a
 /// task of its own. `Some` ends the connection (the budget was abused).
-pub(super) fn command(conn: &Arc<Member>, services: &Arc<Services>, text: &str) -> Option<End> {
+pub(super) fn command(conn: &Arc<Member>, services: &Arc<Services>, text: &str) -> Option<Outcome> {
     let request = serde_json::from_str::<Value>(text);
     // An id is echoed even when the rest of the frame is unreadable.
     let id = request
@@ -48,8 +49,8 @@ pub(super) fn command(conn: &Arc<Member>, services: &Arc<Services>, text: &str) 
         .and_then(|v| v.get("id"))
         .filter(|id| !id.is_null())
         .cloned();
-    if let Err(end) = conn.spend(services, &id) {
-        return end;
+    if let Err(abusive) = conn.spend(services, &id) {
+        return abusive.then_some(Outcome::Socket(0, super::ABUSE));
     }
     let request = match request.map(serde_json::from_value::<Request>) {
         Ok(Ok(request)) => request,

@@ -21,6 +21,7 @@
 
 pub mod json;
 pub mod sio;
+pub mod yjs;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::Identity;
@@ -105,13 +106,6 @@ impl Wire {
         match self {
             Self::Json => Frame::wire(json!({"type": "ack", "id": id, "data": data}).to_string()),
             Self::SocketIo { ns } => Frame::wire(sio::ack(ns, &id, data)),
-        }
-    }
-
-    fn ping(self) -> Message {
-        match self {
-            Self::Json => Message::Ping(Default::default()),
-            Self::SocketIo { .. } => Message::text(sio::PING),
         }
     }
 }
@@ -194,9 +188,9 @@ impl Member {
         }
     }
 
-    /// Spends the event budget for one client command. `Some` ends the connection (the
-    /// budget was abused); a refusal is answered here.
-    fn spend(&self, services: &Services, id: &Option<Value>) -> Result<(), Option<End>> {
+    /// Spends the event budget for one client command; a refusal is answered here.
+    /// `Err(true)`: the budget was abused, the socket ends ([`ABUSE`]).
+    fn spend(&self, services: &Services, id: &Option<Value>) -> Result<(), bool> {
         match services.limits.event(self.sid) {
             EventVerdict::Allowed => Ok(()),
             EventVerdict::Refused(retry_after) => {
@@ -206,19 +200,17 @@ impl Member {
                     id.clone(),
                     Err(CommandError::RateLimited { retry_after_ms }),
                 );
-                Err(None)
+                Err(false)
             }
             EventVerdict::Abusive => {
                 services.counters.limited("events");
                 crate::metrics::Counters::incr(&services.counters.rate_limit_disconnects, 1);
+                tracing::info!(sid = %self.sid_text, user_id = %self.current().user_id, "socket disconnected: rate_limit_exceeded");
                 self.notice(
                     "error",
                     json!({"code": Text::EventAbuse.code().as_str(), "message": Text::EventAbuse.text()}),
                 );
-                Err(Some(End::Close(
-                    CloseCode::Library(4029),
-                    "rate_limit_exceeded",
-                )))
+                Err(true)
             }
         }
     }
@@ -248,8 +240,9 @@ pub(crate) enum End {
     Gone,
     /// Closed with this code and reason, after what was queued.
     Close(CloseCode, &'static str),
-    /// The same, after this last message: the hub's queue has ended already (a drain).
-    CloseAfter(Box<Frame>, CloseCode, &'static str),
+    /// The server drains: every member is sent `server.shutdown` after what was queued,
+    /// then the websocket closes (`1012`), as a dropped transport (no DISCONNECT).
+    Drain,
 }
 
 /// What a lean connection starts with, once its client is authenticated.
@@ -291,20 +284,112 @@ pub(crate) async fn websocket<S>(io: S, services: &Services) -> WebSocketStream<
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(services))).await
+    WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(services))).await
 }
 
-/// Runs an accepted connection of `wire` on `ws` until it ends; `sid` is its session id.
-pub(crate) async fn serve<S>(
-    ws: WebSocketStream<S>,
+/// One socket of a lean connection: `/ws/json`'s only one, or one namespace of a
+/// Socket.IO connection (`/` or `/ws`, and Yjs documents).
+pub(crate) struct Sock {
+    role: Role,
+    queue: Queue,
+    lifetime: Lifetime,
+    /// Counted against the connection limits until the socket ends.
+    slot: Option<Slot>,
+}
+
+pub(crate) enum Role {
+    /// Runs the client commands, in rooms.
+    Member(Arc<Member>),
+    /// Edits a Yjs document.
+    Editor(Arc<yjs::Editor>),
+}
+
+impl Sock {
+    fn conn(&self) -> &crate::sse::Conn {
+        &self.queue.conn
+    }
+
+    /// Its namespace, as its packets name it.
+    fn ns(&self) -> &str {
+        match &self.role {
+            Role::Member(m) => m.wire.ns(),
+            Role::Editor(e) => e.ns(),
+        }
+    }
+
+    /// The text `frame` is written as on this socket.
+    fn text(&self, frame: &Frame) -> Utf8Bytes {
+        match &self.role {
+            Role::Member(m) => m.wire.text(frame),
+            Role::Editor(_) => frame.data.clone(),
+        }
+    }
+}
+
+/// A lean connection: its sockets, and (Socket.IO) what reads its client's packets.
+pub(crate) struct Session {
+    socks: Vec<Sock>,
+    /// `None` for `/ws/json`.
+    sio: Option<Box<sio::Reader>>,
+}
+
+/// The sockets a blocked write watches.
+enum Watch {
+    Nothing,
+    One(Arc<crate::sse::Conn>),
+    Many(Vec<Arc<crate::sse::Conn>>),
+}
+
+impl Watch {
+    /// Resolves once the hub closed any of them.
+    async fn closed(&self) {
+        match self {
+            Self::Nothing => std::future::pending().await,
+            Self::One(conn) => conn.closed().await,
+            Self::Many(conns) => {
+                futures_util::future::select_all(conns.iter().map(|c| Box::pin(c.closed()))).await;
+            }
+        }
+    }
+}
+
+/// What ends: one socket (its index), or the whole connection.
+pub(crate) enum Outcome {
+    Socket(usize, sio::Leave),
+    Connection(End),
+}
+
+/// A socket whose token ran out.
+const EXPIRED: sio::Leave = sio::Leave {
+    code: CloseCode::Library(4001),
+    reason: "token_expired",
+    tell: true,
+};
+
+/// A socket that kept sending past its event budget.
+pub(crate) const ABUSE: sio::Leave = sio::Leave {
+    code: CloseCode::Library(4029),
+    reason: "rate_limit_exceeded",
+    tell: true,
+};
+
+/// The lean path's shared parts: the hub its sockets are members of, and the registry of
+/// its Yjs editors.
+pub struct Lean {
+    pub hub: Arc<SseHub>,
+    pub editors: Arc<yjs::Editors>,
+}
+
+/// Opens the hub side of a member socket: in its identity room, in presence, hooked,
+/// `connection.established` queued after recovering `since`.
+pub(crate) async fn open_member(
     wire: Wire,
     sid: Sid,
-    services: Arc<Services>,
-    hub: Arc<SseHub>,
+    services: &Arc<Services>,
+    hub: &Arc<SseHub>,
     accepted: Accepted,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+    first: Option<Frame>,
+) -> Sock {
     let Accepted {
         identity,
         since,
@@ -323,20 +408,20 @@ pub(crate) async fn serve<S>(
         identity: RwLock::new(identity.clone()),
         share: Arc::default(),
         queued: queue.conn.clone(),
-        hub,
+        hub: hub.clone(),
         open: AtomicBool::new(true),
     });
     tracing::debug!(sid = %conn.sid_text, ns = wire.ns(), user_id = %identity.user_id, tenant = %identity.tenant, "lean connection opened");
     // First, so a revocation finds the connection by its identity room from here on.
     conn.join(vec![identity_room(&identity.tenant, &identity.user_id)]);
     services.presence.connected(&identity);
-    hook(&services, &conn, &identity, None);
+    hook(services, &conn, &identity, None);
     let defaults = [RoomName::Global, RoomName::User(identity.user_id.clone())];
     // Boxed: the catch-up's state is large and needed only now; in the connection's own
     // future it would stay reserved for the connection's life (every idle connection).
     Box::pin(recover::recover(
         &*conn,
-        &services,
+        services,
         &identity,
         since.as_ref(),
         &defaults,
@@ -349,6 +434,10 @@ pub(crate) async fn serve<S>(
                 outcome,
             );
             let data = serde_json::to_value(&established).unwrap_or_default();
+            // The CONNECT answer (Socket.IO), then `connection.established`, before any event.
+            if let Some(first) = first {
+                conn.send(first);
+            }
             conn.queued
                 .first(Arc::new(wire.notice("connection.established", &data)));
         },
@@ -358,60 +447,165 @@ pub(crate) async fn serve<S>(
         },
     ))
     .await;
-
-    let end = run(ws, &conn, queue, &services).await;
-
-    conn.open.store(false, Ordering::Relaxed);
-    let identity = conn.current();
-    let reason = match &end {
-        End::Gone => "transport close",
-        End::Close(_, reason) | End::CloseAfter(_, _, reason) => reason,
-    };
-    tracing::debug!(sid = %conn.sid_text, reason, "lean connection closed");
-    if services.presence.disconnected(&conn.share, &identity) {
-        hook(&services, &conn, &identity, Some(reason));
+    Sock {
+        lifetime: Lifetime::new(services, &identity, true),
+        role: Role::Member(conn),
+        queue,
+        slot: Some(slot),
     }
-    if services.locks.held_by(&conn.sid_text) > 0
-        && let Some(broadcaster) = services.broadcaster.get()
-    {
-        broadcaster.release_socket_locks(&conn.sid_text).await;
-    }
-    drop(slot);
 }
 
-/// The connection's loop: frames in, queued frames out, pings and the token's deadlines.
-/// Returns how it ended, once what the client should read has been written.
-async fn run<S>(
+impl Member {
+    /// The socket ended (`reason`): its presence, webhook and locks.
+    async fn finish(&self, services: &Services, reason: &str) {
+        self.open.store(false, Ordering::Relaxed);
+        let identity = self.current();
+        tracing::debug!(sid = %self.sid_text, reason, "lean connection closed");
+        if services.presence.disconnected(&self.share, &identity) {
+            hook(services, self, &identity, Some(reason));
+        }
+        if services.locks.held_by(&self.sid_text) > 0
+            && let Some(broadcaster) = services.broadcaster.get()
+        {
+            broadcaster.release_socket_locks(&self.sid_text).await;
+        }
+    }
+}
+
+impl Session {
+    pub(crate) fn new(socks: Vec<Sock>, sio: Option<Box<sio::Reader>>) -> Self {
+        Self { socks, sio }
+    }
+
+    /// The next frame of any socket; `None` for a socket the hub closed.
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(usize, Option<Arc<Frame>>)> {
+        for (i, sock) in self.socks.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(frame) = sock.queue.poll_next(cx) {
+                return std::task::Poll::Ready((i, frame));
+            }
+        }
+        std::task::Poll::Pending
+    }
+
+    /// What to watch for the hub closing any socket while a write is blocked.
+    fn watch(&self) -> Watch {
+        match self.socks.as_slice() {
+            [] => Watch::Nothing,
+            [one] => Watch::One(one.queue.conn.clone()),
+            many => Watch::Many(many.iter().map(|s| s.queue.conn.clone()).collect()),
+        }
+    }
+
+    /// The hub ended socket `i`: why.
+    fn closed_by_hub(&self, i: usize) -> Outcome {
+        let sock = &self.socks[i];
+        match sock.conn().close_reason() {
+            Some(CloseReason::Overflowed) => {
+                Outcome::Connection(End::Close(CloseCode::Library(4008), "buffer_full"))
+            }
+            Some(CloseReason::Revoked) => Outcome::Socket(
+                i,
+                sio::Leave {
+                    code: CloseCode::Library(4003),
+                    reason: "disconnected",
+                    tell: true,
+                },
+            ),
+            Some(CloseReason::Draining) | None => Outcome::Connection(End::Drain),
+        }
+    }
+
+    /// When the next deadline of any socket is (`connect_by` while none is connected).
+    fn next_deadline(&self, connect_by: Option<Instant>) -> Instant {
+        self.socks
+            .iter()
+            .map(|s| s.lifetime.next())
+            .chain(connect_by.filter(|_| self.socks.is_empty()))
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
+    }
+
+    /// Acts on the deadlines that came; the first socket whose token ran out.
+    fn due(&mut self, services: &Services) -> Option<Outcome> {
+        let now = Instant::now();
+        for (i, sock) in self.socks.iter_mut().enumerate() {
+            let current = match &sock.role {
+                Role::Member(m) => m.current().expires_at,
+                Role::Editor(e) => e.expires_at(),
+            };
+            if sock.lifetime.exp != current {
+                let warn = matches!(sock.role, Role::Member(_));
+                if let Role::Member(m) = &sock.role {
+                    sock.lifetime = Lifetime::new(services, &m.current(), warn);
+                }
+                continue;
+            }
+            if sock.lifetime.next() > now {
+                continue;
+            }
+            match (sock.lifetime.due(), &sock.role) {
+                (Some(Due::Warn(data)), Role::Member(m)) => m.notice("auth.expiring", data),
+                (Some(Due::Warn(_)), Role::Editor(_)) => {}
+                (Some(Due::Expired(data)), Role::Member(m)) => {
+                    m.notice("auth.expired", data);
+                    return Some(Outcome::Socket(i, EXPIRED));
+                }
+                (Some(Due::Expired(_)), Role::Editor(e)) => {
+                    e.expired();
+                    return Some(Outcome::Socket(i, EXPIRED));
+                }
+                (None, _) => {}
+            }
+        }
+        None
+    }
+}
+
+/// Runs `session` on `ws` until it ends; `connect_by` (Socket.IO) is when a connection
+/// that has not connected a namespace yet is closed.
+pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
-    conn: &Arc<Member>,
-    mut queue: Queue,
-    services: &Arc<Services>,
-) -> End
-where
+    mut session: Session,
+    services: Arc<Services>,
+    hub: Arc<SseHub>,
+    connect_by: Option<Instant>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let server = &services.config.server;
-    let wire = conn.wire;
+    let json = session.sio.is_none();
     let ping_every = Duration::from_millis(server.ping_interval_ms.max(1));
     let silence = ping_every + Duration::from_millis(server.ping_timeout_ms);
     let write_limit = Duration::from_millis(server.write_timeout_ms.max(1));
+    let ping_message = || match json {
+        true => Message::Ping(Default::default()),
+        false => Message::text(sio::PING),
+    };
     let (mut sink, mut stream) = ws.split();
     let mut heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lifetime = Lifetime::new(services, &conn.current());
-    let deadline = tokio::time::sleep_until(lifetime.next());
+    let deadline = tokio::time::sleep_until(session.next_deadline(connect_by));
     tokio::pin!(deadline);
     let end = loop {
-        tokio::select! {
-            frame = queue.next() => {
-                let Some(frame) = frame else {
-                    break closed_by_hub(conn, services);
-                };
+        let outcome = tokio::select! {
+            (i, frame) = std::future::poll_fn(|cx| session.poll_frame(cx)) => match frame {
+                // What the hub closed the socket for.
+                None => match session.closed_by_hub(i) {
+                    Outcome::Connection(end) => break end,
+                    socket => Some(socket),
+                },
+                Some(frame) => {
+                let watch = session.watch();
                 let write = async {
-                    sink.feed(Message::Text(wire.text(&frame))).await?;
-                    while let Some(frame) = queue.try_next() {
-                        sink.feed(Message::Text(wire.text(&frame))).await?;
+                    write_frame(&mut sink, &session.socks[i], &frame).await?;
+                    for sock in &mut session.socks {
+                        while let Some(frame) = sock.queue.try_next() {
+                            write_frame(&mut sink, sock, &frame).await?;
+                        }
                     }
                     sink.flush().await
                 };
@@ -420,39 +614,42 @@ where
                 // than `server.write_timeout_ms`.
                 let written = tokio::select! {
                     written = tokio::time::timeout(write_limit, write) => written,
-                    () = conn.queued.closed() => break closed_by_hub(conn, services),
+                    () = watch.closed() => Ok(Ok(())),
                 };
                 if !matches!(written, Ok(Ok(()))) {
                     break End::Gone;
                 }
-            }
+                None
+                }
+            },
             message = stream.next() => {
                 heard = Instant::now();
                 match message {
-                    Some(Ok(Message::Text(text))) => {
-                        let end = match wire {
-                            Wire::Json => json::command(conn, services, text.as_str()),
-                            Wire::SocketIo { ns } => sio::packet(conn, services, ns, text.as_str()),
-                        };
-                        if let Some(end) = end {
-                            break end;
+                    Some(Ok(Message::Text(text))) => match &mut session.sio {
+                        None => match &session.socks[0].role {
+                            Role::Member(m) => json::command(m, &services, text.as_str()),
+                            Role::Editor(_) => None,
+                        },
+                        Some(_) => sio::text(&mut session, &services, &hub, text.as_str()).await,
+                    },
+                    Some(Ok(Message::Binary(data))) => match &session.sio {
+                        None => {
+                            refuse_binary(&session.socks[0]);
+                            None
                         }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        if let Some(end) = refuse_binary(conn) {
-                            break end;
-                        }
-                    }
+                        Some(_) => sio::binary(&mut session, &services, &hub, data).await,
+                    },
                     // tungstenite queues the pong of a ping; the next flush sends it.
                     Some(Ok(Message::Ping(_))) => {
                         if sink.flush().await.is_err() {
                             break End::Gone;
                         }
+                        None
                     }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
                     Some(Ok(Message::Close(_))) | None => break End::Gone,
                     Some(Err(WsError::Capacity(_))) => {
-                        break End::Close(CloseCode::Size, "message_too_big");
+                        Some(Outcome::Connection(End::Close(CloseCode::Size, "message_too_big")))
                     }
                     Some(Err(_)) => break End::Gone,
                 }
@@ -461,94 +658,141 @@ where
                 if heard.elapsed() > silence {
                     break End::Gone;
                 }
-                // `auth.refresh` moved the expiry: the deadlines follow (a later expiry is
-                // also seen when the old deadline comes).
-                if lifetime.exp != conn.current().expires_at {
-                    lifetime = Lifetime::new(services, &conn.current());
-                    deadline.as_mut().reset(lifetime.next());
-                }
-                if sink.send(wire.ping()).await.is_err() {
+                if sink.send(ping_message()).await.is_err() {
                     break End::Gone;
                 }
+                None
             }
             () = &mut deadline => {
-                if lifetime.exp != conn.current().expires_at {
-                    lifetime = Lifetime::new(services, &conn.current());
-                } else if let Some(end) = lifetime.due(conn) {
-                    break end;
+                if session.socks.is_empty() && connect_by.is_some_and(|by| by <= Instant::now()) {
+                    tracing::debug!("no namespace connected in time: closing");
+                    break End::Gone;
                 }
-                deadline.as_mut().reset(lifetime.next());
+                session.due(&services)
+            }
+        };
+        // What the reader answered itself (`connect_error`s) goes out first.
+        if let Some(reader) = session.sio.as_mut()
+            && !reader.outbox.is_empty()
+        {
+            let mut sent = Ok(());
+            for text in reader.outbox.drain(..) {
+                sent = sent.and(sink.feed(Message::text(text)).await);
+            }
+            if sent.and(sink.flush().await).is_err() {
+                break End::Gone;
+            }
+        }
+        // A command may have refreshed a token, a connect added a socket: the next deadline.
+        deadline.as_mut().reset(session.next_deadline(connect_by));
+        match outcome {
+            None => {}
+            Some(Outcome::Connection(end)) => break end,
+            Some(Outcome::Socket(i, leave)) => {
+                let mut sock = session.socks.remove(i);
+                sock.queue.leave_hub();
+                let farewell = sio::farewell(&sock, &leave);
+                let last = async {
+                    while let Some(frame) = sock.queue.try_next() {
+                        write_frame(&mut sink, &sock, &frame).await?;
+                    }
+                    if let Some(farewell) = farewell {
+                        sink.feed(Message::text(farewell)).await?;
+                    }
+                    sink.flush().await
+                };
+                let written = tokio::time::timeout(CLOSE_WRITE_LIMIT, last).await;
+                finish(sock, &services, leave.reason).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    break End::Gone;
+                }
+                // Its last socket gone, the connection closes with the socket's reason.
+                if session.socks.is_empty() {
+                    break End::Close(leave.code, leave.reason);
+                }
             }
         }
     };
+    let reason = match &end {
+        End::Gone => "transport close",
+        End::Close(_, reason) => reason,
+        End::Drain => "server_shutdown",
+    };
     // Closed: no longer counted as open while the last frames go out.
-    queue.leave_hub();
-    let (last, code, reason) = match end {
-        End::Gone => return End::Gone,
-        End::Close(code, reason) => (None, code, reason),
-        End::CloseAfter(last, code, reason) => (Some(last), code, reason),
+    for sock in &session.socks {
+        sock.queue.leave_hub();
+    }
+    let close = match end {
+        End::Gone => None,
+        End::Close(code, why) => Some((code, why, false)),
+        End::Drain => Some((CloseCode::Restart, "server_shutdown", true)),
     };
-    // A client that read too slowly is not written its backlog (it recovers with `since`).
-    let backlog = conn.queued.close_reason() != Some(CloseReason::Overflowed);
-    let farewell = match wire {
-        Wire::Json => None,
-        Wire::SocketIo { ns } => sio::farewell(ns, code),
-    };
-    let close = async {
-        // What was queued (the notice that says why among it) first, then the close.
-        while let Some(frame) = queue.try_next().filter(|_| backlog) {
-            sink.feed(Message::Text(wire.text(&frame))).await?;
-        }
-        if let Some(last) = &last {
-            sink.feed(Message::Text(wire.text(last))).await?;
-        }
-        if let Some(farewell) = farewell {
-            sink.feed(Message::text(farewell)).await?;
-        }
-        let close = CloseFrame {
-            code,
-            reason: reason.into(),
+    if let Some((code, why, drain)) = close {
+        // A client that read too slowly is not written its backlog (it recovers with `since`).
+        let backlog = why != "buffer_full";
+        let shutdown = json!({"reconnect_after_ms": services.config.server.reconnect_after_ms});
+        let close = async {
+            // What was queued (the notice that says why among it) first, then the close.
+            for sock in &mut session.socks {
+                while let Some(frame) = sock.queue.try_next().filter(|_| backlog) {
+                    write_frame(&mut sink, sock, &frame).await?;
+                }
+                if let (true, Role::Member(m)) = (drain, &sock.role) {
+                    let notice = m.wire.notice("server.shutdown", &shutdown);
+                    write_frame(&mut sink, sock, &notice).await?;
+                }
+            }
+            let close = CloseFrame {
+                code,
+                reason: why.into(),
+            };
+            sink.send(Message::Close(Some(close))).await?;
+            sink.close().await
         };
-        sink.send(Message::Close(Some(close))).await?;
-        sink.close().await
-    };
-    if !matches!(
-        tokio::time::timeout(CLOSE_WRITE_LIMIT, close).await,
-        Ok(Ok(()))
-    ) {
-        tracing::debug!(sid = %conn.sid_text, "lean connection's close not written: dropped");
+        if !matches!(
+            tokio::time::timeout(CLOSE_WRITE_LIMIT, close).await,
+            Ok(Ok(()))
+        ) {
+            tracing::debug!("lean connection's close not written: dropped");
+        }
     }
-    match last {
-        Some(last) => End::CloseAfter(last, code, reason),
-        None => End::Close(code, reason),
+    for sock in session.socks.drain(..) {
+        finish(sock, &services, reason).await;
     }
 }
 
-/// A binary frame: neither protocol sends one to a main namespace (Socket.IO binary
-/// attachments are refused on the lean path: commands take JSON).
-fn refuse_binary(conn: &Member) -> Option<End> {
-    let error = CommandError::InvalidPayload(match conn.wire {
-        Wire::Json => "binary frames are not read: send JSON text frames".into(),
-        Wire::SocketIo { .. } => "binary attachments are not read: commands take JSON".into(),
-    });
-    conn.answer(None, Err(error));
-    None
+/// Writes `frame` of `sock` (its attachments after it).
+async fn write_frame<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    sock: &Sock,
+    frame: &Frame,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    sink.feed(Message::Text(sock.text(frame))).await?;
+    for binary in &frame.binary {
+        sink.feed(Message::Binary(binary.clone())).await?;
+    }
+    Ok(())
 }
 
-/// The hub ended the connection: why, and the notice that says so.
-fn closed_by_hub(conn: &Member, services: &Services) -> End {
-    // The queue has ended: a notice for the client goes with the end itself.
-    match conn.queued.close_reason() {
-        Some(CloseReason::Overflowed) => End::Close(CloseCode::Library(4008), "buffer_full"),
-        Some(CloseReason::Revoked) => End::Close(CloseCode::Library(4003), "disconnected"),
-        Some(CloseReason::Draining) | None => End::CloseAfter(
-            Box::new(conn.wire.notice(
-                "server.shutdown",
-                &json!({"reconnect_after_ms": services.config.server.reconnect_after_ms}),
-            )),
-            CloseCode::Restart,
-            "server_shutdown",
-        ),
+/// A socket is over: what it held is given back.
+async fn finish(sock: Sock, services: &Services, reason: &str) {
+    match &sock.role {
+        Role::Member(m) => m.finish(services, reason).await,
+        Role::Editor(e) => e.leave(services).await,
+    }
+    drop(sock.slot);
+}
+
+/// A binary frame on `/ws/json`: not read.
+fn refuse_binary(sock: &Sock) {
+    if let Role::Member(m) = &sock.role {
+        let error = CommandError::InvalidPayload(
+            "binary frames are not read: send JSON text frames".into(),
+        );
+        m.answer(None, Err(error));
     }
 }
 
@@ -570,18 +814,28 @@ fn hook(services: &Services, conn: &Member, identity: &Identity, closed: Option<
     }
 }
 
-/// The token's deadlines on a live connection: `auth.expiring` `auth.expiry_warning_secs`
-/// before its end (`exp` plus `auth.leeway_secs`), then `auth.expired` and the close.
+/// The token's deadlines on a live socket: `auth.expiring` `auth.expiry_warning_secs`
+/// before its end (`exp` plus `auth.leeway_secs`), then `auth.expired` and the end.
 struct Lifetime {
     exp: u64,
     warn_at: Option<Instant>,
     end_at: Option<Instant>,
 }
 
+/// A deadline that came, with its notice's data.
+enum Due {
+    Warn(Value),
+    Expired(Value),
+}
+
 impl Lifetime {
-    fn new(services: &Services, identity: &Identity) -> Self {
+    /// The deadlines of `identity`'s token; with `warn`, the warning before the end too.
+    fn new(services: &Services, identity: &Identity, warn: bool) -> Self {
+        Self::of(services, identity.expires_at, warn)
+    }
+
+    fn of(services: &Services, exp: u64, warn: bool) -> Self {
         let auth = &services.config.auth;
-        let exp = identity.expires_at;
         if exp > crate::socket::lifetime::NO_EXPIRY_AFTER {
             return Self {
                 exp,
@@ -595,7 +849,7 @@ impl Lifetime {
         let end = exp.saturating_add(auth.leeway_secs);
         Self {
             exp,
-            warn_at: Some(at(end.saturating_sub(auth.expiry_warning_secs))),
+            warn_at: warn.then(|| at(end.saturating_sub(auth.expiry_warning_secs))),
             end_at: Some(at(end)),
         }
     }
@@ -607,22 +861,18 @@ impl Lifetime {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
     }
 
-    /// Acts on the deadline that came: the warning, or the end.
-    fn due(&mut self, conn: &Member) -> Option<End> {
+    /// The deadline that came: the warning, or the end.
+    fn due(&mut self) -> Option<Due> {
         let expires_at = Timestamp::from_unix_secs(self.exp);
         if self.warn_at.take().is_some() {
             let left = self.exp.saturating_sub(crate::auth::jwt::now_secs());
-            conn.notice(
-                "auth.expiring",
+            return Some(Due::Warn(
                 json!({"expires_at": expires_at, "expires_in_secs": left}),
-            );
-            return None;
+            ));
         }
         self.end_at.take()?;
-        conn.notice(
-            "auth.expired",
+        Some(Due::Expired(
             json!({"code": Code::TokenExpired.as_str(), "expired_at": expires_at}),
-        );
-        Some(End::Close(CloseCode::Library(4001), "token_expired"))
+        ))
     }
 }
