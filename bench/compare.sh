@@ -33,14 +33,15 @@
 #                                                      sending YJS_RATE updates/s (the reference:
 #                                                      the stock y-socket.io server,
 #                                                      reference/yjs-server.js)
-#   lean-<scenario>                                    <scenario> (hold, connect, fanout, flat, storm, ...)
-#                                                      with server.lean_websocket on: the generator's
-#                                                      Socket.IO websockets on Roomcast's lean path;
-#   json-hold, json-fanout                             hold and fanout (HOLD_SOCKETS, FANOUT_*) with
+#   sessions-<scenario>                                <scenario> (hold, connect, fanout, flat, storm, ...)
+#                                                      with server.lean_websocket = false: the
+#                                                      generator's websockets on socketioxide's
+#                                                      sessions instead of Roomcast's lean path;
+#   json-<scenario>                                    <scenario> (hold, connect, fanout, flat, storm) with
 #                                                      Roomcast's sockets on the plain JSON
 #                                                      WebSocket (--protocol json, GET /ws/json);
 #                                                      the reference has none, so its column is
-#                                                      its Socket.IO hold / fanout, run again
+#                                                      its Socket.IO run of <scenario>, again
 #   (streams, cluster-streams and resume run with --users 1: no presence storm at connect)
 #   SCENARIOS="hold connect fanout flat rooms storm chat cluster cluster-flat cluster-storm
 #              streams streams-window resume cluster-streams yjs json-hold json-fanout"
@@ -90,9 +91,8 @@ scenario_args() {
     streams|streams-window|cluster-streams) echo "streams --users 1 --sockets $STREAMS_SOCKETS --streams $STREAMS --rate $STREAMS_RATE --duration $STREAMS_SECS" ;;
     resume) echo "resume --users 1 --sockets $RESUME_SOCKETS --chars $RESUME_CHARS" ;;
     yjs) echo "yjs --docs $YJS_DOCS --editors $YJS_EDITORS --rate $YJS_RATE --duration $YJS_SECS" ;;
-    lean-*) scenario_args "${1#lean-}" "${2:-}" ;;
-    json-hold) echo "hold --sockets $HOLD_SOCKETS $json" ;;
-    json-fanout) echo "fanout --sockets $FANOUT_SOCKETS --rate $FANOUT_RATE --duration $FANOUT_SECS $json" ;;
+    sessions-*) scenario_args "${1#sessions-}" "${2:-}" ;;
+    json-*) echo "$(scenario_args "${1#json-}") $json" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
 }
@@ -110,9 +110,10 @@ run_one() {
     port=$(free_port)
     local extra=${EXTRA_CONFIG:-}
     [ "$scenario" = streams-window ] && extra=$(printf '%s\n[streams]\ncoalesce_ms = %s' "$extra" "$STREAMS_WINDOW_MS")
-    # lean-*: the scenario with Socket.IO websocket clients on Roomcast's lean path.
-    local lean=false
-    case $scenario in lean-*) lean=true ;; esac
+    # sessions-*: the scenario with Roomcast's lean websocket path off (socketioxide's
+    # Engine.IO sessions serve the generator's websockets, as before issue 19).
+    local lean=true
+    case $scenario in sessions-*) lean=false ;; esac
     if [ "$server" = roomcast ]; then
       ROOMCAST_SERVER__LEAN_WEBSOCKET=$lean EXTRA_CONFIG=$extra start_roomcast "compare-$scenario-$i" "$port" "$redis"
     elif [ "$scenario" = yjs ]; then start_reference_yjs "$port"

@@ -89,8 +89,8 @@ FIGURES["resume"] = [
     ("not resumed whole", "lost"),
 ]
 # Roomcast over /ws/json against the reference over Socket.IO (it has no plain WebSocket).
-FIGURES["json-hold"] = FIGURES["hold"]
-FIGURES["json-fanout"] = FIGURES["fanout"]
+for _name in ("hold", "connect", "fanout", "flat", "storm"):
+    FIGURES[f"json-{_name}"] = FIGURES[_name]
 FIGURES["yjs"] = [
     ("updates/s (sent by the editors)", "updates_per_sec"),
     ("deliveries (updates at another editor)", "deliveries"),
@@ -109,10 +109,10 @@ FIGURES["yjs"] = [
     ("documents diverged", "diverged_docs"),
     ("failed sockets", "failed_sockets"),
 ]
-# lean-<scenario>: the scenario with server.lean_websocket on (Roomcast's own websocket path).
-LEAN = ("hold", "connect", "fanout", "flat", "storm", "rooms", "chat")
-for _name in LEAN:
-    FIGURES[f"lean-{_name}"] = FIGURES[_name]
+# sessions-<scenario>: the scenario with server.lean_websocket = false (socketioxide's sessions).
+SESSIONS = ("hold", "connect", "fanout", "flat", "storm", "rooms", "chat")
+for _name in SESSIONS:
+    FIGURES[f"sessions-{_name}"] = FIGURES[_name]
 # The reference keeps a stream in one process: no cluster streams there.
 ROOMCAST_ONLY = {"cluster-streams"}
 TITLES = {
@@ -130,13 +130,15 @@ TITLES = {
     "streams-window": "streams with Roomcast's [streams] coalesce_ms = STREAMS_WINDOW_MS (the reference has no window)",
     "cluster-streams": "streams on two nodes on Redis, appended at node A (Roomcast only)",
     "resume": "resume: viewers resuming one long AI stream from offset 0 at once",
-    "json-hold": "json-hold: idle sockets subscribed to project:bench; Roomcast's over /ws/json (--protocol json), Node's over Socket.IO (it has no plain WebSocket)",
-    "json-fanout": "json-fanout: one room, fixed rate; Roomcast's sockets over /ws/json (--protocol json), Node's over Socket.IO (it has no plain WebSocket)",
     "yjs": "yjs: Yjs documents, editors each typing `rate` updates/s (stock y-socket.io protocol; Node: the stock y-socket.io server)",
 }
-for _name in LEAN:
-    TITLES[f"lean-{_name}"] = (
-        f"lean-{TITLES[_name]}; Roomcast's Socket.IO websockets on its lean path (server.lean_websocket)"
+for _name in ("hold", "connect", "fanout", "flat", "storm"):
+    TITLES[f"json-{_name}"] = (
+        f"json-{TITLES[_name]}; Roomcast's over /ws/json (--protocol json), Node's over Socket.IO (it has no plain WebSocket)"
+    )
+for _name in SESSIONS:
+    TITLES[f"sessions-{_name}"] = (
+        f"sessions-{TITLES[_name]}; Roomcast with server.lean_websocket = false (socketioxide's sessions)"
     )
 
 

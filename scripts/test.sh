@@ -79,6 +79,18 @@ step "JS end-to-end tests (socket.io-client)"
   npm test
 )
 
+# The lean websocket path (server.lean_websocket, the default) serves the clients that open a
+# websocket directly; the run above connects most sockets with socket.io-client's default
+# (polling, then the upgrade: socketioxide's sessions). So the suite runs again with every
+# client on a websocket from the start, and the direct-websocket files once with the lean
+# path off: the same behaviour on both paths.
+step "JS end-to-end tests, every socket a direct websocket (the lean path)"
+(cd tests/js && TEST_WEBSOCKET_PATH=lean npm test)
+
+step "JS end-to-end tests of direct websockets with the lean path off (socketioxide)"
+(cd tests/js && TEST_WEBSOCKET_PATH=socketioxide node --test --test-concurrency=1 \
+  test/documents.test.js test/transports.test.js test/handshake.test.js test/recovery.test.js)
+
 step "TypeScript client (clients/js)"
 (cd clients/js && { [ -d node_modules ] && [ ! package-lock.json -nt node_modules/.package-lock.json ] || npm ci --no-audit --no-fund; } && npm test)
 
@@ -101,6 +113,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 "$venv/bin/python" -m pytest tests/python -q
+
+step "Python end-to-end tests, every client a direct websocket (the lean path)"
+TEST_WEBSOCKET_PATH=lean "$venv/bin/python" -m pytest tests/python -q
 
 step "Python client (clients/python)"
 "$venv/bin/python" -m pytest clients/python -q

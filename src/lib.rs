@@ -226,6 +226,8 @@ struct Parts {
     socket_ctx: SocketCtx,
     /// The SSE and lean WebSocket connections' hub.
     sse: Arc<sse::SseHub>,
+    /// The lean websocket path, when on.
+    lean: Option<Arc<transport::Lean>>,
 }
 
 impl Roomcast {
@@ -288,12 +290,14 @@ impl Roomcast {
             lifetimes: lifetimes.clone(),
             transports: offered_transports(&config.server),
             yjs: Arc::default(),
-            lean: lean.then(|| {
-                Arc::new(transport::Lean {
-                    hub: sse.clone(),
-                    editors: Arc::default(),
-                })
-            }),
+            lean,
+        });
+        let lean = lean.then(|| {
+            Arc::new(transport::Lean {
+                services: services.clone(),
+                hub: sse.clone(),
+                editors: Arc::default(),
+            })
         });
         let builder = socketio_builder(config).with_state(ctx.clone());
         let parts = Parts {
@@ -305,6 +309,7 @@ impl Roomcast {
             jwks,
             socket_ctx: ctx,
             sse,
+            lean,
         };
         match &cluster {
             Some(c) => {
@@ -333,15 +338,13 @@ impl Roomcast {
         }
         socket::yjs::register(&io)?;
         let sessions: Arc<dyn documents::DocSink> = Arc::new(socket::yjs::Editors::new(io.clone()));
-        p.services
-            .documents
-            .deliver_through(match &p.socket_ctx.lean {
-                Some(lean) => Arc::new(transport::yjs::BothEditors {
-                    sessions,
-                    lean: lean.editors.clone(),
-                }),
-                None => sessions,
-            });
+        p.services.documents.deliver_through(match &p.lean {
+            Some(lean) => Arc::new(transport::yjs::BothEditors {
+                sessions,
+                lean: lean.editors.clone(),
+            }),
+            None => sessions,
+        });
         let yjs_io = io.clone();
         let sockets = io.clone();
         let sse = p.sse.clone();
@@ -450,6 +453,11 @@ impl Roomcast {
         };
         let router = http::router(state, p.services.config.limits.max_http_body_bytes)
             .layer(layer)
+            // Between the screen and Socket.IO: the direct websockets the screen handed to
+            // the lean path.
+            .layer(tower::util::option_layer(p.lean.clone().map(|lean| {
+                axum::middleware::from_fn_with_state(lean, transport::sio::intercept)
+            })))
             .layer(axum::middleware::map_request_with_state(
                 p.socket_ctx,
                 socket::screen_handshake,

@@ -257,25 +257,20 @@ pub async fn screen_handshake(
     }
     let uri = route.minimal_uri();
     if direct_websocket
-        && let Some(lean) = &ctx.lean
-        && let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned()
-        && let Some(upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+        && ctx.lean
+        && req.headers().contains_key(http::header::SEC_WEBSOCKET_KEY)
+        && req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
     {
+        // The lean path's layer, behind this one, serves it (`transport::sio`).
         let handshake = LeanHandshake {
             pending: Some(Arc::new(guard)),
             token,
         };
-        let (services, lean) = (ctx.services.clone(), lean.clone());
-        tokio::spawn(async move {
-            match upgrade.await {
-                Ok(upgraded) => {
-                    let io = hyper_util::rt::TokioIo::new(upgraded);
-                    crate::transport::sio::serve(io, services, lean, handshake).await;
-                }
-                Err(e) => tracing::debug!("lean websocket upgrade failed: {e}"),
-            }
-        });
-        return Err(crate::transport::switching_protocols(&key));
+        req.extensions_mut().insert(handshake);
+        return Ok(req);
     }
     let mut head = minimal_head(&req, uri, Some(Arc::new(guard)));
     head.extensions
@@ -515,6 +510,7 @@ impl Session<'_> {
 /// A direct Socket.IO websocket the screening passed to the lean path
 /// ([`crate::transport::sio`]): what its session keeps of the request (the pre-auth place,
 /// the token it brought) until a namespace connect is admitted with it.
+#[derive(Clone)]
 pub struct LeanHandshake {
     pending: Option<Arc<PendingGuard>>,
     token: Option<RequestToken>,

@@ -160,7 +160,7 @@ pub async fn execute_holding<C: Command>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use serde_json::json;
@@ -231,7 +231,8 @@ mod tests {
         fn replace_identity(&self, _: &Identity, _: Arc<Identity>) {}
     }
 
-    fn services() -> Services {
+    /// Services over memory stores, with the default config.
+    pub(crate) fn services() -> Services {
         let config = Config::default().with_fallbacks();
         let (presence, _queue) = crate::presence::Presence::new();
         Services {

@@ -72,9 +72,9 @@ pub struct SocketCtxInner {
     pub transports: Vec<socketioxide::TransportType>,
     /// The `/yjs|...` namespaces of this node (see [`yjs`]).
     pub yjs: Arc<yjs::Namespaces>,
-    /// With `server.lean_websocket` on (and the JSON parser): the hub whose members the
-    /// direct websocket connects become ([`crate::transport::sio`]).
-    pub lean: Option<Arc<crate::transport::Lean>>,
+    /// With `server.lean_websocket` on (and the JSON parser): direct websocket requests are
+    /// handed to the lean path's layer with their [`LeanHandshake`] instead of socketioxide.
+    pub lean: bool,
 }
 
 impl SocketCtx {

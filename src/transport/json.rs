@@ -34,7 +34,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ws = super::websocket(io, &services).await;
-    let sock = super::open_member(Wire::Json, Sid::new(), &services, &hub, accepted, None).await;
+    // Boxed: what opening needs is not kept in the connection's future for its life.
+    let sock = Box::pin(super::open_member(
+        Wire::Json,
+        Sid::new(),
+        &services,
+        &hub,
+        accepted,
+        None,
+    ))
+    .await;
     super::run(ws, Session::new(vec![sock], None), services, hub, None).await;
 }
 

@@ -120,6 +120,9 @@ pub struct Member {
     hub: Arc<SseHub>,
     queued: Arc<crate::sse::Conn>,
     open: AtomicBool,
+    /// `socket{sid, user_id, tenant, ns}`, as socketioxide's sockets have (a disabled span,
+    /// a few bytes, with the default `info` filter).
+    span: tracing::Span,
 }
 
 impl Connection for Member {
@@ -195,6 +198,7 @@ impl Member {
             EventVerdict::Allowed => Ok(()),
             EventVerdict::Refused(retry_after) => {
                 services.counters.limited("events");
+                tracing::debug!(parent: &self.span, "event refused: rate_limited");
                 let retry_after_ms = crate::limits::ceil_ms(retry_after);
                 self.answer(
                     id.clone(),
@@ -376,6 +380,7 @@ pub(crate) const ABUSE: sio::Leave = sio::Leave {
 /// The lean path's shared parts: the hub its sockets are members of, and the registry of
 /// its Yjs editors.
 pub struct Lean {
+    pub services: Arc<Services>,
     pub hub: Arc<SseHub>,
     pub editors: Arc<yjs::Editors>,
 }
@@ -401,6 +406,13 @@ pub(crate) async fn open_member(
         &sid_text,
         services.config.limits.socket_buffer_packets,
     );
+    let span = tracing::debug_span!(
+        "socket",
+        sid = %sid_text,
+        user_id = %identity.user_id,
+        tenant = %identity.tenant,
+        ns = %wire.ns()
+    );
     let conn = Arc::new(Member {
         sid,
         sid_text,
@@ -410,8 +422,9 @@ pub(crate) async fn open_member(
         queued: queue.conn.clone(),
         hub: hub.clone(),
         open: AtomicBool::new(true),
+        span,
     });
-    tracing::debug!(sid = %conn.sid_text, ns = wire.ns(), user_id = %identity.user_id, tenant = %identity.tenant, "lean connection opened");
+    tracing::debug!(parent: &conn.span, "socket connected");
     // First, so a revocation finds the connection by its identity room from here on.
     conn.join(vec![identity_room(&identity.tenant, &identity.user_id)]);
     services.presence.connected(&identity);
@@ -460,7 +473,7 @@ impl Member {
     async fn finish(&self, services: &Services, reason: &str) {
         self.open.store(false, Ordering::Relaxed);
         let identity = self.current();
-        tracing::debug!(sid = %self.sid_text, reason, "lean connection closed");
+        tracing::debug!(parent: &self.span, reason, "socket disconnected");
         if services.presence.disconnected(&self.share, &identity) {
             hook(services, self, &identity, Some(reason));
         }
@@ -519,13 +532,12 @@ impl Session {
     }
 
     /// When the next deadline of any socket is (`connect_by` while none is connected).
-    fn next_deadline(&self, connect_by: Option<Instant>) -> Instant {
+    fn next_deadline(&self, connect_by: Option<Instant>) -> Option<Instant> {
         self.socks
             .iter()
-            .map(|s| s.lifetime.next())
+            .filter_map(|s| s.lifetime.next())
             .chain(connect_by.filter(|_| self.socks.is_empty()))
             .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
     }
 
     /// Acts on the deadlines that came; the first socket whose token ran out.
@@ -543,7 +555,7 @@ impl Session {
                 }
                 continue;
             }
-            if sock.lifetime.next() > now {
+            if sock.lifetime.next().is_none_or(|at| at > now) {
                 continue;
             }
             match (sock.lifetime.due(), &sock.role) {
@@ -588,7 +600,10 @@ pub(crate) async fn run<S>(
     let mut heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline = tokio::time::sleep_until(session.next_deadline(connect_by));
+    // With no deadline the timer waits for ever (a year).
+    let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut next = session.next_deadline(connect_by);
+    let deadline = tokio::time::sleep_until(next.unwrap_or(never));
     tokio::pin!(deadline);
     let end = loop {
         let outcome = tokio::select! {
@@ -630,14 +645,14 @@ pub(crate) async fn run<S>(
                             Role::Member(m) => json::command(m, &services, text.as_str()),
                             Role::Editor(_) => None,
                         },
-                        Some(_) => sio::text(&mut session, &services, &hub, text.as_str()).await,
+                        Some(_) => Box::pin(sio::text(&mut session, &services, &hub, text.as_str())).await,
                     },
                     Some(Ok(Message::Binary(data))) => match &session.sio {
                         None => {
                             refuse_binary(&session.socks[0]);
                             None
                         }
-                        Some(_) => sio::binary(&mut session, &services, &hub, data).await,
+                        Some(_) => Box::pin(sio::binary(&mut session, &services, &hub, data)).await,
                     },
                     // tungstenite queues the pong of a ping; the next flush sends it.
                     Some(Ok(Message::Ping(_))) => {
@@ -683,8 +698,12 @@ pub(crate) async fn run<S>(
                 break End::Gone;
             }
         }
-        // A command may have refreshed a token, a connect added a socket: the next deadline.
-        deadline.as_mut().reset(session.next_deadline(connect_by));
+        // A deadline came, a connect added a socket: the next deadline (a refreshed token's
+        // is read when its old deadline comes).
+        if session.next_deadline(connect_by) != next {
+            next = session.next_deadline(connect_by);
+            deadline.as_mut().reset(next.unwrap_or(never));
+        }
         match outcome {
             None => {}
             Some(Outcome::Connection(end)) => break end,
@@ -702,7 +721,7 @@ pub(crate) async fn run<S>(
                     sink.flush().await
                 };
                 let written = tokio::time::timeout(CLOSE_WRITE_LIMIT, last).await;
-                finish(sock, &services, leave.reason).await;
+                Box::pin(finish(sock, &services, leave.reason)).await;
                 if !matches!(written, Ok(Ok(()))) {
                     break End::Gone;
                 }
@@ -713,6 +732,20 @@ pub(crate) async fn run<S>(
             }
         }
     };
+    // Boxed: needed once, at the end.
+    Box::pin(end_connection(sink, session, end, &services)).await;
+}
+
+/// The connection ended (`end`): the last frames and the close are written, every socket
+/// left is finished.
+async fn end_connection<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut session: Session,
+    end: End,
+    services: &Services,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let reason = match &end {
         End::Gone => "transport close",
         End::Close(_, reason) => reason,
@@ -757,7 +790,7 @@ pub(crate) async fn run<S>(
         }
     }
     for sock in session.socks.drain(..) {
-        finish(sock, &services, reason).await;
+        finish(sock, services, reason).await;
     }
 }
 
@@ -854,11 +887,9 @@ impl Lifetime {
         }
     }
 
-    /// When the next deadline is (far away when there is none).
-    fn next(&self) -> Instant {
-        self.warn_at
-            .or(self.end_at)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
+    /// When the next deadline is.
+    fn next(&self) -> Option<Instant> {
+        self.warn_at.or(self.end_at)
     }
 
     /// The deadline that came: the warning, or the end.
@@ -874,5 +905,23 @@ impl Lifetime {
         Some(Due::Expired(
             json!({"code": Code::TokenExpired.as_str(), "expired_at": expires_at}),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection keeps its task's future for its life: what is needed only at
+    /// its start or end is boxed or awaited elsewhere, so the future stays this small.
+    #[tokio::test]
+    async fn a_connections_future_stays_small() {
+        let services = Arc::new(crate::socket::command::tests::services());
+        let hub = Arc::new(SseHub::new(16));
+        let (io, _peer) = tokio::io::duplex(64);
+        let ws = websocket(io, &services).await;
+        let running = run(ws, Session::new(Vec::new(), None), services, hub, None);
+        let size = std::mem::size_of_val(&running);
+        assert!(size <= 2048, "the connection's future is {size} bytes");
     }
 }

@@ -155,6 +155,34 @@ pub(super) fn farewell(sock: &Sock, leave: &Leave) -> Option<String> {
     }
 }
 
+/// The layer behind the screening: a request it handed to the lean path (with its
+/// [`LeanHandshake`]) is answered `101` and served here; any other goes on to socketioxide.
+pub async fn intercept(
+    axum::extract::State(lean): axum::extract::State<Arc<super::Lean>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(handshake) = req.extensions_mut().remove::<LeanHandshake>() else {
+        return next.run(req).await;
+    };
+    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
+    let upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let (Some(key), Some(upgrade)) = (key, upgrade) else {
+        return next.run(req).await; // the screening checked both: never here
+    };
+    let services = lean.services.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                serve(io, services, lean, handshake).await;
+            }
+            Err(e) => tracing::debug!("lean websocket upgrade failed: {e}"),
+        }
+    });
+    super::switching_protocols(&key)
+}
+
 /// Serves the websocket `io` of a direct Socket.IO websocket request the screening passed.
 pub async fn serve<S>(
     io: S,
@@ -340,12 +368,8 @@ async fn event(
             if let Err(abusive) = member.spend(services, &id) {
                 return abusive.then_some(Outcome::Socket(i, super::ABUSE));
             }
-            let binary =
-                matches!(&value, socketioxide_core::Value::Str(_, Some(b)) if !b.is_empty());
-            let Some(name) = name.filter(|_| !binary) else {
-                let error = CommandError::InvalidPayload(
-                    "binary attachments are not read: commands take JSON".into(),
-                );
+            let Some(name) = name else {
+                let error = CommandError::InvalidPayload("an event has a name".into());
                 member.answer(id, Err(error));
                 return None;
             };
