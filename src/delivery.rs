@@ -60,7 +60,9 @@ impl Deliver for WeakDeliver {
 /// adapter: cluster-wide where the adapter is.
 pub trait Hub: Deliver + Census {
     /// Disconnects every socket of `user` in `tenant` on every node, found by identity (not
-    /// by the public `user:` room, which admins may join too); returns how many there were.
+    /// by the public `user:` room, which admins may join too), and ends their SSE and
+    /// `/ws/json` connections; returns how many there were (a node that does not answer in
+    /// time is not counted).
     fn disconnect_user<'a>(
         &'a self,
         tenant: &'a Tenant,

@@ -54,7 +54,8 @@
 //!   endpoint (screening, upgrade) is `http::ws_json`.
 //! - [`presence`]: who is in which room, `presence.joined` / `presence.left`.
 //! - [`cluster`]: many nodes on one Redis, membership only: the adapter's driver,
-//!   heartbeats, reaping dead nodes.
+//!   heartbeats, reaping dead nodes, and the one request Roomcast asks of every node itself
+//!   (a revocation's SSE, `/ws/json` and lean connections, closed and counted there).
 //! - [`http`]: one file per endpoint group, and the `/debug` and `/admin` pages (assets in
 //!   `clients/web/`, embedded in the binary).
 //! - [`errors`]: the one table of client-visible error codes (HTTP status, message templates,
@@ -352,7 +353,7 @@ impl Roomcast {
             io,
             p.services.config.server.parser,
             sse.clone(),
-            p.cluster.is_some(),
+            p.cluster.clone(),
         ));
         if let Some(cluster) = &p.cluster {
             cluster.tap_sse(sse.clone());
@@ -424,6 +425,10 @@ impl Roomcast {
                 cluster
                     .clone()
                     .run(io.clone(), p.services.presence.clone(), announcer),
+            );
+            workers.start(
+                "cluster_revocations",
+                cluster.answer_revocations(sse.clone()),
             );
         }
         if let Some(consumer) = ingest {

@@ -556,7 +556,8 @@ impl SseHub {
     }
 
     /// Ends every connection in any of `rooms` (an identity room: a user's revocation);
-    /// returns how many were open.
+    /// returns how many were open, Yjs editors aside: like the census, and like a document's
+    /// socket on socketioxide, an editor is no connection of its own in a count.
     pub fn close_rooms(&self, rooms: &[std::borrow::Cow<'static, str>]) -> u64 {
         let map = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
@@ -567,7 +568,9 @@ impl SseHub {
         {
             if !conn.is_closed() {
                 conn.close(CloseReason::Revoked);
-                closed += 1;
+                if !matches!(conn.kind, Kind::Editor) {
+                    closed += 1;
+                }
             }
         }
         closed

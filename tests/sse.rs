@@ -747,12 +747,20 @@ async fn in_a_cluster_a_connection_gets_what_any_node_publishes_and_recovers_at_
     // A stream started at one node, followed over SSE at the other.
     follow_a_stream(&a, &b, "cluster-answer").await;
 
-    // A revocation at one node ends the user's connections at the other.
-    let mut sse = connect(&b, &query).await;
-    sse.event("connection.established").await;
-    let (status, body) = a.post("/api/v1/users/alice/disconnect", json!({})).await;
+    // A revocation at one node ends the user's connections at the other, and counts them
+    // all (a user of their own: alice's dropped connections may not be gone yet).
+    let carol = format!("rooms=global&token={}", token_for("carol", "default", &[]));
+    let mut on_b = [connect(&b, &carol).await, connect(&b, &carol).await];
+    let mut on_a = connect(&a, &carol).await;
+    for sse in on_b.iter_mut().chain([&mut on_a]) {
+        sse.event("connection.established").await;
+    }
+    let (status, body) = a.post("/api/v1/users/carol/disconnect", json!({})).await;
     assert_eq!(status, 200, "{body}");
-    until_closed(&mut sse).await;
+    assert_eq!(body["disconnected"], 3, "{body}");
+    for sse in on_b.iter_mut().chain([&mut on_a]) {
+        until_closed(sse).await;
+    }
 }
 
 /// With `parser = "msgpack"` the adapter carries volatile broadcasts in the msgpack parser's

@@ -134,16 +134,9 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
         && let Some((tapped, hub)) = tap.as_ref()
         && *tapped == chan
         && hub.connections() + hub.json_connections() + hub.lean_sockets() > 0
+        && let Some(b) = sse_broadcast(&payload)
     {
-        match sse_request(&payload) {
-            Some(SseRequest::Broadcast(rooms, event, payload, except)) => {
-                hub.deliver(&rooms, &event, &payload, &except);
-            }
-            Some(SseRequest::Disconnect(rooms)) => {
-                hub.close_rooms(&rooms);
-            }
-            None => {}
-        }
+        hub.deliver(&b.rooms, &b.event, &b.payload, &b.except);
     }
     let Ok(handlers) = handlers.read() else {
         return;
@@ -156,33 +149,26 @@ fn route(msg: PushInfo, handlers: &Handlers, dropped: &AtomicU64, tap: &Tap) {
     }
 }
 
-/// What a request of the socketioxide-redis adapter asks of this node's SSE connections.
-enum SseRequest {
-    /// An event to the rooms: its name and payload, and the `except` rooms (a `/ws/json`
-    /// sender's session id).
-    Broadcast(
-        Vec<Cow<'static, str>>,
-        String,
-        Box<RawValue>,
-        Vec<Cow<'static, str>>,
-    ),
-    /// Disconnect whoever is in the rooms (a user's revocation, by identity room).
-    Disconnect(Vec<Cow<'static, str>>),
+/// A broadcast of the socketioxide-redis adapter, as this node's SSE connections take it.
+/// (Its disconnect requests are not for them: a revocation closes them through
+/// [`super::revoke`], which counts what it closes.)
+struct SseBroadcast {
+    rooms: Vec<Cow<'static, str>>,
+    event: String,
+    payload: Box<RawValue>,
+    /// The `except` rooms (a `/ws/json` sender's session id).
+    except: Vec<Cow<'static, str>>,
 }
 
-/// Reads a request of the socketioxide-redis adapter (`RequestIn`, msgpack; a broadcast's
+/// Reads a broadcast request of the socketioxide-redis adapter (`RequestIn`, msgpack; the
 /// packet value as the JSON or the msgpack parser encoded `[event, payload]`); `None` for
-/// what concerns no SSE connection. Tests in `tests/sse.rs` (a volatile event, a revocation
-/// crossing nodes) fail should the format change.
-fn sse_request(bytes: &[u8]) -> Option<SseRequest> {
+/// any other request. Tests in `tests/sse.rs` (a volatile event crossing nodes) fail should
+/// the format change.
+fn sse_broadcast(bytes: &[u8]) -> Option<SseBroadcast> {
     let request: RequestIn = rmp_serde::from_slice(bytes).ok()?;
     let opts = request.opts?;
-    let rooms = opts.rooms.into_iter().collect();
-    let except = opts.except.into_iter().collect();
-    let packet = match request.r#type {
-        RequestTypeIn::Broadcast(packet) => packet,
-        RequestTypeIn::DisconnectSockets => return Some(SseRequest::Disconnect(rooms)),
-        _ => return None,
+    let RequestTypeIn::Broadcast(packet) = request.r#type else {
+        return None;
     };
     let PacketData::Event(value, _) = packet.inner else {
         return None;
@@ -195,7 +181,12 @@ fn sse_request(bytes: &[u8]) -> Option<SseRequest> {
             (event, serde_json::value::to_raw_value(&payload).ok()?)
         }
     };
-    Some(SseRequest::Broadcast(rooms, event, payload, except))
+    Some(SseBroadcast {
+        rooms: opts.rooms.into_iter().collect(),
+        event,
+        payload,
+        except: opts.except.into_iter().collect(),
+    })
 }
 
 impl Driver for ResilientDriver {
@@ -242,7 +233,7 @@ mod tests {
     /// A broadcast as the adapter sends it, its value encoded as either parser does:
     /// `["event", payload]` in JSON text, or the same array in msgpack.
     #[test]
-    fn broadcasts_and_disconnects_are_read_for_the_sse_connections() {
+    fn broadcasts_are_read_for_the_sse_connections_and_nothing_else() {
         let envelope = serde_json::json!({"type": "cursor", "room": "project:1", "data": {"x": 1}});
         let json = Value::Str(format!("[\"cursor\",{envelope}]").into(), None);
         let msgpack = Value::Bytes(rmp_serde::to_vec(&("cursor", &envelope)).unwrap().into());
@@ -251,23 +242,23 @@ mod tests {
             let packet = Packet::event("/", value);
             let request = RequestOut::new(Uid::new(), RequestTypeOut::Broadcast(&packet), &opts);
             let bytes = rmp_serde::to_vec(&request).unwrap();
-            let Some(SseRequest::Broadcast(rooms, event, payload, _)) = sse_request(&bytes) else {
+            let Some(b) = sse_broadcast(&bytes) else {
                 panic!("not read as a broadcast");
             };
-            assert_eq!(rooms, ["default/project:1", "default/global"]);
-            assert_eq!(event, "cursor");
-            let payload: serde_json::Value = serde_json::from_str(payload.get()).unwrap();
+            assert_eq!(b.rooms, ["default/project:1", "default/global"]);
+            assert_eq!(b.event, "cursor");
+            let payload: serde_json::Value = serde_json::from_str(b.payload.get()).unwrap();
             assert_eq!(payload, envelope);
         }
+        // A revocation's hub connections are closed (and counted) by `revoke`, not here.
         let opts = options(&["#default/alice"]);
-        let request = RequestOut::new(Uid::new(), RequestTypeOut::DisconnectSockets, &opts);
-        let bytes = rmp_serde::to_vec(&request).unwrap();
-        assert!(matches!(
-            sse_request(&bytes),
-            Some(SseRequest::Disconnect(rooms)) if rooms == ["#default/alice"]
-        ));
-        let request = RequestOut::new(Uid::new(), RequestTypeOut::FetchSockets, &opts);
-        assert!(sse_request(&rmp_serde::to_vec(&request).unwrap()).is_none());
-        assert!(sse_request(b"not msgpack").is_none());
+        for request in [
+            RequestTypeOut::DisconnectSockets,
+            RequestTypeOut::FetchSockets,
+        ] {
+            let request = RequestOut::new(Uid::new(), request, &opts);
+            assert!(sse_broadcast(&rmp_serde::to_vec(&request).unwrap()).is_none());
+        }
+        assert!(sse_broadcast(b"not msgpack").is_none());
     }
 }

@@ -6,9 +6,14 @@
 //! Keys, under `key_prefix` `p`: `p:node:<id>` (a node's heartbeat, expires after the TTL),
 //! `p:nodes` (sorted set of node ids, to find the dead ones), `p:reap:<id>` (who cleans up
 //! after a dead node), and the presence keys described in [`crate::presence::redis`].
+//! Channels `p:revoke` and `p:revoked#<id>`: a revocation's hub connections on every node
+//! ([`revoke`]).
 
 pub mod driver;
+pub mod revoke;
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +32,7 @@ use crate::redis_conn::RedisConn;
 use crate::rooms::{Id, RoomName};
 use crate::streams::RedisStreams;
 use driver::ResilientDriver;
+use revoke::Revocations;
 
 /// A presence entry's scoped room key and user field, parsed back.
 fn parse_entry(key: &str, field: &str) -> Option<(Id, RoomName, Id)> {
@@ -56,6 +62,7 @@ pub struct Cluster {
     node_id: String,
     ttl: Duration,
     request_timeout: Duration,
+    revocations: Arc<Revocations>,
     pub status: Arc<ClusterStatus>,
     pub store: Arc<RedisStore>,
 }
@@ -71,15 +78,22 @@ impl Cluster {
             ClusterMode::Standalone => config.key_prefix.clone(),
             ClusterMode::Cluster => format!("{{{}}}", config.key_prefix),
         };
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
         Ok(Self {
             store: Arc::new(RedisStore::new(conn.clone(), &prefix, node_id, grace)),
+            revocations: Arc::new(Revocations::new(
+                conn.clone(),
+                &prefix,
+                node_id,
+                request_timeout,
+            )),
             driver,
             mode: config.mode,
             conn,
             prefix,
             node_id: node_id.to_owned(),
             ttl: Duration::from_secs(config.node_ttl_secs),
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            request_timeout,
             status: Arc::new(ClusterStatus::new(config.on_unavailable)),
         })
     }
@@ -99,6 +113,33 @@ impl Cluster {
         // `{prefix}-request#{namespace}#`); Roomcast broadcasts on `/` and `/ws` alike.
         let chan = format!("{}-sio-request#/#", self.prefix.trim_matches(['{', '}']));
         self.driver.tap_sse(chan, hub);
+    }
+
+    /// Answers the other nodes' revocations with `hub`'s connections (see [`revoke`]): the
+    /// work of a worker, which runs until it is stopped.
+    pub fn answer_revocations(
+        &self,
+        hub: Arc<crate::sse::SseHub>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let messages = self.driver.listen(self.revocations.channels(), 1024);
+        self.revocations.clone().run(hub, messages)
+    }
+
+    /// Closes the hub connections (SSE, `/ws/json`, lean sockets) in `rooms` on every other
+    /// live node and returns how many they closed; a node that does not answer within
+    /// `request_timeout_ms` is not counted. `Err` when Redis cannot be asked.
+    pub async fn close_hub_elsewhere(
+        &self,
+        rooms: &[Cow<'static, str>],
+    ) -> Result<u64, redis::RedisError> {
+        let others: HashSet<String> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|node| node.node_id)
+            .filter(|id| *id != self.node_id)
+            .collect();
+        self.revocations.close_elsewhere(others, rooms).await
     }
 
     /// A connection to the cluster's Redis and the prefix of every key, for the stores

@@ -24,7 +24,8 @@ pub struct ClusterConfig {
     /// While Redis is unreachable: `fail` answers publishes with `503 cluster_unavailable`;
     /// `local` delivers them to this node's sockets only.
     pub on_unavailable: OnUnavailable,
-    /// How long a cluster-wide request (fetching or disconnecting remote sockets) waits.
+    /// How long a cluster-wide request (fetching or disconnecting remote sockets, a
+    /// revocation's count of the other nodes' connections) waits.
     pub request_timeout_ms: u64,
 }
 

@@ -41,6 +41,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide_core::adapter::errors::BroadcastError;
 
 use crate::auth::Identity;
+use crate::cluster::Cluster;
 use crate::config::Parser;
 pub use crate::delivery::{Census, Deliver, Hub, RoomMembers, Snapshot};
 use crate::events::Timestamp;
@@ -374,12 +375,18 @@ pub struct Sockets<A: Adapter> {
     parser: Parser,
     sse: Arc<SseHub>,
     /// In a cluster a broadcast to every node comes back to this one through Redis, where
-    /// the driver hands it to the SSE connections (`Cluster::tap_sse`): not here too.
-    cluster: bool,
+    /// the driver hands it to the SSE connections (`Cluster::tap_sse`): not here too. A
+    /// revocation asks the other nodes through it to close their hub connections.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<A: Adapter> Sockets<A> {
-    pub fn new(io: SocketIo<A>, parser: Parser, sse: Arc<SseHub>, cluster: bool) -> Self {
+    pub fn new(
+        io: SocketIo<A>,
+        parser: Parser,
+        sse: Arc<SseHub>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             io,
             parser,
@@ -408,7 +415,7 @@ impl<A: Adapter> Deliver for Sockets<A> {
                 .map(|sid| Cow::Owned(sid.to_owned()))
                 .into_iter()
                 .collect();
-            if local_only || !self.cluster {
+            if local_only || self.cluster.is_none() {
                 self.sse.deliver(&rooms, event, payload, &except_rooms);
             }
             let payload = Payload::new(self.parser, payload);
@@ -443,9 +450,16 @@ impl<A: Adapter> Hub for Sockets<A> {
     ) -> BoxFuture<'a, Result<u64, String>> {
         Box::pin(async move {
             let room = identity_room(tenant, user);
-            // This node's SSE connections of the user; in a cluster the other nodes' hear of
-            // it through the adapter's request, as their sockets do (`Cluster::tap_sse`).
+            // The hub's connections of the user (SSE, `/ws/json`, lean sockets): this node's,
+            // then, in a cluster, the other nodes', each counted by the node that closes them.
             let mut count = self.sse.close_rooms(std::slice::from_ref(&room));
+            if let Some(cluster) = &self.cluster {
+                count += cluster
+                    .close_hub_elsewhere(std::slice::from_ref(&room))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // Socketioxide's sockets, found and disconnected on every node by the adapter.
             for ns in NAMESPACES {
                 let Some(op) = self.io.of(ns) else { continue };
                 let sockets = op
