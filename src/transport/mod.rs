@@ -662,11 +662,21 @@ pub(crate) async fn run<S>(
                         None
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
-                    Some(Ok(Message::Close(_))) | None => break End::Gone,
                     Some(Err(WsError::Capacity(_))) => {
                         Some(Outcome::Connection(End::Close(CloseCode::Size, "message_too_big")))
                     }
-                    Some(Err(_)) => break End::Gone,
+                    // The reads end: the client went away, or the drain severed them after
+                    // closing every socket (then the socket's close, notice and all, is
+                    // still written).
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                        match session.socks.iter().position(|s| s.conn().is_closed()) {
+                            Some(i) => match session.closed_by_hub(i) {
+                                Outcome::Connection(end) => break end,
+                                socket => Some(socket),
+                            },
+                            None => break End::Gone,
+                        }
+                    }
                 }
             }
             _ = ping.tick() => {
