@@ -99,6 +99,12 @@ pub fn identity_room(tenant: &Tenant, user: &Id) -> Cow<'static, str> {
     Cow::Owned(format!("#{tenant}/{user}"))
 }
 
+/// The `(tenant, user)` of an [`identity_room`]; `None` for any other room.
+pub fn parse_identity_room(room: &str) -> Option<(Tenant, Id)> {
+    let (tenant, user) = room.strip_prefix('#')?.split_once('/')?;
+    Some((Id::parse(tenant)?, Id::parse(user)?))
+}
+
 /// Whether an adapter-level room is an [`identity_room`] rather than a scoped public room.
 pub fn is_identity_room(room: &str) -> bool {
     room.starts_with('#')
@@ -326,6 +332,15 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_identity_room_parses_back_to_its_tenant_and_user() {
+        let (tenant, user) = (Id::parse("acme").unwrap(), Id::parse("alice").unwrap());
+        let room = identity_room(&tenant, &user);
+        assert_eq!(parse_identity_room(&room), Some((tenant.clone(), user)));
+        assert_eq!(parse_identity_room(&RoomName::Global.scoped(&tenant)), None);
+        assert_eq!(parse_identity_room("#acme"), None);
+    }
 
     #[test]
     fn the_publish_claim_is_star_or_room_patterns() {

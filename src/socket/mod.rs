@@ -48,7 +48,7 @@ use crate::events::Timestamp;
 use crate::hooks_out::{HookEvent, HookKind};
 use crate::limits::Slot;
 use crate::presence::Share;
-use crate::rooms::{Id, RoomName, Tenant, identity_room, is_identity_room};
+use crate::rooms::{Id, RoomName, Tenant, identity_room, is_identity_room, parse_identity_room};
 use crate::services::Services;
 use crate::sse::SseHub;
 
@@ -520,11 +520,7 @@ fn walk<A: Adapter>(
     let mut found = Walk::default();
     lean.each_lean_socket(|_, rooms| {
         // The identity room `#<tenant>/<user>` says whose socket it is.
-        let Some((t, u)) = rooms
-            .iter()
-            .find_map(|r| r.strip_prefix('#')?.split_once('/'))
-            .and_then(|(t, u)| Some((Id::parse(t)?, Id::parse(u)?)))
-        else {
+        let Some((t, u)) = rooms.iter().find_map(|r| parse_identity_room(r)) else {
             return;
         };
         if tenant.is_some_and(|tenant| *tenant != t) {

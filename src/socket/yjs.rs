@@ -86,6 +86,28 @@ fn tenant_room(tenant: &Tenant) -> String {
     format!("tenant:{tenant}")
 }
 
+/// The document `path` (of namespace `ns`) for `identity`: `invalid_document` when it does
+/// not parse in the identity's tenant, `forbidden` (counted as a refused handshake) when the
+/// token does not grant its room. Both websocket paths check a document connect with it.
+pub(crate) fn granted(
+    services: &crate::services::Services,
+    identity: &crate::auth::Identity,
+    ns: &str,
+    path: &str,
+) -> Result<DocId, Code> {
+    let id = DocId::parse(identity.tenant.clone(), path).ok_or(Code::InvalidDocument)?;
+    if !id.room.allows(identity) {
+        services.counters.errors.refused(
+            "handshake",
+            Code::Forbidden.as_str(),
+            ns.to_owned(),
+            &Message::DocumentNotGranted.text(),
+        );
+        return Err(Code::Forbidden);
+    }
+    Ok(id)
+}
+
 /// The document of a namespace, without its tenant: `(room, name)` as they parse.
 pub(crate) fn document_of(ns: &str) -> Option<&str> {
     let path = ns.strip_prefix(PREFIX)?;
@@ -106,18 +128,7 @@ async fn authenticate<A: Adapter>(
         return Err(Refusal::Document(Code::InvalidDocument));
     };
     let (identity, slot) = admit(&s, &ctx, auth.as_ref().ok()).await?;
-    let Some(id) = DocId::parse(identity.tenant.clone(), path) else {
-        return Err(Refusal::Document(Code::InvalidDocument));
-    };
-    if !id.room.allows(&identity) {
-        ctx.services.counters.errors.refused(
-            "handshake",
-            Code::Forbidden.as_str(),
-            ns.clone(),
-            &Message::DocumentNotGranted.text(),
-        );
-        return Err(Refusal::Document(Code::Forbidden));
-    }
+    let id = granted(&ctx.services, &identity, &ns, path).map_err(Refusal::Document)?;
     let session = s
         .req_parts()
         .extensions

@@ -549,9 +549,8 @@ impl Session {
                 Role::Editor(e) => e.expires_at(),
             };
             if sock.lifetime.exp != current {
-                let warn = matches!(sock.role, Role::Member(_));
                 if let Role::Member(m) = &sock.role {
-                    sock.lifetime = Lifetime::new(services, &m.current(), warn);
+                    sock.lifetime = Lifetime::new(services, &m.current(), true);
                 }
                 continue;
             }
@@ -710,8 +709,9 @@ pub(crate) async fn run<S>(
         }
         // A deadline came, a connect added a socket: the next deadline (a refreshed token's
         // is read when its old deadline comes).
-        if session.next_deadline(connect_by) != next {
-            next = session.next_deadline(connect_by);
+        let now_next = session.next_deadline(connect_by);
+        if now_next != next {
+            next = now_next;
             deadline.as_mut().reset(next.unwrap_or(never));
         }
         match outcome {

@@ -22,7 +22,7 @@ use crate::documents::{DocError, DocId, DocSink, Handle};
 use crate::errors::{Code, Message};
 use crate::rooms::identity_room;
 use crate::services::Services;
-use crate::socket::yjs::{document_of, refusal};
+use crate::socket::yjs::{document_of, granted, refusal};
 use crate::sse::{Frame, Kind, SseHub};
 
 /// How long the server waits for the client's `sync-step-1` before sending its own anyway
@@ -145,18 +145,7 @@ pub(super) async fn connect(
         return Err(Code::InvalidDocument.as_str().into());
     };
     let (identity, slot) = reader.handshake.admit(services, ns, auth).await?;
-    let Some(id) = DocId::parse(identity.tenant.clone(), path) else {
-        return Err(Code::InvalidDocument.as_str().into());
-    };
-    if !id.room.allows(&identity) {
-        services.counters.errors.refused(
-            "handshake",
-            Code::Forbidden.as_str(),
-            ns.to_owned(),
-            &Message::DocumentNotGranted.text(),
-        );
-        return Err(Code::Forbidden.as_str().into());
-    }
+    let id = granted(services, &identity, ns, path).map_err(|code| code.as_str().to_owned())?;
     if editors_open >= services.config.documents.max_documents_per_connection {
         return Err(Code::TooManyDocuments.as_str().into());
     }
